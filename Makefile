@@ -1,0 +1,51 @@
+# virtrbd — the two commands the README names are `make demo` and `make test`.
+# Both start with `make setup`, which is idempotent: on a machine that has
+# everything it checks and returns in about a second.
+
+PYTHON      := /usr/bin/python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd \
+                libvirt-daemon-system libvirt-daemon-driver-storage-rbd libvirt-clients python3-libvirt \
+                qemu-system-x86 qemu-block-extra qemu-utils \
+                python3-venv python3-lxml python3-setuptools
+
+.PHONY: setup packages demo test unit integration lab-up lab-down clean
+
+setup: packages $(VENV)/.installed
+
+packages:
+	@tools/install-debian-packages $(DEB_PACKAGES)
+
+# Debian's python3-rados/python3-rbd/python3-libvirt are not on PyPI: the venv sees them
+# through --system-site-packages.  Reinstalled only when the package metadata changes.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(VPY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[test]'
+	@$(VPY) -c 'import rados, rbd, libvirt, lxml' || \
+	  { echo "the venv cannot import Debian's bindings; remove $(VENV) and run make setup" >&2; exit 1; }
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/virtrbd demo
+
+test: setup
+	$(VPY) -m pytest $(PYTEST_ARGS) tests/unit tests/integration
+
+unit: setup
+	$(VPY) -m pytest $(PYTEST_ARGS) tests/unit
+
+integration: setup
+	$(VPY) -m pytest $(PYTEST_ARGS) tests/integration
+
+lab-up: setup
+	$(VENV)/bin/virtrbd lab up --with-libvirt
+
+lab-down: setup
+	$(VENV)/bin/virtrbd lab down
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
