@@ -1,0 +1,233 @@
+"""virtrbd.conf: one INI file read by the library, the CLI and the hook.
+
+Every setting is declared once below, as a dataclass field with its parser,
+default and help text (in the spirit of Cinder's declared options), so that an
+unknown key, a missing one or a bad value is reported in one line naming the
+file, the section and the key::
+
+    /etc/virtrbd/virtrbd.conf: [ceph] monitors: port 70000 out of range (1-65535)
+
+The file is found from ``--config``, else ``$VIRTRBD_CONF``, else
+``/etc/virtrbd/virtrbd.conf``.  It holds no secret itself: the cephx key stays
+in the keyring file it names (see ``virtrbd.keyring``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .monitor import Monitor, parse_monitors
+
+DEFAULT_PATH = Path("/etc/virtrbd/virtrbd.conf")
+ENV_VAR = "VIRTRBD_CONF"
+
+_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.+-]*$")
+
+
+def option(parse: Callable[[str], Any], help: str, default: Any = dataclasses.MISSING) -> Any:
+    """Declare one setting: how to parse it, what it means, and its default."""
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+# --- value parsers: each raises ValueError with a message fit for the user ---
+
+def ceph_name(text: str) -> str:
+    """A pool, cephx user or libvirt object name: no '/', '@', spaces or control characters."""
+    text = text.strip()
+    if not _NAME.match(text) or len(text) > 255:
+        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
+    return text
+
+
+def seconds(text: str) -> int:
+    """Whole seconds: Ceph's *_timeout options take no fractions."""
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a whole number of seconds")
+    value = int(text)
+    if not 1 <= value <= 3600:
+        raise ValueError(f"{value} s is out of range (1-3600)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def secret_uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a UUID") from None
+
+
+def libvirt_uri(text: str) -> str:
+    text = text.strip()
+    if not re.match(r"^[a-z][a-z0-9+]*://", text):
+        raise ValueError(f"{text!r} is not a libvirt URI (e.g. qemu:///system)")
+    return text
+
+
+def a_path(text: str) -> Path:
+    text = text.strip()
+    if not text:
+        raise ValueError("empty path")
+    return Path(text)
+
+
+# --- the sections ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CephSettings:
+    """[ceph]: how to reach the cluster from this hypervisor."""
+
+    monitors: tuple[Monitor, ...] = option(
+        parse_monitors, "Monitors as host[:port], comma-separated; IPv6 as [addr]:port.")
+    client_id: str = option(ceph_name, "cephx user without the 'client.' prefix.", "admin")
+    keyring: Path | None = option(
+        a_path, "Root-only keyring holding the user's key (or set [libvirt] secret_uuid).", None)
+    pool: str = option(ceph_name, "Default pool for image specs that name none.", "rbd")
+    client_mount_timeout: int = option(seconds, "Seconds to reach a monitor and authenticate.", 10)
+    rados_mon_op_timeout: int = option(seconds, "Seconds for a monitor operation.", 10)
+    rados_osd_op_timeout: int = option(seconds, "Seconds for an OSD operation.", 10)
+
+    @property
+    def entity(self) -> str:
+        return f"client.{self.client_id}"
+
+
+@dataclass(frozen=True)
+class LibvirtSettings:
+    """[libvirt]: the hypervisor side."""
+
+    uri: str = option(libvirt_uri, "libvirt connection URI.", "qemu:///system")
+    secret_uuid: str | None = option(
+        secret_uuid, "UUID of the libvirt secret (usage type ceph) that holds the key.", None)
+    pool: str | None = option(
+        ceph_name, "Name of the libvirt storage pool for [ceph] pool (default: the same name).", None)
+
+
+SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of virtrbd.conf, parsed and checked."""
+
+    path: Path
+    ceph: CephSettings
+    libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
+
+    @property
+    def libvirt_pool(self) -> str:
+        return self.libvirt.pool or self.ceph.pool
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--config``, else ``$VIRTRBD_CONF``, else ``/etc/virtrbd/virtrbd.conf``."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and check virtrbd.conf; any problem is one ``ConfigError`` line."""
+    path = resolve_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (use --config, set {ENV_VAR}, "
+            f"or run 'virtrbd lab up' for a lab)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Config:
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), default_section="\0none")
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"{path}: section [{exc.section}] appears twice (line {exc.lineno})") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"{path}: [{exc.section}] {exc.option}: set twice (line {exc.lineno})") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: a setting before any [section]") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: not an INI file: {exc.message.splitlines()[0]}") from None
+
+    for name in parser.sections():
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: [{name}]: unknown section (known: {', '.join(SECTIONS)})")
+    values = {name: _section(path, name, cls, parser) for name, cls in SECTIONS.items()}
+    config = Config(path=path, **values)
+    _check_credentials(config)
+    return config
+
+
+def _section(path: Path, name: str, cls: type, parser: configparser.ConfigParser) -> Any:
+    given = dict(parser[name]) if parser.has_section(name) else {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in given.items():
+        if key not in fields:
+            raise ConfigError(f"{path}: [{name}] {key}: unknown setting (known: {', '.join(fields)})")
+        try:
+            value = fields[key].metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [{name}] {key}: {exc}") from None
+        if isinstance(value, Path) and not value.is_absolute():
+            value = (path.parent / value).resolve()
+        kwargs[key] = value
+    for key, f in fields.items():
+        if key not in kwargs and f.default is dataclasses.MISSING:
+            raise ConfigError(f"{path}: [{name}] {key}: missing required setting ({f.metadata['help']})")
+    return cls(**kwargs)
+
+
+def _check_credentials(config: Config) -> None:
+    if config.ceph.keyring is None and config.libvirt.secret_uuid is None:
+        raise ConfigError(
+            f"{config.path}: [ceph] keyring: missing (set it, or [libvirt] secret_uuid, so virtrbd can authenticate)")
+
+
+def render(sections: dict[str, dict[str, Any]]) -> str:
+    """INI text for the given settings, checked against the declarations (used by the lab)."""
+    lines = ["# virtrbd.conf — 'virtrbd config' lists every setting"]
+    for name, values in sections.items():
+        fields = {f.name for f in dataclasses.fields(SECTIONS[name])}
+        lines.append(f"\n[{name}]")
+        for key, value in values.items():
+            if key not in fields:
+                raise ValueError(f"[{name}] {key}: unknown setting")
+            if isinstance(value, (tuple, list)):
+                value = ", ".join(str(v) for v in value)
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def describe() -> str:
+    """Every setting with its default and meaning, for ``virtrbd config``."""
+    out = []
+    for name, cls in SECTIONS.items():
+        out.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = "required" if f.default is dataclasses.MISSING else f"default {f.default}"
+            out.append(f"  {f.name:<22} {f.metadata['help']} ({default})")
+    return "\n".join(out)
