@@ -1,0 +1,152 @@
+"""The connection module, against fakes autospecced from the real rados/rbd bindings."""
+
+import errno
+
+import pytest
+
+from virtrbd import ceph, errors
+
+from .conftest import KEY
+
+
+def make_cluster(conf, fake_rados, fake_rbd, **kwargs):
+    return ceph.Cluster(conf, rados_module=fake_rados, rbd_module=fake_rbd, **kwargs)
+
+
+def settings_of(handle):
+    return {c.args[0]: c.args[1] for c in handle.conf_set.call_args_list}
+
+
+def test_connect_sets_monitors_timeouts_and_key_in_process(conf, fake_rados, fake_rbd):
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        handle = cluster.handle
+    fake_rados.Rados.assert_called_once_with(rados_id="virt")  # nothing read from a conffile, no key in args
+    settings = settings_of(handle)
+    assert settings["mon_host"] == "192.0.2.10:3300,[2001:db8::1]:3300"
+    assert settings["client_mount_timeout"] == "4"
+    assert settings["rados_mon_op_timeout"] == "10"
+    assert settings["rados_osd_op_timeout"] == "10"
+    assert settings["key"] == KEY
+    handle.connect.assert_called_once_with()
+    handle.shutdown.assert_called_once_with()
+
+
+def test_key_given_by_caller_wins_over_keyring(conf, fake_rados, fake_rbd):
+    from virtrbd.lab.keys import generate_key
+    key = generate_key()
+    with make_cluster(conf, fake_rados, fake_rbd, key=key) as cluster:
+        assert settings_of(cluster.handle)["key"] == key.reveal()
+
+
+def test_timed_out_with_reachable_monitor_is_an_authentication_error(conf, fake_rados, fake_rbd, mocker):
+    fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
+    mocker.patch.object(ceph, "reachable_monitor", return_value=conf.ceph.monitors[0])
+    with pytest.raises(errors.AuthenticationError, match=r"192.0.2.10:3300 is reachable .* client.virt within 4 s"):
+        make_cluster(conf, fake_rados, fake_rbd).connect()
+    fake_rados.Rados.return_value.shutdown.assert_called_once_with()
+
+
+def test_timed_out_with_no_monitor_is_a_connection_error(conf, fake_rados, fake_rbd, mocker):
+    fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
+    mocker.patch.object(ceph, "reachable_monitor", return_value=None)
+    with pytest.raises(errors.ConnectionFailedError, match="no monitor reachable at .* within 4 s") as info:
+        make_cluster(conf, fake_rados, fake_rbd).connect()
+    assert not isinstance(info.value, errors.AuthenticationError)
+
+
+def test_permission_denied_at_connect(conf, fake_rados, fake_rbd):
+    fake_rados.Rados.return_value.connect.side_effect = fake_rados.PermissionDeniedError("p", errno=errno.EACCES)
+    with pytest.raises(errors.AuthenticationError, match="refused client.virt"):
+        make_cluster(conf, fake_rados, fake_rbd).connect()
+
+
+def test_unresolvable_monitor(conf, fake_rados, fake_rbd):
+    fake_rados.Rados.return_value.connect.side_effect = fake_rados.InvalidArgumentError("x", errno=errno.EINVAL)
+    with pytest.raises(errors.ConnectionFailedError, match="cannot resolve"):
+        make_cluster(conf, fake_rados, fake_rbd).connect()
+
+
+def test_errors_never_carry_the_key(conf, fake_rados, fake_rbd, mocker):
+    fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
+    mocker.patch.object(ceph, "reachable_monitor", return_value=None)
+    with pytest.raises(errors.VirtrbdError) as info:
+        make_cluster(conf, fake_rados, fake_rbd).connect()
+    assert KEY not in str(info.value) and KEY not in repr(info.value.args)
+
+
+@pytest.mark.parametrize("exc_name, code, cls, words", [
+    ("ImageNotFound", errno.ENOENT, errors.NotFoundError, "does not exist"),
+    ("ImageExists", errno.EEXIST, errors.AlreadyExistsError, "already exists"),
+    ("ImageBusy", errno.EBUSY, errors.BusyError, "is in use"),
+    ("ImageHasSnapshots", errno.ENOTEMPTY, errors.HasSnapshotsError, "has snapshots"),
+    ("PermissionError", errno.EPERM, errors.PermissionDeniedError, "permission denied"),
+    ("Timeout", errno.ETIMEDOUT, errors.OperationTimeoutError, "timed out after 10 s"),
+    ("NoSpace", errno.ENOSPC, errors.NoSpaceError, "no space"),
+    ("DiskQuotaExceeded", errno.EDQUOT, errors.NoSpaceError, "quota"),
+    ("ReadOnlyImage", errno.EROFS, errors.CephError, "read-only"),
+    ("InvalidArgument", errno.EINVAL, errors.CephError, "invalid argument"),
+    ("IOError", errno.EIO, errors.CephError, r"input/output error \(RBD I/O error \(message from librbd\)\)"),
+    ("FunctionNotSupported", errno.ENOSYS, errors.CephError, "not supported by this Ceph release"),
+    ("OperationNotSupported", errno.EOPNOTSUPP, errors.CephError, "operation not supported"),
+    ("ConnectionShutdown", errno.ESHUTDOWN, errors.CephError, "shut down"),
+])
+def test_every_rbd_error_is_translated(fake_rbd, exc_name, code, cls, words):
+    exc = getattr(fake_rbd, exc_name)("message from librbd", errno=code)
+    with pytest.raises(cls, match=words) as info:
+        with ceph.translated("image rbd/x", timeout=10):
+            raise exc
+    assert str(info.value).startswith("image rbd/x: ")
+    assert info.value.errno == code
+
+
+def test_non_ceph_errors_pass_through():
+    with pytest.raises(KeyError):
+        with ceph.translated("x"):
+            raise KeyError("k")
+
+
+def test_image_is_closed_when_the_block_fails(conf, fake_rados, fake_rbd):
+    image = fake_rbd.Image.return_value
+    ioctx = fake_rados.Rados.return_value.open_ioctx.return_value
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(RuntimeError):
+            with cluster.image("rbd", "vm1", snapshot="s", read_only=True):
+                raise RuntimeError("boom")
+    fake_rbd.Image.assert_called_once_with(ioctx, "vm1", snapshot="s", read_only=True)
+    image.close.assert_called_once_with()
+    ioctx.close.assert_called_once_with()
+
+
+def test_failed_open_closes_the_ioctx_and_names_the_image(conf, fake_rados, fake_rbd):
+    fake_rbd.Image.side_effect = fake_rbd.ImageNotFound("x", errno=errno.ENOENT)
+    ioctx = fake_rados.Rados.return_value.open_ioctx.return_value
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(errors.NotFoundError, match=r"image rbd/vm1@s: does not exist"):
+            with cluster.image("rbd", "vm1", snapshot="s"):
+                pass
+    ioctx.close.assert_called_once_with()
+
+
+def test_missing_pool(conf, fake_rados, fake_rbd):
+    fake_rados.Rados.return_value.open_ioctx.side_effect = fake_rados.ObjectNotFound("x", errno=errno.ENOENT)
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(errors.NotFoundError, match="pool nope: does not exist"):
+            with cluster.ioctx("nope"):
+                pass
+
+
+def test_handle_requires_connection(conf, fake_rados, fake_rbd):
+    with pytest.raises(errors.CephError, match="not connected"):
+        make_cluster(conf, fake_rados, fake_rbd).handle
+
+
+def test_reachable_monitor_finds_a_listening_port():
+    import socket
+    from virtrbd.monitor import Monitor
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert ceph.reachable_monitor((Monitor("127.0.0.1", 1), Monitor("127.0.0.1", port)), budget=1) == \
+            Monitor("127.0.0.1", port)
+    assert ceph.reachable_monitor((Monitor("127.0.0.1", 1),), budget=0.5) is None
