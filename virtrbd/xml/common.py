@@ -1,0 +1,59 @@
+"""Pieces shared by several documents: references to a secret, lists of monitors."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from dataclasses import dataclass
+
+from lxml import etree
+
+from ..errors import InvalidXMLError
+from ..monitor import Monitor
+from . import nodes
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A reference to a libvirt secret, by UUID or by usage name (exactly one)."""
+
+    uuid: str | None = None
+    usage: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.uuid is None) == (self.usage is None):
+            raise ValueError("a secret is referenced by uuid or by usage, exactly one of them")
+        if self.uuid is not None:
+            object.__setattr__(self, "uuid", str(uuid_module.UUID(self.uuid)))
+        elif not self.usage.strip():
+            raise ValueError("empty secret usage name")
+
+    def fill(self, node: etree._Element) -> None:
+        nodes.put_attr(node, ".", "uuid", self.uuid)
+        nodes.put_attr(node, ".", "usage", self.usage)
+
+    @classmethod
+    def read(cls, node: etree._Element, what: str) -> "SecretRef":
+        try:
+            return cls(uuid=node.get("uuid"), usage=node.get("usage"))
+        except ValueError as exc:
+            raise InvalidXMLError(f"{what}: secret: {exc}") from None
+
+
+def fill_host(node: etree._Element, monitor: Monitor) -> None:
+    nodes.put_attr(node, ".", "name", monitor.host)
+    nodes.put_attr(node, ".", "port", monitor.port)
+
+
+def read_hosts(parent: etree._Element, what: str) -> tuple[Monitor, ...]:
+    monitors = []
+    for host in parent.findall("host"):
+        port = host.get("port")
+        try:
+            monitors.append(Monitor(host.get("name") or "", int(port) if port else None))
+        except ValueError as exc:
+            raise InvalidXMLError(f"{what}: host: {exc}") from None
+    return tuple(monitors)
+
+
+def check_uuid(value: str | None) -> str | None:
+    return None if value is None else str(uuid_module.UUID(value))

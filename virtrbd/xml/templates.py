@@ -1,0 +1,50 @@
+"""Where the XML skeletons live, and loading a fresh copy of one.
+
+virtrbd ships one skeleton per document in ``xml_templates/``; an operator can
+point ``[xml] templates`` at a folder of their own (copy ours and adapt, e.g.
+``cache='writeback'``).  A folder only needs the templates it wants to change:
+any it lacks come from the shipped set.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from lxml import etree
+
+from ..errors import ConfigError
+from . import safe
+
+NAMES = ("secret", "pool", "volume", "disk")
+
+
+def shipped_dir() -> Path:
+    """The shipped folder: beside the package in a checkout, under share/ when installed."""
+    checkout = Path(__file__).resolve().parents[2] / "xml_templates"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "virtrbd" / "xml_templates"
+
+
+@lru_cache(maxsize=32)
+def _parsed(path: Path) -> etree._Element:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read template: {exc.strerror}") from None
+    return safe.parse(data, what=f"template {path}")
+
+
+def load(name: str, directory: Path | None = None) -> etree._Element:
+    """A fresh, modifiable copy of template ``name`` (``secret``, ``pool``, …)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown template {name!r}")
+    candidates = [directory / f"{name}.xml"] if directory else []
+    candidates.append(shipped_dir() / f"{name}.xml")
+    for path in candidates:
+        if path.is_file():
+            return copy.deepcopy(_parsed(path.resolve()))
+    raise ConfigError(f"{candidates[-1]}: template not found (is virtrbd installed completely?)")
