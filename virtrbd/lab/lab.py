@@ -1,0 +1,226 @@
+"""The embedded lab: a real Ceph cluster (and optionally libvirtd) on 127.0.0.1.
+
+``Lab(root).up()`` builds it, or does nothing when a healthy one is running;
+``down()`` stops only what it started and removes its files.  Its state lives
+in ``root/state.json``, written as each daemon starts, so a bring-up that
+failed half-way can still be torn down.  A lock file serialises concurrent
+``up``/``down`` calls (two test runs, a user and a test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .. import config as config_module
+from ..errors import LabError, VirtrbdError
+from . import libvirt_side, processes
+from .ceph_cluster import CephCluster, CephSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/var/tmp/virtrbd-lab")
+ROOT_ENV = "VIRTRBD_LAB_DIR"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+class Lab:
+    """One lab instance rooted at a directory."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root or default_root()).absolute()
+        self.state_file = self.root / "state.json"
+        self.conf_file = self.root / "virtrbd.conf"
+
+    # --- state --------------------------------------------------------------------
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{self.state_file}: unreadable lab state ({exc}); remove {self.root} by hand") from None
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def daemons(self, state: dict | None = None) -> list[processes.Daemon]:
+        state = self._read_state() if state is None else state
+        return [processes.Daemon(**d) for d in state.get("daemons", [])]
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    # --- queries ---------------------------------------------------------------------
+
+    def ceph_cluster(self, state: dict | None = None) -> CephCluster:
+        state = self._read_state() if state is None else state
+        return CephCluster(self.root / "ceph", CephSpec(**state.get("spec", {})))
+
+    def is_healthy(self, state: dict | None = None) -> bool:
+        """Every recorded daemon runs and the restricted client can list the pool."""
+        state = self._read_state() if state is None else state
+        if not state.get("ready") or not self.conf_file.exists():
+            return False
+        if not all(processes.is_ours(d) for d in self.daemons(state)):
+            return False
+        return self._client_works(timeout=3)
+
+    def _client_works(self, timeout: float) -> bool:
+        from ..ceph import Cluster
+        try:
+            conf = config_module.load(self.conf_file)
+            conf = dataclasses.replace(conf, ceph=dataclasses.replace(
+                conf.ceph, client_mount_timeout=timeout, rados_mon_op_timeout=timeout, rados_osd_op_timeout=timeout))
+            with Cluster(conf) as cluster, cluster.ioctx(conf.ceph.pool) as ioctx:
+                cluster.rbd.RBD().list(ioctx)
+            return True
+        except VirtrbdError as exc:
+            log.debug("lab health check: %s", exc)
+            return False
+
+    # --- up / down ---------------------------------------------------------------------
+
+    def up(self, spec: CephSpec | None = None, *, with_libvirt: bool = False) -> bool:
+        """Bring the lab up; return False when a healthy lab was already running (no-op).
+
+        A healthy lab built with other settings is left alone and reported,
+        never rebuilt behind the user's back (it may hold their data).
+        """
+        spec = spec or CephSpec()
+        with self._locked():
+            state = self._read_state()
+            if self.is_healthy(state):
+                if state.get("spec") != dataclasses.asdict(spec):
+                    raise LabError(f"a lab with other settings runs at {self.root} "
+                                   f"({_describe(state['spec'])}); run 'virtrbd lab down' first")
+                if not with_libvirt or self._libvirt_healthy(state):
+                    log.info("lab already up at %s", self.root)
+                    return False
+                self._libvirt_up(state)
+                return True
+            self._down_locked(state)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._check_ports_free(spec)
+            started = time.monotonic()
+            state = {"spec": dataclasses.asdict(spec), "daemons": [], "ready": False}
+            self._write_state(state)
+            cluster = CephCluster(self.root / "ceph", spec)
+            cluster.build(lambda daemon: self._record(state, daemon))
+            self._write_config(state)
+            state["ready"] = True
+            state["ceph_seconds"] = round(time.monotonic() - started, 3)
+            self._write_state(state)
+            log.info("Ceph part up in %.2f s", state["ceph_seconds"])
+            if with_libvirt:
+                self._libvirt_up(state)
+            return True
+
+    def _record(self, state: dict, daemon: processes.Daemon) -> None:
+        state["daemons"].append(daemon.to_dict())
+        self._write_state(state)
+
+    def _libvirt_healthy(self, state: dict) -> bool:
+        return bool(state.get("libvirt")) and libvirt_side.healthy(state["libvirt"])
+
+    def _libvirt_up(self, state: dict) -> None:
+        started = time.monotonic()
+        cluster = self.ceph_cluster(state)
+        info = libvirt_side.plan_objects(cluster)
+        info["domain_type"] = libvirt_side.make_kvm_usable()
+        libvirt_side.start_daemons(self.root, lambda daemon: self._record(state, daemon))
+        libvirt_side.remove_objects(dict(state.get("libvirt") or info), cluster.spec.port)
+        libvirt_side.remove_objects(info, cluster.spec.port)  # stale objects of the same names
+        state["libvirt"] = info
+        self._write_state(state)
+        libvirt_side.define_objects(cluster, info)
+        state["libvirt_seconds"] = round(time.monotonic() - started, 3)
+        self._write_state(state)
+        self._write_config(state)
+        log.info("libvirt part up in %.2f s (domains use %s)", state["libvirt_seconds"], info["domain_type"])
+
+    def _check_ports_free(self, spec: CephSpec) -> None:
+        for port in (spec.port, spec.port + 1):
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise LabError(f"127.0.0.1:{port} is already in use; choose another with --port")
+
+    def _write_config(self, state: dict) -> None:
+        cluster = self.ceph_cluster(state)
+        spec = cluster.spec
+        sections = {"ceph": {"monitors": cluster.mon_addr, "client_id": spec.client_id,
+                             "keyring": cluster.client_keyring, "pool": spec.pool}}
+        if state.get("libvirt"):
+            sections["libvirt"] = {"uri": libvirt_side.URI, "secret_uuid": state["libvirt"]["secret_uuid"],
+                                   "pool": state["libvirt"]["pool"]}
+        self.conf_file.write_text(config_module.render(sections))
+
+    def down(self) -> list[str]:
+        """Stop what the lab started and remove its files; return the names stopped."""
+        with self._locked():
+            return self._down_locked(self._read_state())
+
+    def _down_locked(self, state: dict) -> list[str]:
+        daemons = self.daemons(state)
+        if state.get("libvirt"):
+            libvirt_side.remove_objects(state["libvirt"], self.ceph_cluster(state).spec.port)
+        # libvirtd and virtlogd get a graceful stop; the throwaway Ceph daemons do not need one.
+        hypervisor = [d for d in daemons if d.name in ("libvirtd", "virtlogd")]
+        left = processes.stop(hypervisor, signal.SIGTERM, wait=10)
+        left = processes.stop(left + [d for d in daemons if d not in hypervisor])
+        if left:
+            raise LabError("could not stop " + ", ".join(f"{d.name} (pid {d.pid})" for d in left))
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        return [d.name for d in daemons]
+
+    # --- reporting -------------------------------------------------------------------------
+
+    def env_lines(self) -> list[str]:
+        if not self.conf_file.exists():
+            raise LabError(f"no lab at {self.root}: run 'virtrbd lab up'")
+        return [f"export VIRTRBD_CONF={self.conf_file}",
+                f"export CEPH_CONF={self.ceph_cluster().conf}"]
+
+    def status(self) -> dict:
+        state = self._read_state()
+        if not state:
+            return {"root": str(self.root), "state": "down"}
+        daemons = [{"name": d.name, "pid": d.pid, "running": processes.is_ours(d)} for d in self.daemons(state)]
+        healthy = self.is_healthy(state)
+        return {
+            "root": str(self.root),
+            "state": "up" if healthy else "degraded",
+            "config": str(self.conf_file),
+            "monitor": self.ceph_cluster(state).mon_addr,
+            "daemons": daemons,
+            "libvirt": state.get("libvirt"),
+            "libvirt_state": None if not state.get("libvirt") else
+            ("up" if self._libvirt_healthy(state) else "degraded"),
+            "seconds": {"ceph": state.get("ceph_seconds"), "libvirt": state.get("libvirt_seconds")},
+        }
+
+
+def _describe(spec: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.items())
