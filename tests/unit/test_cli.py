@@ -1,0 +1,51 @@
+"""The command line as a user meets it: exit codes and one-line errors (no services needed)."""
+
+import pytest
+
+from ..cli_helpers import assert_one_line_error, virtrbd
+
+
+def test_help_and_version():
+    assert virtrbd("--help").code == 0
+    result = virtrbd("--version")
+    assert result.code == 0 and result.out.startswith("virtrbd ")
+
+
+@pytest.mark.parametrize("args, words", [
+    ((), ["required"]),
+    (("frobnicate",), ["invalid choice"]),
+    (("create", "rbd/x"), ["--size"]),
+    (("create", "rbd/x", "--size", "ten"), ["'ten' is not a size"]),
+    (("lab", "up", "--osds", "0"), ["between 1 and 8"]),
+    (("lab", "up", "--port", "80"), ["port between"]),
+    (("lab", "up", "--store", "zfs"), ["invalid choice"]),
+])
+def test_usage_errors_exit_2_in_one_line(args, words):
+    assert_one_line_error(virtrbd(*args), 2, *words)
+
+
+def test_missing_config_exits_2_naming_the_file(tmp_path):
+    path = tmp_path / "none.conf"
+    assert_one_line_error(virtrbd("--config", str(path), "ls"), 2, str(path), "not found")
+
+
+def test_config_from_environment(tmp_path):
+    path = tmp_path / "env.conf"
+    path.write_text("[ceph]\nmonitors = m\nkeyring = /k\nbogus = 1\n")
+    assert_one_line_error(virtrbd("ls", env={"VIRTRBD_CONF": str(path)}), 2, str(path), "[ceph] bogus")
+
+
+def test_bad_spec_exits_2_before_connecting(tmp_path):
+    path = tmp_path / "c.conf"
+    path.write_text("[ceph]\nmonitors = 192.0.2.1\nkeyring = /nonexistent\n")
+    assert_one_line_error(virtrbd("--config", str(path), "create", "rbd/../x", "--size", "1M"), 2,
+                          "invalid image spec 'rbd/../x'")
+
+
+def test_config_options_lists_settings():
+    result = virtrbd("config", "options")
+    assert result.code == 0 and "client_mount_timeout" in result.out
+
+
+def test_lab_env_without_lab(tmp_path):
+    assert_one_line_error(virtrbd("lab", "--dir", str(tmp_path / "none"), "env"), 1, "no lab")
