@@ -1,0 +1,75 @@
+"""The lab every integration test shares: a real Ceph cluster and a real libvirtd on 127.0.0.1.
+
+Brought up once per session (or reused when one is running already) and torn
+down at the end only when this session started it.  A lab that cannot come up
+is an error, never a skip: CI must not pass without having touched Ceph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from virtrbd import Storage, config
+from virtrbd.keyring import CephKey, read_key
+from virtrbd.lab import Lab
+
+
+@dataclass
+class LabHandle:
+    lab: Lab
+    config: config.Config
+    key: CephKey
+    state: dict
+
+    @property
+    def conf_path(self) -> Path:
+        return self.config.path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"VIRTRBD_CONF": str(self.conf_path)}
+
+    @property
+    def libvirt_pool(self) -> str:
+        return self.state["libvirt"]["pool"]
+
+    def with_ceph(self, **changes) -> config.Config:
+        """The lab's config with some [ceph] settings changed."""
+        return dataclasses.replace(self.config, ceph=dataclasses.replace(self.config.ceph, **changes))
+
+
+@pytest.fixture(scope="session")
+def lab() -> LabHandle:
+    lab = Lab()
+    started = lab.up(with_libvirt=True)
+    conf = config.load(lab.conf_file)
+    state = json_state(lab)
+    yield LabHandle(lab, conf, read_key(conf.ceph.keyring, conf.ceph.entity), state)
+    if started and not os.environ.get("VIRTRBD_KEEP_LAB"):
+        lab.down()
+
+
+def json_state(lab: Lab) -> dict:
+    import json
+    return json.loads(lab.state_file.read_text())
+
+
+@pytest.fixture
+def storage(lab):
+    with Storage(lab.config) as storage:
+        yield storage
+
+
+@pytest.fixture
+def image_name(storage):
+    """A unique image name, removed after the test whatever state it is left in."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    if storage.image_exists(name):
+        storage.remove_image(name)

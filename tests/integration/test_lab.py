@@ -1,0 +1,87 @@
+"""The embedded lab itself: idempotent, tidy, and careful with the key."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+from virtrbd.lab import CephSpec, Lab
+from virtrbd.lab import processes
+
+from ..cli_helpers import virtrbd
+
+
+def test_second_up_is_a_no_op(lab):
+    before = [d.pid for d in lab.lab.daemons()]
+    started = time.monotonic()
+    assert lab.lab.up(with_libvirt=True) is False
+    assert time.monotonic() - started < 3
+    assert [d.pid for d in lab.lab.daemons()] == before
+
+
+def test_cli_status_and_env(lab):
+    status = virtrbd("lab", "status")
+    assert status.code == 0 and ": up" in status.out
+    env = virtrbd("lab", "env")
+    assert f"export VIRTRBD_CONF={lab.conf_path}" in env.out
+
+
+def test_keyrings_are_private_and_the_lab_folder_is_closed(lab):
+    """Keyrings are 0600; the monitor's own store also holds keys, behind the 0700 lab folder."""
+    key = lab.key.reveal().encode()
+    root = Path(lab.lab.root)
+    assert stat.S_IMODE(root.stat().st_mode) & 0o077 == 0
+    holders = []
+    for path in root.rglob("*"):
+        if path.is_file() and key in path.read_bytes():
+            holders.append(path)
+            if root / "ceph" / "mon" not in path.parents:
+                assert path.name.endswith(".keyring"), f"{path} holds the key"
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is not 0600"
+    assert any(p.name.endswith(".keyring") for p in holders)
+
+
+def test_key_is_in_no_process_argv_or_environment(lab, storage):
+    key = lab.key.reveal().encode()
+    storage.list_images()  # a live client in this process
+    sightings = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                if key in Path(entry.path, part).read_bytes():
+                    sightings.append(f"{entry.name}/{part}")
+            except OSError:
+                pass
+    assert sightings == []
+
+
+def test_a_second_lab_comes_up_and_down_leaving_nothing(tmp_path):
+    other = Lab(tmp_path / "lab2")
+    spec = CephSpec(port=40300, mgr=False)
+    assert other.up(spec) is True
+    try:
+        daemons = other.daemons()
+        assert {d.name for d in daemons} == {"mon.a", "osd.0"}
+        assert other.is_healthy()
+    finally:
+        stopped = other.down()
+    assert sorted(stopped) == ["mon.a", "osd.0"]
+    assert not any(processes.alive(d.pid) for d in daemons)
+    for port in range(spec.port, spec.port + 100):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"
+    assert not (tmp_path / "lab2").exists()
+
+
+def test_up_refuses_a_busy_port(tmp_path, lab):
+    from virtrbd.errors import LabError
+    import pytest
+    other = Lab(tmp_path / "lab3")
+    with pytest.raises(LabError, match="already in use"):
+        other.up(CephSpec(port=lab.config.ceph.monitors[0].port, mgr=False))
+    other.down()
