@@ -12,7 +12,7 @@ DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
                 qemu-system-x86 qemu-block-extra qemu-utils \
                 python3-venv python3-lxml python3-setuptools
 
-.PHONY: setup packages demo test unit integration lab-up lab-down clean
+.PHONY: setup packages demo test unit integration bench lab-up lab-down clean
 
 setup: packages $(VENV)/.installed
 
@@ -39,6 +39,9 @@ unit: setup
 
 integration: setup
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/integration
+
+bench: setup
+	$(VPY) -m bench
 
 lab-up: setup
 	$(VENV)/bin/virtrbd lab up --with-libvirt

@@ -7,6 +7,7 @@ is an error, never a skip: CI must not pass without having touched Ceph.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import uuid
@@ -18,6 +19,8 @@ import pytest
 from virtrbd import Storage, config
 from virtrbd.keyring import CephKey, read_key
 from virtrbd.lab import Lab
+
+from ..secret_watch import SecretWatcher
 
 
 @dataclass
@@ -50,9 +53,15 @@ def lab() -> LabHandle:
     started = lab.up(with_libvirt=True)
     conf = config.load(lab.conf_file)
     state = json_state(lab)
-    yield LabHandle(lab, conf, read_key(conf.ceph.keyring, conf.ceph.entity), state)
+    key = read_key(conf.ceph.keyring, conf.ceph.entity)
+    # The client key, as text and as the raw bytes libvirt holds, must never show up in
+    # any process's argv or environment while the integration tests run.
+    with SecretWatcher([key.reveal().encode(), base64.b64decode(key.reveal())]) as watcher:
+        yield LabHandle(lab, conf, key, state)
     if started and not os.environ.get("VIRTRBD_KEEP_LAB"):
         lab.down()
+    print(f"\nsecret watcher: {watcher.samples} samples of every process, {len(watcher.sightings)} key sightings")
+    assert watcher.sightings == [], f"the client key was seen in: {sorted(set(watcher.sightings))}"
 
 
 def json_state(lab: Lab) -> dict:

@@ -1,0 +1,21 @@
+"""Run every benchmark and print its table: ``.venv/bin/python -m bench``."""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench_lab
+from .common import print_table
+
+SUITES = [("embedded lab (median of 3 runs)", lambda: bench_lab.measure(3))]
+
+
+def main() -> int:
+    ok = True
+    for title, measure in SUITES:
+        ok &= print_table(title, measure())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmarks: timing, medians and the ratio table they all print.
+
+The machine is shared and noisy, so every benchmark measures virtrbd and its
+named peer in the same run, repeats, and reports medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Row:
+    what: str
+    ours: float            # median, in the unit below
+    peer_name: str
+    peer: float
+    unit: str = "s"
+    target: str = ""       # e.g. "ours <= 0.5 x peer"
+    passed: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.peer if self.peer else float("inf")
+
+
+def median_time(action: Callable[[], object], runs: int, setup: Callable[[], object] | None = None) -> float:
+    samples = []
+    for _ in range(runs):
+        if setup:
+            setup()
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def print_table(title: str, rows: list[Row]) -> bool:
+    print(f"\n{title}")
+    header = f"{'measure':<44} {'virtrbd':>10} {'peer':<30} {'peer value':>10} {'ratio':>7}  target"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        verdict = "" if r.passed is None else ("  PASS" if r.passed else "  FAIL")
+        print(f"{r.what:<44} {r.ours:>9.3f}{r.unit:<1} {r.peer_name:<30} {r.peer:>9.3f}{r.unit:<1} "
+              f"{r.ratio:>6.2f}x  {r.target}{verdict}")
+    return all(r.passed is not False for r in rows)
