@@ -142,6 +142,8 @@ class Cluster:
             "log_to_stderr": "false",
             "err_to_stderr": "false",
         }
+        if self.config.layering.clone_format != "auto":
+            options["rbd_default_clone_format"] = self.config.layering.clone_format
         with translated("configuring the Ceph client"):
             for name, value in options.items():
                 handle.conf_set(name, str(value))
@@ -229,8 +231,17 @@ class Cluster:
         """An open ``rbd.Image``, closed on every path (including a failed open)."""
         what = f"image {pool}/{name}" + (f"@{snapshot}" if snapshot else "")
         with self.ioctx(pool) as ioctx:
-            with translated(what, timeout=self.config.ceph.rados_osd_op_timeout):
-                image = self.rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only)
+            try:
+                with translated(what, timeout=self.config.ceph.rados_osd_op_timeout):
+                    image = self.rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only)
+            except errors.NotFoundError:
+                if snapshot is None:
+                    raise
+                # librbd says ENOENT for a missing image and for a missing snapshot alike
+                with self.image(pool, name, read_only=True):
+                    pass
+                raise errors.NotFoundError(f"snapshot {pool}/{name}@{snapshot}: does not exist",
+                                           errno=errno_codes.ENOENT) from None
             try:
                 yield image
             finally:

@@ -64,6 +64,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def clone_format(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("auto", "1", "2"):
+        raise ValueError(f"{text!r} is not a clone format (auto, 1 or 2)")
+    return text
+
+
 def secret_uuid(text: str) -> str:
     try:
         return str(uuid.UUID(text.strip()))
@@ -117,7 +124,18 @@ class LibvirtSettings:
         ceph_name, "Name of the libvirt storage pool for [ceph] pool (default: the same name).", None)
 
 
-SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings}
+@dataclass(frozen=True)
+class LayeringSettings:
+    """[layering]: clones and their chains."""
+
+    max_clone_depth: int = option(
+        positive_int, "Ancestors a new clone may have before it is flattened (0: always flatten).", 5)
+    clone_format: str = option(
+        clone_format, "RBD clone format: auto (v2 when the cluster's min compat client allows), 1 or 2.",
+        "auto")
+
+
+SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings}
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,7 @@ class Config:
     path: Path
     ceph: CephSettings
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
+    layering: LayeringSettings = field(default_factory=LayeringSettings)
 
     @property
     def libvirt_pool(self) -> str:

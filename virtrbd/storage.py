@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from . import config as config_module
 from .ceph import Cluster, translated
 from .config import Config
 from .errors import InvalidSpecError, UsageError
 from .keyring import CephKey
+from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 from .spec import ImageSpec
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Storage:
         self._libvirt_module = libvirt_module
         self.cluster = Cluster(self.config, key=self._key_from_libvirt(),
                                rados_module=rados_module, rbd_module=rbd_module)
+        self.layering = Layering(self.cluster, max_clone_depth=self.config.layering.max_clone_depth)
 
     def _key_from_libvirt(self) -> CephKey | None:
         """Without a keyring, the key is read from the (non-private) libvirt secret."""
@@ -120,16 +124,83 @@ class Storage:
                                  f"pass allow_shrink (--allow-shrink) to do it")
             img.resize(size)
 
-    def remove_image(self, image: str | ImageSpec) -> None:
-        spec = self.spec(image, snapshot=False)
-        with self.cluster.ioctx(spec.pool) as ioctx, translated(f"removing image {spec}"):
-            self.cluster.rbd.RBD().remove(ioctx, spec.image)
+    def remove_image(self, image: str | ImageSpec, *, with_snapshots: bool = False,
+                     flatten_children: bool = False, trash: bool = False) -> RemoveResult:
+        """Remove an image safely: refused, naming every cause, while clients, clones or snapshots
+        depend on it — unless ``flatten_children`` / ``with_snapshots`` say how to deal with them.
+        ``trash`` moves it to the RBD trash for deferred deletion instead."""
+        return self.layering.remove(self.spec(image, snapshot=False), with_snapshots=with_snapshots,
+                                    flatten_children=flatten_children, trash=trash)
 
     def image_size(self, image: str | ImageSpec) -> int:
         spec = self.spec(image)
         with self.cluster.image(spec.pool, spec.image, snapshot=spec.snapshot, read_only=True) as img, \
                 translated(f"reading the size of {spec}"):
             return img.size()
+
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def create_snapshot(self, snapshot: str | ImageSpec) -> ImageSpec:
+        spec = self.spec(snapshot, snapshot=True)
+        self.layering.create_snapshot(spec)
+        return spec
+
+    def list_snapshots(self, image: str | ImageSpec) -> list[SnapshotInfo]:
+        """Snapshots with size, protection, timestamp and the number of clones on each."""
+        return self.layering.list_snapshots(self.spec(image, snapshot=False))
+
+    def remove_snapshot(self, snapshot: str | ImageSpec, *, force: bool = False) -> None:
+        """Refused while clones depend on it; a protected snapshot needs ``force``."""
+        self.layering.remove_snapshot(self.spec(snapshot, snapshot=True), force=force)
+
+    def protect_snapshot(self, snapshot: str | ImageSpec) -> bool:
+        """Idempotent: False when it was protected already."""
+        return self.layering.protect_snapshot(self.spec(snapshot, snapshot=True))
+
+    def unprotect_snapshot(self, snapshot: str | ImageSpec) -> bool:
+        return self.layering.unprotect_snapshot(self.spec(snapshot, snapshot=True))
+
+    def rollback_snapshot(self, snapshot: str | ImageSpec, *, force: bool = False,
+                          progress: Progress | None = None) -> None:
+        """Refused while a client (a VM) has the image open, unless ``force``."""
+        self.layering.rollback(self.spec(snapshot, snapshot=True), force=force, progress=progress)
+
+    # --- golden images, clones, flatten ----------------------------------------------------
+
+    def make_golden(self, image: str | ImageSpec) -> ImageSpec:
+        """Make an image a golden base: a protected snapshot (``golden`` unless named), recorded in
+        the image's metadata.  Returns POOL/IMAGE@SNAP to clone from."""
+        return self.layering.make_golden(self.spec(image))
+
+    def clone(self, parent: str | ImageSpec, child: str | ImageSpec, *, size: int | None = None,
+              flatten: bool = False) -> CloneResult:
+        """A copy-on-write clone of POOL/IMAGE@SNAP; flattened when asked or beyond max_clone_depth."""
+        if size is not None:
+            _check_size(size)
+        return self.layering.clone(self.spec(parent, snapshot=True), self.spec(child, snapshot=False),
+                                   size=size, flatten=flatten)
+
+    def clone_many(self, parent: str | ImageSpec, children: list[str | ImageSpec], *, size: int | None = None,
+                   flatten: bool = False, workers: int = 8) -> list[CloneResult]:
+        """Many clones of one snapshot with several in flight (a fleet from one golden image)."""
+        if size is not None:
+            _check_size(size)
+        return self.layering.clone_many(self.spec(parent, snapshot=True),
+                                        [self.spec(c, snapshot=False) for c in children],
+                                        size=size, flatten=flatten, workers=workers)
+
+    def children(self, image: str | ImageSpec) -> list[Dependent]:
+        """Clones of POOL/IMAGE@SNAP, or of every snapshot of POOL/IMAGE."""
+        return self.layering.children(self.spec(image))
+
+    def flatten(self, image: str | ImageSpec, *, progress: Progress | None = None) -> bool:
+        """Detach a clone from its parent by copying the parent's data; False when it had none."""
+        return self.layering.flatten(self.spec(image, snapshot=False), progress=progress)
+
+    def info(self, image: str | ImageSpec) -> ImageInfo:
+        """Size, features, parent chain, snapshots and dependents of an image."""
+        return self.layering.info(self.spec(image, snapshot=False))
 
 
 def _check_size(size: int) -> None:

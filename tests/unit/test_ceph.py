@@ -121,10 +121,20 @@ def test_failed_open_closes_the_ioctx_and_names_the_image(conf, fake_rados, fake
     fake_rbd.Image.side_effect = fake_rbd.ImageNotFound("x", errno=errno.ENOENT)
     ioctx = fake_rados.Rados.return_value.open_ioctx.return_value
     with make_cluster(conf, fake_rados, fake_rbd) as cluster:
-        with pytest.raises(errors.NotFoundError, match=r"image rbd/vm1@s: does not exist"):
+        with pytest.raises(errors.NotFoundError, match=r"^image rbd/vm1: does not exist"):
             with cluster.image("rbd", "vm1", snapshot="s"):
                 pass
-    ioctx.close.assert_called_once_with()
+    assert fake_rados.Rados.return_value.open_ioctx.call_count == ioctx.close.call_count
+
+
+def test_missing_snapshot_of_an_existing_image_names_the_snapshot(conf, fake_rados, fake_rbd):
+    image = fake_rbd.Image.return_value
+    fake_rbd.Image.side_effect = [fake_rbd.ImageNotFound("x", errno=errno.ENOENT), image]
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(errors.NotFoundError, match=r"^snapshot rbd/vm1@s: does not exist"):
+            with cluster.image("rbd", "vm1", snapshot="s"):
+                pass
+    image.close.assert_called_once_with()
 
 
 def test_missing_pool(conf, fake_rados, fake_rbd):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
 import sys
-from typing import Any, NoReturn
+import time
+from datetime import datetime
+from typing import Any, Callable, NoReturn
 
 from ..errors import UsageError
+from ..spec import ImageSpec
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,9 +41,41 @@ def divert_native_stderr() -> None:
     os.close(devnull)
 
 
+def jsonable(value: Any) -> Any:
+    """Dataclasses, specs, datetimes and tuples as plain JSON values."""
+    if isinstance(value, ImageSpec):
+        return str(value)  # reads best as POOL/IMAGE[@SNAP]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
 def emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    json.dump(jsonable(data), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def terminal_progress(label: str) -> Callable[[int, int], int] | None:
+    """A librbd progress callback that redraws one line on a terminal; None when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def report(done: int, total: int) -> int:
+        percent = 100 * done // total if total else 100
+        elapsed = time.monotonic() - started
+        eta = f", {elapsed * (total - done) / done:.0f} s left" if done and done < total else ""
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label}: {percent:3d}%{eta}   {end}")
+        return 0
+
+    return report
 
 
 def size_arg(text: str) -> int:

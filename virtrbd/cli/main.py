@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError, VirtrbdError
-from . import config_cmd, demo, images, lab
+from . import config_cmd, demo, images, lab, layering, snapshots
 from .common import Parser, divert_native_stderr
 
 log = logging.getLogger("virtrbd")
@@ -27,6 +27,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"virtrbd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parser(commands)
+    snapshots.add_parser(commands)
+    layering.add_parser(commands)
     config_cmd.add_parser(commands)
     lab.add_parser(commands)
     demo.add_parser(commands)

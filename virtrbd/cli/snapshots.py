@@ -1,0 +1,90 @@
+"""``virtrbd snap create|ls|rm|protect|unprotect|rollback``: snapshots that stay in Ceph."""
+
+from __future__ import annotations
+
+from ..storage import Storage
+from ..units import format_size
+from .common import emit_json, terminal_progress
+
+
+def add_parser(subparsers) -> None:
+    snap = subparsers.add_parser("snap", help="snapshots of an image")
+    actions = snap.add_subparsers(dest="snap_action", metavar="ACTION", required=True)
+
+    def action(name: str, help: str, func, metavar="POOL/IMAGE@SNAP"):
+        parser = actions.add_parser(name, help=help)
+        parser.add_argument("spec", metavar=metavar)
+        parser.set_defaults(func=func)
+        return parser
+
+    action("create", "take a snapshot", cmd_create)
+    ls = action("ls", "list snapshots with size, protection, time and clones", cmd_ls, metavar="POOL/IMAGE")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    rm = action("rm", "remove a snapshot no clone depends on", cmd_rm)
+    rm.add_argument("--force", action="store_true", help="unprotect a protected snapshot first")
+    action("protect", "protect a snapshot (idempotent)", cmd_protect)
+    action("unprotect", "unprotect a snapshot no clone depends on", cmd_unprotect)
+    rollback = action("rollback", "roll the image back to the snapshot", cmd_rollback)
+    rollback.add_argument("--force", action="store_true",
+                          help="roll back even while a client (a VM) has the image open")
+
+
+def _open(args, snapshot: bool):
+    storage = Storage(args.config)
+    return storage, storage.spec(args.spec, snapshot=snapshot)
+
+
+def cmd_create(args) -> int:
+    storage, spec = _open(args, snapshot=True)
+    with storage:
+        storage.create_snapshot(spec)
+    print(f"created snapshot {spec}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    storage, spec = _open(args, snapshot=False)
+    with storage:
+        snapshots = storage.list_snapshots(spec)
+    if args.json:
+        emit_json(snapshots)
+        return 0
+    if snapshots:
+        print(f"{'NAME':<24} {'SIZE':>10} {'PROTECTED':<9} {'CLONES':>6}  {'CREATED':<19}  ORIGIN")
+    for s in snapshots:
+        created = s.timestamp.strftime("%Y-%m-%d %H:%M:%S") if s.timestamp else "-"
+        print(f"{s.name:<24} {format_size(s.size):>10} {'yes' if s.protected else 'no':<9} {s.children:>6}  "
+              f"{created:<19}  {s.origin}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    storage, spec = _open(args, snapshot=True)
+    with storage:
+        storage.remove_snapshot(spec, force=args.force)
+    print(f"removed snapshot {spec}")
+    return 0
+
+
+def cmd_protect(args) -> int:
+    storage, spec = _open(args, snapshot=True)
+    with storage:
+        changed = storage.protect_snapshot(spec)
+    print(f"protected {spec}" if changed else f"{spec} was already protected")
+    return 0
+
+
+def cmd_unprotect(args) -> int:
+    storage, spec = _open(args, snapshot=True)
+    with storage:
+        changed = storage.unprotect_snapshot(spec)
+    print(f"unprotected {spec}" if changed else f"{spec} was not protected")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    storage, spec = _open(args, snapshot=True)
+    with storage:
+        storage.rollback_snapshot(spec, force=args.force, progress=terminal_progress(f"rolling back {spec}"))
+    print(f"rolled {spec.image_spec} back to {spec.snapshot}")
+    return 0
