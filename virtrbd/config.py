@@ -135,7 +135,17 @@ class LayeringSettings:
         "auto")
 
 
-SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings}
+@dataclass(frozen=True)
+class XmlSettings:
+    """[xml]: the libvirt documents virtrbd writes."""
+
+    templates: Path | None = option(
+        a_path, "Folder of the operator's own XML templates (secret.xml, pool.xml, volume.xml, disk.xml); "
+        "any it lacks come from the shipped set.", None)
+
+
+SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings,
+                             "xml": XmlSettings}
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,7 @@ class Config:
     ceph: CephSettings
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
     layering: LayeringSettings = field(default_factory=LayeringSettings)
+    xml: XmlSettings = field(default_factory=XmlSettings)
 
     @property
     def libvirt_pool(self) -> str:

@@ -1,4 +1,4 @@
-"""The libvirt side: the ceph secret and the rbd storage pool in a running libvirtd.
+"""The libvirt side: the ceph secret, the rbd storage pool, its volumes and domains' disks.
 
 Every call here is idempotent — "ensure", not "create" — so agents, the CLI's
 ``--define`` and the lab can run it again and again.  The cephx key reaches
@@ -18,10 +18,16 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator
 
-from .errors import LibvirtError, NotFoundError
+from lxml import etree
+
+from .errors import InvalidXMLError, LibvirtError, NotFoundError
 from .keyring import CephKey
+from .xml import nodes, safe
+from .xml.common import SecretRef
+from .xml.disk import DiskDef, is_rbd_disk
 from .xml.pool import PoolDef
 from .xml.secret import SecretDef
+from .xml.volume import VolumeDef
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +80,18 @@ class Host:
 
     # --- secrets ---------------------------------------------------------------------
 
-    def find_secret(self, secret: SecretDef):
-        """The defined secret with this UUID (or, without a UUID, this usage name), or None."""
+    def find_secret(self, secret: SecretDef | SecretRef):
+        """The defined secret with this UUID (or, without a UUID, this ceph usage name), or None."""
         lv = self.libvirt
+        usage = secret.usage_name if isinstance(secret, SecretDef) else secret.usage
         try:
             if secret.uuid:
                 return self.conn.secretLookupByUUIDString(secret.uuid)
-            return self.conn.secretLookupByUsage(lv.VIR_SECRET_USAGE_TYPE_CEPH, secret.usage_name)
+            return self.conn.secretLookupByUsage(lv.VIR_SECRET_USAGE_TYPE_CEPH, usage)
         except lv.libvirtError as exc:
             if self._is_missing(exc, lv.VIR_ERR_NO_SECRET):
                 return None
-            raise LibvirtError(f"secret {secret.uuid or secret.usage_name}: {exc.get_error_message()}") from None
+            raise LibvirtError(f"secret {secret.uuid or usage}: {exc.get_error_message()}") from None
 
     def ensure_secret(self, secret: SecretDef, key: CephKey, template_dir=None):
         """Define the secret if needed and set its value; return the libvirt secret object."""
@@ -165,9 +172,105 @@ class Host:
             found.undefine()
         return True
 
+    def refresh_pool(self, name: str):
+        """libvirt's full rescan: its rbd backend opens every image (seconds for a thousand), so rarely."""
+        pool = self._defined_pool(name)
+        with translated(self.libvirt, f"refreshing storage pool {name}"):
+            pool.refresh(0)
+        return pool
+
+    def _defined_pool(self, name: str):
+        pool = self.find_pool(name)
+        if pool is None:
+            raise NotFoundError(f"storage pool {name}: not defined in libvirt")
+        return pool
+
+    # --- volumes -----------------------------------------------------------------------------
+
+    def find_volume(self, pool_name: str, name: str):
+        """libvirt's volume ``name`` as of the pool's last refresh, or None; never refreshes.
+
+        libvirt learns of an rbd image only when it creates it or refreshes the
+        whole pool.  So an image made behind its back (librbd, a clone) is None
+        here until then, and one removed behind its back still answers: callers
+        that need the truth ask librbd (``virtrbd.hypervisor.find_volume``).
+        """
+        lv = self.libvirt
+        pool = self._defined_pool(pool_name)
+        try:
+            return pool.storageVolLookupByName(name)
+        except lv.libvirtError as exc:
+            if self._is_missing(exc, lv.VIR_ERR_NO_STORAGE_VOL):
+                return None
+            raise LibvirtError(f"volume {name} of storage pool {pool_name}: {exc.get_error_message()}") from None
+
+    def create_volume(self, pool_name: str, volume: VolumeDef, template_dir=None):
+        """A new raw image made by libvirt (``storageVolCreateXML``), so libvirt knows it without a refresh."""
+        pool = self._defined_pool(pool_name)
+        with translated(self.libvirt, f"creating volume {volume.name} in storage pool {pool_name}"):
+            created = pool.createXML(volume.to_xml(template_dir), 0)
+        log.info("created volume %s in libvirt storage pool %s", volume.name, pool_name)
+        return created
+
+    # --- domains -----------------------------------------------------------------------------
+
+    def find_domain(self, name: str):
+        lv = self.libvirt
+        try:
+            return self.conn.lookupByName(name)
+        except lv.libvirtError as exc:
+            if self._is_missing(exc, lv.VIR_ERR_NO_DOMAIN):
+                return None
+            raise LibvirtError(f"domain {name}: {exc.get_error_message()}") from None
+
+    def attach_disk(self, domain_name: str, disk: DiskDef, template_dir=None) -> bool:
+        """Add the disk to the domain's persistent definition, as ``virsh attach-device --config``.
+
+        False when that target already holds this image (nothing to do); an error
+        when it holds anything else, rather than a second disk fighting for it.
+        """
+        domain = self.find_domain(domain_name)
+        if domain is None:
+            raise NotFoundError(f"domain {domain_name}: not defined in libvirt")
+        what = f"domain {domain_name}"
+        with translated(self.libvirt, f"reading {what}"):
+            current = safe.parse(domain.XMLDesc(self.libvirt.VIR_DOMAIN_XML_INACTIVE), what=what)
+        occupant = _disk_at(current, disk.target)
+        if occupant is not None:
+            if _holds_image(occupant, disk):
+                return False
+            raise LibvirtError(f"{what}: target {disk.target} already holds {_describe(occupant)}; "
+                               f"detach it or choose another target")
+        with translated(self.libvirt, f"attaching {disk.image} to {what} as {disk.target}"):
+            domain.attachDeviceFlags(disk.to_xml(template_dir), self.libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        log.info("attached %s to %s as %s", disk.image, what, disk.target)
+        return True
+
 
 def _same_pool(existing: PoolDef, wanted: PoolDef) -> bool:
     """Equal in what matters; libvirt adds a UUID of its own when none was given."""
     if wanted.uuid is None:
         existing = PoolDef(**{**existing.__dict__, "uuid": None})
     return existing == wanted
+
+
+def _disk_at(domain: etree._Element, target: str) -> etree._Element | None:
+    return next((node for node in domain.iterfind("devices/disk") if nodes.attr(node, "target", "dev") == target),
+                None)
+
+
+def _holds_image(node: etree._Element, disk: DiskDef) -> bool:
+    if not is_rbd_disk(node):
+        return False
+    try:
+        return DiskDef.from_element(node).image == disk.image
+    except InvalidXMLError:
+        return False
+
+
+def _describe(node: etree._Element) -> str:
+    source = node.find("source")
+    if source is None:
+        return "an empty drive"
+    name = source.get("name") or source.get("file") or source.get("dev") or source.get("volume") or "?"
+    return f"{source.get('protocol') or node.get('type')} disk {name}"

@@ -10,9 +10,12 @@ from virtrbd import errors
 from virtrbd.keyring import CephKey
 from virtrbd.libvirt_host import Host
 from virtrbd.monitor import Monitor
+from virtrbd.spec import ImageSpec
 from virtrbd.xml.common import SecretRef
+from virtrbd.xml.disk import DiskDef
 from virtrbd.xml.pool import PoolDef
 from virtrbd.xml.secret import SecretDef
+from virtrbd.xml.volume import VolumeDef
 
 from .conftest import KEY
 
@@ -29,13 +32,18 @@ def missing(code):
 def lv(mocker):
     module = types.SimpleNamespace(**{n: getattr(libvirt, n) for n in dir(libvirt) if n.isupper()})
     module.libvirtError = libvirt.libvirtError
-    module.open = mocker.Mock()
+    # built from the real binding's classes, so a misspelt or missing libvirt call fails the test
+    module.open = mocker.Mock(return_value=mocker.create_autospec(libvirt.virConnect, instance=True))
     return module
 
 
 @pytest.fixture
-def conn(lv):
-    return lv.open.return_value
+def conn(lv, mocker):
+    conn = lv.open.return_value
+    conn.storagePoolLookupByName.return_value = mocker.create_autospec(libvirt.virStoragePool, instance=True)
+    conn.lookupByName.return_value = mocker.create_autospec(libvirt.virDomain, instance=True)
+    conn.secretLookupByUUIDString.return_value = mocker.create_autospec(libvirt.virSecret, instance=True)
+    return conn
 
 
 def test_connection_failure_is_one_line(lv):
@@ -110,3 +118,107 @@ def test_ensure_pool_refuses_to_clobber_a_different_pool(lv, conn):
     with Host(libvirt_module=lv) as host, pytest.raises(errors.LibvirtError, match="already defined differently"):
         host.ensure_pool(POOL)
     conn.storagePoolDefineXML.assert_not_called()
+
+
+# --- volumes ---------------------------------------------------------------------------------
+
+def test_find_volume_asks_libvirts_list_and_never_refreshes(lv, conn):
+    pool = conn.storagePoolLookupByName.return_value
+    with Host(libvirt_module=lv) as host:
+        assert host.find_volume("ceph", "vm1") is pool.storageVolLookupByName.return_value
+    pool.storageVolLookupByName.assert_called_once_with("vm1")
+    pool.refresh.assert_not_called()
+
+
+def test_find_volume_unknown_to_libvirt_is_none(lv, conn):
+    pool = conn.storagePoolLookupByName.return_value
+    pool.storageVolLookupByName.side_effect = missing(libvirt.VIR_ERR_NO_STORAGE_VOL)
+    with Host(libvirt_module=lv) as host:
+        assert host.find_volume("ceph", "vm1") is None
+    pool.refresh.assert_not_called()
+
+
+def test_find_volume_in_an_undefined_pool_says_so(lv, conn):
+    conn.storagePoolLookupByName.side_effect = missing(libvirt.VIR_ERR_NO_STORAGE_POOL)
+    with Host(libvirt_module=lv) as host, pytest.raises(errors.NotFoundError, match="storage pool ceph: not defined"):
+        host.find_volume("ceph", "vm1")
+
+
+def test_create_volume_goes_through_the_pool(lv, conn):
+    pool = conn.storagePoolLookupByName.return_value
+    with Host(libvirt_module=lv) as host:
+        host.create_volume("ceph", VolumeDef("vm1", 1 << 30))
+    xml = pool.createXML.call_args.args[0]
+    assert VolumeDef.from_xml(xml) == VolumeDef("vm1", 1 << 30)
+    assert pool.createXML.call_args.args[1] == 0
+
+
+def test_create_volume_failure_names_volume_and_pool(lv, conn):
+    exc = libvirt.libvirtError("x")
+    exc.err = (1, 0, "failed to create volume 'rbd/vm1': File exists", 0, None, None, None, 0, 0)
+    conn.storagePoolLookupByName.return_value.createXML.side_effect = exc
+    with Host(libvirt_module=lv) as host, \
+            pytest.raises(errors.LibvirtError, match="creating volume vm1 in storage pool ceph: failed to create"):
+        host.create_volume("ceph", VolumeDef("vm1", 1))
+
+
+def test_refresh_pool_is_explicit(lv, conn):
+    with Host(libvirt_module=lv) as host:
+        host.refresh_pool("ceph")
+    conn.storagePoolLookupByName.return_value.refresh.assert_called_once_with(0)
+
+
+# --- domains ----------------------------------------------------------------------------------
+
+DISK = DiskDef(ImageSpec("rbd", "vm1-data"), "vdb", (Monitor("127.0.0.1", 3300),), "virt", SecretRef(uuid=UUID))
+
+
+def domain_xml(*disks: str) -> str:
+    return f"<domain type='kvm'><name>vm1</name><devices>{''.join(disks)}</devices></domain>"
+
+
+def test_attach_disk_adds_it_to_the_persistent_definition(lv, conn):
+    domain = conn.lookupByName.return_value
+    domain.XMLDesc.return_value = domain_xml()
+    with Host(libvirt_module=lv) as host:
+        assert host.attach_disk("vm1", DISK) is True
+    domain.XMLDesc.assert_called_once_with(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml, flags = domain.attachDeviceFlags.call_args.args
+    assert DiskDef.from_xml(xml) == DISK
+    assert flags == libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+
+def test_attach_disk_twice_changes_nothing(lv, conn):
+    domain = conn.lookupByName.return_value
+    # libvirt's version of our disk: bus and address filled in, auth where libvirt keeps it
+    domain.XMLDesc.return_value = domain_xml(DISK.to_xml().replace('<target dev="vdb"/>',
+                                             '<target dev="vdb" bus="virtio"/><address type="pci" slot="0x05"/>'))
+    with Host(libvirt_module=lv) as host:
+        assert host.attach_disk("vm1", DISK) is False
+    domain.attachDeviceFlags.assert_not_called()
+
+
+@pytest.mark.parametrize("occupant, words", [
+    ("<disk type='file' device='disk'><source file='/x.img'/><target dev='vdb'/></disk>", "file disk /x.img"),
+    (DiskDef(ImageSpec("rbd", "other"), "vdb", (Monitor("h"),)).to_xml(), "rbd disk rbd/other"),
+    ("<disk type='network' device='disk'><source protocol='rbd' name='rbd/vm1-data'/><target dev='vdb'/></disk>",
+     "rbd disk rbd/vm1-data"),
+])
+def test_attach_disk_refuses_a_taken_target(lv, conn, occupant, words):
+    domain = conn.lookupByName.return_value
+    domain.XMLDesc.return_value = domain_xml(occupant)
+    with Host(libvirt_module=lv) as host, pytest.raises(errors.LibvirtError, match=f"target vdb already holds {words}"):
+        host.attach_disk("vm1", DISK)
+    domain.attachDeviceFlags.assert_not_called()
+
+
+def test_attach_disk_to_a_missing_domain(lv, conn):
+    conn.lookupByName.side_effect = missing(libvirt.VIR_ERR_NO_DOMAIN)
+    with Host(libvirt_module=lv) as host, pytest.raises(errors.NotFoundError, match="domain vm9: not defined"):
+        host.attach_disk("vm9", DISK)
+
+
+def test_find_secret_by_reference_uses_the_ceph_usage(lv, conn):
+    with Host(libvirt_module=lv) as host:
+        host.find_secret(SecretRef(usage="ceph client.virt"))
+    conn.secretLookupByUsage.assert_called_once_with(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "ceph client.virt")

@@ -4,7 +4,9 @@ identity).  This layer knows nothing about Ceph connections; policy lives in the
 """
 
 from .common import SecretRef
+from .disk import DiskDef, rbd_disks
 from .pool import PoolDef
 from .secret import SecretDef
+from .volume import VolumeDef
 
-__all__ = ["PoolDef", "SecretDef", "SecretRef"]
+__all__ = ["DiskDef", "PoolDef", "SecretDef", "SecretRef", "VolumeDef", "rbd_disks"]

@@ -57,3 +57,32 @@ def read_hosts(parent: etree._Element, what: str) -> tuple[Monitor, ...]:
 
 def check_uuid(value: str | None) -> str | None:
     return None if value is None else str(uuid_module.UUID(value))
+
+
+def check_choice(what: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """A ValueError naming the allowed values, so a typo fails here and not inside libvirt."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}")
+
+
+_SCALE = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+
+
+def scaled_integer(text: str | None, unit: str | None, what: str) -> int:
+    """Bytes from libvirt's ``<capacity unit='…'>N</capacity>``.
+
+    libvirt reads the unit's first letter case-insensitively; alone or with
+    ``iB`` it is a power of 1024, with ``B`` a power of 1000 (``k``, ``KiB``,
+    ``KB``); ``b``/``bytes`` or no unit at all mean bytes.
+    """
+    number = (text or "").strip()
+    if not (number.isascii() and number.isdigit()):
+        raise InvalidXMLError(f"{what}: {number!r} is not a whole number")
+    unit = (unit or "bytes").strip()
+    if unit.lower() in ("b", "bytes"):
+        return int(number)
+    letter, suffix = unit[:1].lower(), unit[1:]
+    if letter not in _SCALE or suffix not in ("", "iB", "B"):
+        raise InvalidXMLError(f"{what}: unknown unit {unit!r}")
+    base = 1000 if suffix == "B" else 1024
+    return int(number) * base ** _SCALE[letter]

@@ -21,14 +21,17 @@ class SecretDef:
     usage_name: str
     uuid: str | None = None
     description: str | None = None
+    private: bool = True        # libvirt never hands the value back (only a non-private one can be read)
 
     def __post_init__(self) -> None:
         if not self.usage_name.strip():
             raise ValueError("empty secret usage name")
+        object.__setattr__(self, "usage_name", self.usage_name.strip())  # as it reads back from the XML
         object.__setattr__(self, "uuid", check_uuid(self.uuid))
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
         root = templates.load("secret", template_dir)
+        nodes.put_attr(root, ".", "private", "yes" if self.private else "no")
         nodes.put_text(root, "uuid", self.uuid)
         nodes.put_text(root, "description", self.description)
         nodes.put_attr(root, "usage", "type", "ceph")
@@ -46,7 +49,7 @@ class SecretDef:
             raise InvalidXMLError("secret: usage type is not 'ceph'")
         try:
             return cls(usage_name=nodes.text(root, "usage/name") or "", uuid=nodes.text(root, "uuid"),
-                       description=nodes.text(root, "description"))
+                       description=nodes.text(root, "description"), private=root.get("private") == "yes")
         except ValueError as exc:
             raise InvalidXMLError(f"secret: {exc}") from None
 

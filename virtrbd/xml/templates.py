@@ -32,16 +32,18 @@ def shipped_dir() -> Path:
 @lru_cache(maxsize=32)
 def _parsed(path: Path) -> etree._Element:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            return safe.parse_stream(stream, what=f"template {path}")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read template: {exc.strerror}") from None
-    return safe.parse(data, what=f"template {path}")
 
 
 def load(name: str, directory: Path | None = None) -> etree._Element:
     """A fresh, modifiable copy of template ``name`` (``secret``, ``pool``, …)."""
     if name not in NAMES:
         raise ValueError(f"unknown template {name!r}")
+    if directory is not None and not directory.is_dir():  # a typo must not silently mean "shipped"
+        raise ConfigError(f"{directory}: template folder not found")
     candidates = [directory / f"{name}.xml"] if directory else []
     candidates.append(shipped_dir() / f"{name}.xml")
     for path in candidates:

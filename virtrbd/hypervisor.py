@@ -1,0 +1,189 @@
+"""What a hypervisor's libvirt needs for RBD, decided from virtrbd.conf: the policy above the XML models.
+
+The XML layer renders whatever it is given; this module decides what that is.
+
+* The ceph secret is named ``<libvirt pool> <cephx entity>`` (``virtrbd-lab
+  client.virt``).  Pools and disks reference it by UUID when ``[libvirt]
+  secret_uuid`` is set, else by that usage name.  Its value comes from the
+  root-only ``[ceph] keyring`` and reaches libvirt only through ``virSecretSetValue``.
+* The rbd pool and every disk list all ``[ceph] monitors`` and authenticate as
+  ``[ceph] client_id``; the pool carries the config's timeouts as
+  ``rbd:config_opts``, so a dead monitor fails ``pool-start`` in seconds, not 30 s.
+* A disk on a snapshot is read-only.
+* A volume is looked up through librbd, never by a pool refresh: libvirt's rbd
+  refresh opens every image of the pool (seconds for a thousand) and only
+  then knows images made behind its back.
+
+Every ``ensure_*`` is idempotent and says what it changed (nothing, the second time).
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import dataclass
+
+from .ceph import Cluster, translated
+from .config import Config
+from .errors import AlreadyExistsError, ConfigError, LibvirtError, UsageError
+from .keyring import read_key
+from .libvirt_host import Host
+from .libvirt_host import translated as libvirt_translated
+from .spec import ImageSpec
+from .xml.common import SecretRef
+from .xml.disk import DiskDef
+from .xml.pool import PoolDef
+from .xml.secret import SecretDef
+from .xml.volume import VolumeDef
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an ``ensure_*`` call did in libvirt; no actions means nothing changed."""
+
+    what: str
+    actions: tuple[str, ...] = ()
+    note: str = ""          # what was done that changes nothing, e.g. the same key set again
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def __str__(self) -> str:
+        text = f"{self.what}: {', '.join(self.actions) if self.actions else 'unchanged'}"
+        return f"{text}; {self.note}" if self.note else text
+
+
+# --- the documents, from the config --------------------------------------------------------
+
+def secret_usage(config: Config) -> str:
+    return f"{config.libvirt_pool} {config.ceph.entity}"
+
+
+def secret_def(config: Config) -> SecretDef:
+    return SecretDef(usage_name=secret_usage(config), uuid=config.libvirt.secret_uuid,
+                     description=f"cephx key of {config.ceph.entity} for libvirt pool {config.libvirt_pool}")
+
+
+def secret_ref(config: Config) -> SecretRef:
+    if config.libvirt.secret_uuid:
+        return SecretRef(uuid=config.libvirt.secret_uuid)
+    return SecretRef(usage=secret_usage(config))
+
+
+def pool_def(config: Config) -> PoolDef:
+    ceph = config.ceph
+    return PoolDef(name=config.libvirt_pool, source_name=ceph.pool, monitors=ceph.monitors,
+                   auth_username=ceph.client_id, secret=secret_ref(config),
+                   config_opts=(("client_mount_timeout", str(ceph.client_mount_timeout)),
+                                ("rados_mon_op_timeout", str(ceph.rados_mon_op_timeout)),
+                                ("rados_osd_op_timeout", str(ceph.rados_osd_op_timeout))))
+
+
+def disk_def(config: Config, image: ImageSpec, target: str, *, read_only: bool = False, **tuning) -> DiskDef:
+    """A disk on ``image`` as ``target``; ``tuning``: bus, cache, discard, io, serial, iotune."""
+    return DiskDef(image=image, target=target, monitors=config.ceph.monitors, auth_username=config.ceph.client_id,
+                   secret=secret_ref(config), read_only=read_only or image.snapshot is not None, **tuning)
+
+
+def volume_pool(config: Config, image: ImageSpec) -> str:
+    """The libvirt pool that holds ``image``: only [ceph] pool has one (``[libvirt] pool``)."""
+    if image.pool != config.ceph.pool:
+        raise UsageError(f"{image}: the libvirt pool {config.libvirt_pool} holds the images of Ceph pool "
+                         f"{config.ceph.pool} only")
+    return config.libvirt_pool
+
+
+# --- applying them through libvirt -------------------------------------------------------------
+
+def ensure_secret(host: Host, config: Config, secret: SecretDef | None = None) -> Applied:
+    """The secret is defined and holds the key of ``[ceph] keyring`` (set again each time: a rotated key lands)."""
+    secret = secret or secret_def(config)
+    what = f"secret {secret.uuid or secret.usage_name}"
+    found = host.find_secret(secret)
+    if config.ceph.keyring is None:
+        if found is None:
+            raise ConfigError(f"{config.path}: [ceph] keyring: needed to give the libvirt {what} its value")
+        return Applied(what)
+    key = read_key(config.ceph.keyring, config.ceph.entity)
+    host.ensure_secret(secret, key, template_dir=config.xml.templates)
+    if found is None:
+        return Applied(what, ("defined", "value set"))
+    return Applied(what, note="value set again from [ceph] keyring")
+
+
+def ensure_pool(host: Host, config: Config, pool: PoolDef | None = None, *, autostart: bool = True) -> Applied:
+    """The rbd pool is defined, started and (by default) autostarted."""
+    pool = pool or pool_def(config)
+    what = f"storage pool {pool.name}"
+    if pool.secret is not None and host.find_secret(pool.secret) is None:
+        raise LibvirtError(f"{what} authenticates with libvirt secret {pool.secret.uuid or pool.secret.usage}, "
+                           f"which is not defined: define it first (virtrbd xml secret --define)")
+    found = host.find_pool(pool.name)
+    with libvirt_translated(host.libvirt, f"reading {what}"):
+        actions = ["defined"] if found is None else []
+        if found is None or not found.isActive():
+            actions.append("started")
+        if autostart and (found is None or not found.autostart()):
+            actions.append("autostart on")
+    host.ensure_pool(pool, autostart=autostart, template_dir=config.xml.templates)
+    return Applied(what, tuple(actions))
+
+
+def ensure_libvirt_objects(config: Config, *, autostart: bool = True, libvirt_module=None) -> list[Applied]:
+    """The ceph secret and the rbd pool of ``config``, as a hypervisor agent needs them before any VM."""
+    with Host(config.libvirt.uri, libvirt_module=libvirt_module) as host:
+        return [ensure_secret(host, config), ensure_pool(host, config, autostart=autostart)]
+
+
+def ensure_volume(host: Host, cluster: Cluster, config: Config, volume: VolumeDef) -> Applied:
+    """The image exists with this capacity; a missing one is created through libvirt's pool.
+
+    Existence is asked of librbd (the truth, ~5 ms), not of libvirt, which knows
+    only what it saw at its last refresh.  An image of another size is an error:
+    resizing is a decision, not a side effect of ``--define``.
+    """
+    pool = config.libvirt_pool
+    image = ImageSpec(config.ceph.pool, volume.name)
+    what = f"volume {volume.name} of storage pool {pool}"
+    existing = find_volume(cluster, image)
+    if existing is not None:
+        if existing.capacity != volume.capacity:
+            raise AlreadyExistsError(f"{what}: image {image} already exists with {existing.capacity} bytes, "
+                                     f"not {volume.capacity}")
+        return Applied(what)
+    host.create_volume(pool, volume, template_dir=config.xml.templates)
+    return Applied(what, ("created",))
+
+
+def attach_disk(host: Host, config: Config, domain: str, disk: DiskDef) -> Applied:
+    """The domain's persistent definition has this disk (``attach-device --config``)."""
+    attached = host.attach_disk(domain, disk, template_dir=config.xml.templates)
+    return Applied(f"domain {domain}: disk {disk.target} ({disk.image})", ("attached",) if attached else ())
+
+
+# --- looking volumes up ------------------------------------------------------------------------
+
+def find_volume(cluster: Cluster, image: ImageSpec) -> VolumeDef | None:
+    """The image as a volume (name, capacity), or None: one librbd open, no pool refresh."""
+    with cluster.ioctx(image.pool) as ioctx, translated(f"looking up image {image}"):
+        try:
+            opened = cluster.rbd.Image(ioctx, image.image, read_only=True)
+        except cluster.rbd.ImageNotFound:
+            return None
+        with closing(opened):
+            return VolumeDef(image.image, opened.size())
+
+
+def libvirt_volume(host: Host, cluster: Cluster, config: Config, name: str):
+    """libvirt's handle on volume ``name`` of the config's pool, or None when the image does not exist.
+
+    librbd decides whether it exists; libvirt's pool is refreshed only for an
+    image it has not seen yet — the one case no other call can fix.
+    """
+    if find_volume(cluster, ImageSpec(config.ceph.pool, name)) is None:
+        return None
+    volume = host.find_volume(config.libvirt_pool, name)
+    if volume is None:
+        host.refresh_pool(config.libvirt_pool)
+        volume = host.find_volume(config.libvirt_pool, name)
+    return volume
