@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError, VirtrbdError
-from . import config_cmd, demo, images, lab, layering, snapshots
+from . import config_cmd, demo, images, lab, layering, snapshots, xml_cmd
 from .common import Parser, divert_native_stderr
 
 log = logging.getLogger("virtrbd")
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     config_cmd.add_parser(commands)
     lab.add_parser(commands)
     demo.add_parser(commands)
+    xml_cmd.add_parser(commands)
     return parser
 
 
