@@ -18,7 +18,6 @@ import configparser
 import dataclasses
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -71,11 +70,15 @@ def clone_format(text: str) -> str:
     return text
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
+
+
 def secret_uuid(text: str) -> str:
-    try:
-        return str(uuid.UUID(text.strip()))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a UUID") from None
+    """A UUID in its canonical lower-case dashed form (checked without the uuid module: the hook imports this)."""
+    digits = text.strip().replace("-", "").lower()
+    if not _UUID.match(text.strip()) or len(digits) != 32:
+        raise ValueError(f"{text!r} is not a UUID")
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def libvirt_uri(text: str) -> str:
@@ -144,8 +147,23 @@ class XmlSettings:
         "any it lacks come from the shipped set.", None)
 
 
+def log_target(text: str) -> str:
+    text = text.strip()
+    if text in ("syslog", "stderr") or text.startswith("/"):
+        return text
+    raise ValueError(f"{text!r} is not 'syslog', 'stderr' or an absolute file path")
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """[hook]: the qemu hook libvirt runs at domain start and release."""
+
+    log: str = option(log_target, "Where the hook logs: syslog, stderr or an absolute file path.", "syslog")
+    timeout: int = option(seconds, "Seconds the hook may take at most; past them it gives up and says so.", 30)
+
+
 SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings,
-                             "xml": XmlSettings}
+                             "xml": XmlSettings, "hook": HookSettings}
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,7 @@ class Config:
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
     layering: LayeringSettings = field(default_factory=LayeringSettings)
     xml: XmlSettings = field(default_factory=XmlSettings)
+    hook: HookSettings = field(default_factory=HookSettings)
 
     @property
     def libvirt_pool(self) -> str:

@@ -29,6 +29,7 @@ from .keyring import read_key
 from .libvirt_host import Host
 from .libvirt_host import translated as libvirt_translated
 from .spec import ImageSpec
+from .xml.clone_markup import CloneMarkup
 from .xml.common import SecretRef
 from .xml.disk import DiskDef
 from .xml.pool import PoolDef
@@ -155,10 +156,17 @@ def ensure_volume(host: Host, cluster: Cluster, config: Config, volume: VolumeDe
     return Applied(what, ("created",))
 
 
-def attach_disk(host: Host, config: Config, domain: str, disk: DiskDef) -> Applied:
-    """The domain's persistent definition has this disk (``attach-device --config``)."""
-    attached = host.attach_disk(domain, disk, template_dir=config.xml.templates)
-    return Applied(f"domain {domain}: disk {disk.target} ({disk.image})", ("attached",) if attached else ())
+def attach_disk(host: Host, config: Config, domain: str, disk: DiskDef,
+                markup: CloneMarkup | None = None) -> Applied:
+    """The domain's persistent definition has this disk (``attach-device --config``) and, for a
+    disk that is a clone of a golden snapshot, virtrbd's markup that makes the qemu hook clone it."""
+    actions = []
+    if markup is not None and host.set_clone_markup(domain, [markup]):
+        kind = "an ephemeral" if markup.ephemeral else "a persistent"
+        actions.append(f"marked as {kind} clone of {markup.clone_of}")
+    if host.attach_disk(domain, disk, template_dir=config.xml.templates):
+        actions.insert(0, "attached")
+    return Applied(f"domain {domain}: disk {disk.target} ({disk.image})", tuple(actions))
 
 
 # --- looking volumes up ------------------------------------------------------------------------

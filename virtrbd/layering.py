@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterator
@@ -345,6 +344,7 @@ class Layering:
             except errors.VirtrbdError as exc:
                 failures.append((index, exc))
 
+        from concurrent.futures import ThreadPoolExecutor  # here: the hook imports this module too
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="virtrbd-clone") as pool:
             list(pool.map(one, range(len(children))))
         if failures:

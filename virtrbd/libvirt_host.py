@@ -247,6 +247,33 @@ class Host:
         return True
 
 
+    def set_clone_markup(self, domain_name: str, markup: list) -> bool:
+        """Merge virtrbd's clone markup into the domain's persistent ``<metadata>``; False when unchanged."""
+        from .xml import clone_markup
+
+        domain = self.find_domain(domain_name)
+        if domain is None:
+            raise NotFoundError(f"domain {domain_name}: not defined in libvirt")
+        lv = self.libvirt
+        what = f"domain {domain_name}"
+        try:
+            text = domain.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, clone_markup.NAMESPACE,
+                                   lv.VIR_DOMAIN_AFFECT_CONFIG)
+            current = clone_markup.parse_clones(safe.parse(text, what=f"{what} metadata"))
+        except lv.libvirtError as exc:
+            if not self._is_missing(exc, lv.VIR_ERR_NO_DOMAIN_METADATA):
+                raise LibvirtError(f"reading the metadata of {what}: {exc.get_error_message()}") from None
+            current = []
+        wanted = clone_markup.merge(current, markup)
+        if wanted == current:
+            return False
+        element = clone_markup.render(wanted, namespaced=False)
+        with translated(lv, f"setting virtrbd's metadata on {what}"):
+            domain.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, etree.tostring(element, encoding="unicode"),
+                               clone_markup.PREFIX, clone_markup.NAMESPACE, lv.VIR_DOMAIN_AFFECT_CONFIG)
+        return True
+
+
 def _same_pool(existing: PoolDef, wanted: PoolDef) -> bool:
     """Equal in what matters; libvirt adds a UUID of its own when none was given."""
     if wanted.uuid is None:

@@ -71,7 +71,7 @@ def test_a_second_lab_comes_up_and_down_leaving_nothing(tmp_path):
     finally:
         stopped = other.down()
     assert sorted(stopped) == ["mon.a", "osd.0"]
-    assert not any(processes.alive(d.pid) for d in daemons)
+    assert not any(processes.is_ours(d) for d in daemons)   # (a recycled PID is someone else's)
     for port in range(spec.port, spec.port + 100):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"

@@ -20,6 +20,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from lxml import etree
+
 from .. import config as config_module
 from .. import hypervisor
 from ..config import Config
@@ -28,7 +30,8 @@ from ..libvirt_host import Host
 from ..monitor import parse_monitors
 from ..spec import ImageSpec
 from ..storage import Storage
-from ..xml import schema, safe
+from ..xml import clone_markup, schema, safe
+from ..xml.clone_markup import CloneMarkup
 from ..xml.disk import BUSES, CACHE_MODES, DISCARD_MODES, IO_MODES, DiskDef, rbd_disks
 from ..xml.pool import PoolDef
 from ..xml.secret import SecretDef
@@ -71,6 +74,13 @@ def add_parser(subparsers) -> None:
     disk.add_argument("--iotune", type=_iotune_arg, action="append", metavar="NAME=VALUE",
                       help="a limit such as total_iops_sec=500 (repeatable)")
     disk.add_argument("--read-only", action="store_true", help="a read-only disk (implied by @SNAP)")
+    disk.add_argument("--clone-of", metavar="POOL/IMAGE@SNAP",
+                      help="the image is a clone of this golden snapshot, made by the qemu hook when the domain "
+                           "starts; prints a domain fragment: <metadata> markup and the disk")
+    disk.add_argument("--ephemeral", action="store_true",
+                      help="with --clone-of: the hook removes the clone when the domain is released")
+    disk.add_argument("--clone-size", type=size_arg, metavar="SIZE",
+                      help="with --clone-of: grow the clone to SIZE when it is made")
     _monitors_option(disk)
 
 
@@ -111,15 +121,40 @@ def cmd_xml(args) -> int:
         raise UsageError("xml disk: --domain is for --define (to print, pipe into virsh attach-device DOMAIN)")
     config = _config(args)
     model = _read_document(args) if args.from_file else _build(args, config)
+    markup = _clone_markup(args, model, config)
     element = model.to_element(config.xml.templates)
     if args.validate:
         schema.validate(element, args.xml_kind)
     if not args.define:
-        sys.stdout.write(safe.tostring(element))
+        sys.stdout.write(safe.tostring(_fragment(element, markup) if markup else element))
         return 0
     _check_define(args, config)
-    print(_apply(args, config, model))
+    print(_apply(args, config, model, markup))
     return 0
+
+
+def _clone_markup(args, model, config: Config) -> CloneMarkup | None:
+    """virtrbd's markup for a disk that the hook makes as a clone (--clone-of), checked up front."""
+    clone_of = getattr(args, "clone_of", None)
+    if clone_of is None:
+        if getattr(args, "ephemeral", False) or getattr(args, "clone_size", None):
+            raise UsageError("xml disk: --ephemeral and --clone-size go with --clone-of")
+        return None
+    if model.image.snapshot is not None or model.read_only:
+        raise UsageError(f"xml disk: {model.image} would be a read-only disk; a clone is a writable image")
+    try:
+        return CloneMarkup(model.target, ImageSpec.parse(clone_of, config.ceph.pool), args.ephemeral,
+                           args.clone_size)
+    except ValueError as exc:
+        raise UsageError(f"xml disk: --clone-of: {exc}") from None
+
+
+def _fragment(disk: etree._Element, markup: CloneMarkup) -> etree._Element:
+    """``<domain><metadata>…</metadata><devices><disk/></devices></domain>``: what to merge into a domain."""
+    domain = etree.Element("domain")
+    etree.SubElement(domain, "metadata").append(clone_markup.render([markup]))
+    etree.SubElement(domain, "devices").append(disk)
+    return domain
 
 
 def _config(args) -> Config:
@@ -209,7 +244,7 @@ def _check_define(args, config: Config) -> None:
         hypervisor.volume_pool(config, _image(args, config, allow_snapshot=False))
 
 
-def _apply(args, config: Config, model) -> hypervisor.Applied:
+def _apply(args, config: Config, model, markup: CloneMarkup | None = None) -> hypervisor.Applied:
     kind = args.xml_kind
     if kind == "volume":
         with Storage(config) as storage, Host(config.libvirt.uri) as host:
@@ -219,4 +254,4 @@ def _apply(args, config: Config, model) -> hypervisor.Applied:
             return hypervisor.ensure_secret(host, config, model)
         if kind == "pool":
             return hypervisor.ensure_pool(host, config, model, autostart=not args.no_autostart)
-        return hypervisor.attach_disk(host, config, args.domain, model)
+        return hypervisor.attach_disk(host, config, args.domain, model, markup)

@@ -16,7 +16,8 @@ def test_start_records_a_live_daemon_of_ours(tmp_path):
         assert processes.is_ours(daemon)
     finally:
         assert processes.stop([daemon]) == []
-    assert not processes.alive(daemon.pid)
+    # not merely "pid dead": with pid_max at 32768 on a busy machine the PID may already be reused
+    assert not processes.is_ours(daemon)
 
 
 def test_stop_spares_a_pid_whose_command_line_lacks_the_marker(tmp_path):

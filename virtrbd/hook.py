@@ -1,0 +1,229 @@
+"""The qemu hook: clone golden images when a domain is prepared, remove its ephemeral clones at release.
+
+libvirt runs ``hooks/qemu`` as ``GUEST OP SUBOP -`` with the domain XML on
+stdin, synchronously, for every domain event; the script hands the two calls
+that can have work to ``run`` here:
+
+* ``prepare begin``: for every disk the domain's virtrbd markup names as a
+  clone of ``POOL/IMAGE@SNAP`` whose image does not exist yet, make the clone
+  (depth limit respected) and record in the image's metadata which domain made
+  it and whether it is ephemeral.  Existing images are left alone, so restarts
+  reuse them.  A failure exits 1 with one line on stderr: libvirt shows it and
+  does not start the domain.
+* ``release end``: remove the ephemeral clones this very domain made — never
+  an image another domain or a user owns.  libvirt also calls this after a
+  start that failed, so a missing image is normal.  Failing here cannot stop
+  anything, so it exits 0 and says why on stderr and in the log.
+
+Rules kept here: the hook never calls back into libvirt (libvirtd waits for
+it: a deadlock); it reads the key from the keyring named in virtrbd.conf; it
+imports nothing heavy until it knows it has work; a watchdog ends it with a
+clear message when ``[hook] timeout`` runs out, whatever it is blocked in.
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: the calls that can have work; every other one returns at once
+WORK = {("prepare", "begin"): "prepare", ("release", "end"): "release"}
+#: the markup's namespace, looked for in the raw input before anything is parsed
+MARKER = b"urn:x-virtrbd:domain:1"
+MAX_INPUT = 4 * 1024 * 1024
+
+#: image metadata on the clones the hook makes: {"domain": UUID, "ephemeral": bool}, one key, one round trip
+OWNER_KEY = "virtrbd.owner"
+
+
+def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=None) -> int:
+    """Handle one hook call; ``argv`` is ``[GUEST, OP, SUBOP, EXTRA]``.  Returns the exit code."""
+    stderr = stderr or sys.stderr
+    action = WORK.get(tuple(argv[1:3])) if len(argv) >= 3 else None
+    if action is None:
+        return 0
+    data = (stdin or sys.stdin.buffer).read(MAX_INPUT + 1)
+    if MARKER not in data and len(data) <= MAX_INPUT:
+        return 0
+    failure_code = 1 if action == "prepare" else 0
+    try:
+        if len(data) > MAX_INPUT:
+            from .errors import InvalidXMLError
+            raise InvalidXMLError(f"domain XML on stdin is larger than {MAX_INPUT // 1024} KiB")
+        return _work(action, argv[0], data, config_path, stderr)
+    except Exception as exc:  # every failure becomes one line; libvirt shows it verbatim
+        from .errors import VirtrbdError
+        text = str(exc) if isinstance(exc, VirtrbdError) else f"internal error: {type(exc).__name__}: {exc}"
+        print(f"virtrbd: {argv[0]}: {action}: {' '.join(text.split())}", file=stderr, flush=True)
+        return failure_code
+
+
+def _work(action: str, guest: str, data: bytes, config_path: str | None, stderr) -> int:
+    from . import config as config_module
+
+    config = config_module.load(config_path)
+    log = _logger(config.hook.log, guest)
+    watchdog = _watchdog(config.hook.timeout, guest, action, stderr)
+    try:
+        return _do(action, guest, data, config, log, stderr)
+    finally:
+        watchdog.cancel()
+
+
+def _do(action: str, guest: str, data: bytes, config, log, stderr) -> int:
+    from .errors import ConfigError, InvalidXMLError
+    from .xml import clone_markup, safe
+
+    domain = safe.parse(data, what="domain XML on stdin")
+    if domain.tag != "domain":
+        raise InvalidXMLError(f"expected a <domain> document on stdin, got <{domain.tag}>")
+    uuid = (domain.findtext("uuid") or "").strip()
+    if not uuid:
+        raise InvalidXMLError("the domain XML has no <uuid>")
+    marked = clone_markup.parse(domain)
+    images = clone_markup.rbd_disk_images(domain)
+    work = []
+    for disk in marked:
+        if disk.target not in images:
+            raise InvalidXMLError(f"virtrbd markup names disk {disk.target}, which is not an rbd disk of {guest}")
+        work.append((disk, images[disk.target]))
+    if not work:
+        return 0
+    if config.ceph.keyring is None:
+        raise ConfigError(f"{config.path}: [ceph] keyring: the hook needs it (it must not ask libvirt for the key)")
+
+    from .ceph import Cluster
+    from .layering import Layering
+    with Cluster(config) as cluster:
+        layering = Layering(cluster, max_clone_depth=config.layering.max_clone_depth)
+        for disk, image in work:
+            if action == "prepare":
+                _prepare(layering, disk, image, uuid, log)
+            elif disk.ephemeral:
+                _release(layering, image, uuid, log, stderr, guest)
+    return 0
+
+
+def _prepare(layering, disk, image, uuid: str, log) -> None:
+    """Clone when the image is missing; leave an existing one as it is.
+
+    The clone is tried first: a new domain is the common case, and librbd
+    refuses an existing name before it changes anything.  Only when the clone
+    fails is existence asked — so a persistent domain still starts after its
+    golden snapshot is gone.
+    """
+    import json
+
+    from .errors import AlreadyExistsError, NotFoundError
+
+    def record(child) -> None:
+        child.metadata_set(OWNER_KEY, json.dumps({"domain": uuid, "ephemeral": disk.ephemeral}))
+
+    try:
+        result = layering.clone(disk.clone_of, image, size=disk.size, on_created=record)
+    except AlreadyExistsError:
+        log.info("%s: %s exists; left as it is", disk.target, image)
+        return
+    except NotFoundError:
+        if _exists(layering, image):
+            log.info("%s: %s exists; left as it is", disk.target, image)
+            return
+        raise
+    log.info("%s: cloned %s to %s for domain %s (%s)%s", disk.target, disk.clone_of, image, uuid,
+             "ephemeral" if disk.ephemeral else "persistent", f"; {result.note}" if result.note else "")
+
+
+def _exists(layering, image) -> bool:
+    from .errors import NotFoundError
+
+    try:
+        with layering.cluster.image(image.pool, image.image, read_only=True):
+            return True
+    except NotFoundError as exc:
+        if str(exc).startswith(f"image {image}:"):
+            return False
+        raise  # the pool is missing: an error, not "make the clone"
+
+
+def _release(layering, image, uuid: str, log, stderr, guest: str) -> None:
+    from .errors import NotFoundError, VirtrbdError
+
+    try:
+        with layering.cluster.image(image.pool, image.image, read_only=True) as opened:
+            owner = _owner(opened)
+    except NotFoundError:
+        log.info("%s does not exist (the domain never started?); nothing to release", image)
+        return
+    if owner.get("domain") != uuid or owner.get("ephemeral") is not True:
+        log.info("%s was not made ephemeral by domain %s; left alone", image, uuid)
+        return
+    try:
+        layering.remove(image)
+    except VirtrbdError as exc:
+        log.warning("ephemeral clone %s kept: %s", image, exc)
+        print(f"virtrbd: {guest}: release: ephemeral clone kept: {exc}", file=stderr, flush=True)
+        return
+    log.info("removed ephemeral clone %s of domain %s", image, uuid)
+
+
+def _owner(image) -> dict:
+    """The hook's record on an image, or {} for an image the hook did not make."""
+    import json
+
+    try:
+        record = json.loads(image.metadata_get(OWNER_KEY))
+    except (KeyError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _watchdog(timeout: int, guest: str, action: str, stderr):
+    """End the process with a clear message once ``timeout`` seconds are gone, even mid-librados call."""
+    import os
+    import threading
+
+    def expire() -> None:
+        print(f"virtrbd: {guest}: {action}: gave up after {timeout} s ([hook] timeout)", file=stderr, flush=True)
+        os._exit(1 if action == "prepare" else 0)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _logger(target: str, guest: str):
+    """The hook's log: syslog (through the small ``syslog`` module), a file, or stderr for warnings."""
+    import logging
+    import os
+
+    log = logging.getLogger("virtrbd.hook")
+    if log.handlers:
+        return log
+    log.setLevel(logging.INFO)
+    handler: logging.Handler
+    if target == "syslog" and os.path.exists("/dev/log"):
+        handler = _SyslogHandler(guest)
+    elif target.startswith("/"):
+        handler = logging.FileHandler(target)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s virtrbd-hook[%(process)d] {guest}: %(message)s"))
+    else:  # stderr, or syslog where there is none: warnings only, libvirt shows stderr to users
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter(f"virtrbd: {guest}: %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    return log
+
+
+def _SyslogHandler(guest: str):
+    """A logging handler on the C ``syslog`` module: logging.handlers would cost the hook ~5 ms of imports."""
+    import logging
+    import syslog
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            priority = syslog.LOG_WARNING if record.levelno >= logging.WARNING else syslog.LOG_INFO
+            syslog.syslog(priority, f"{guest}: {record.getMessage()}")
+
+    syslog.openlog("virtrbd-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+    return Handler()
