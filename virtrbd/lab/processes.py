@@ -95,7 +95,7 @@ def stop(daemons: list[Daemon], sig: int = signal.SIGKILL, wait: float = 15.0) -
             child = _children.get(daemon.pid)
             if child is not None and child.poll() is not None:
                 del _children[daemon.pid]
-        left = [d for d in signalled if alive(d.pid)]
+        left = [d for d in signalled if is_ours(d)]  # not alive(): a reaped PID may be reused at once
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.02)
