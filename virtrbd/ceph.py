@@ -21,6 +21,7 @@ import errno as errno_codes
 import logging
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from types import ModuleType
@@ -124,6 +125,12 @@ class Cluster:
         self.rbd = rbd_module
         self._key = key
         self._handle = None
+        # A handle whose operations timed out during an outage was seen to keep timing out long after
+        # the OSDs came back, so the next operation after a timeout gets a fresh one.  The old handle
+        # may still be in use by other threads: it is retired, and shut down only by close().
+        self._stale = False
+        self._retired: list = []
+        self._lock = threading.Lock()
 
     # --- connection ---------------------------------------------------------
 
@@ -197,8 +204,20 @@ class Cluster:
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
-        if handle is not None:
-            self._shutdown(handle)
+        retired, self._retired = self._retired, []
+        for old in [handle, *retired]:
+            if old is not None:
+                self._shutdown(old)
+
+    def _fresh_if_stale(self) -> None:
+        with self._lock:
+            if not self._stale or self._handle is None:
+                return
+            retired = self._handle
+            self.connect()
+            self._retired.append(retired)
+            self._stale = False
+            log.info("reconnected to the cluster after an operation timed out")
 
     @staticmethod
     def _shutdown(handle) -> None:
@@ -218,12 +237,17 @@ class Cluster:
     @contextmanager
     def ioctx(self, pool: str) -> Iterator:
         """An open I/O context on ``pool``, closed on every path."""
-        with translated(f"pool {pool}", timeout=self.config.ceph.rados_osd_op_timeout):
-            ioctx = self.handle.open_ioctx(pool)
+        self._fresh_if_stale()
         try:
-            yield ioctx
-        finally:
-            ioctx.close()
+            with translated(f"pool {pool}", timeout=self.config.ceph.rados_osd_op_timeout):
+                ioctx = self.handle.open_ioctx(pool)
+            try:
+                yield ioctx
+            finally:
+                ioctx.close()
+        except errors.OperationTimeoutError:
+            self._stale = True
+            raise
 
     @contextmanager
     def image(self, pool: str, name: str, *, snapshot: str | None = None,

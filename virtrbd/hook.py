@@ -119,15 +119,20 @@ def _prepare(layering, disk, image, uuid: str, log) -> None:
         child.metadata_set(OWNER_KEY, json.dumps({"domain": uuid, "ephemeral": disk.ephemeral}))
 
     try:
-        result = layering.clone(disk.clone_of, image, size=disk.size, on_created=record)
+        # exist_ok: a clone of this snapshot made before is reused; the empty remains of a clone
+        # cut short by an outage are replaced (a domain must never boot from them)
+        result = layering.clone(disk.clone_of, image, size=disk.size, exist_ok=True, on_created=record)
     except AlreadyExistsError:
-        log.info("%s: %s exists; left as it is", disk.target, image)
+        log.info("%s: %s exists (not a clone of %s); left as it is", disk.target, image, disk.clone_of)
         return
     except NotFoundError:
         if _exists(layering, image):
             log.info("%s: %s exists; left as it is", disk.target, image)
             return
         raise
+    if result.existed:
+        log.info("%s: %s exists; left as it is", disk.target, image)
+        return
     log.info("%s: cloned %s to %s for domain %s (%s)%s", disk.target, disk.clone_of, image, uuid,
              "ephemeral" if disk.ephemeral else "persistent", f"; {result.note}" if result.note else "")
 

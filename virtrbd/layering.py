@@ -45,6 +45,9 @@ _FEATURE_NAMES = {
 }
 _USER_NAMESPACE = 0
 _TRASH_NAMESPACE = 2
+_OBJECT_MAP_FEATURES = 8 | 16          # object-map and fast-diff (which needs it)
+#: image metadata set while a flatten runs; found by the next flatten, it means "interrupted"
+FLATTEN_MARK = "virtrbd.flattening"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class CloneResult:
     depth: int              # ancestors of the new image (0 once flattened)
     flattened: bool
     note: str = ""
+    existed: bool = False   # exist_ok found it made already (a rerun after a failure)
 
 
 @dataclass(frozen=True)
@@ -262,24 +266,19 @@ class Layering:
         librbd copies image metadata into clones, so the record names the image id
         it was made for: a clone's inherited copy does not make the clone golden.
         """
+        text = _metadata(image, GOLDEN_KEY)
         try:
-            record = json.loads(image.metadata_get(GOLDEN_KEY))
-        except KeyError:
-            return None
+            record = json.loads(text) if text is not None else None
         except ValueError:
             return None
-        except Exception as exc:
-            if is_ceph_error(exc) and getattr(exc, "errno", None) == 2:
-                return None
-            raise
         if not isinstance(record, dict) or record.get("image_id") != image.id():
             return None
         return record.get("snapshot")
 
     # --- clones --------------------------------------------------------------------------
 
-    def clone(self, parent: ImageSpec, child: ImageSpec, *, size: int | None = None,
-              flatten: bool = False, on_created: Callable[[object], None] | None = None) -> CloneResult:
+    def clone(self, parent: ImageSpec, child: ImageSpec, *, size: int | None = None, flatten: bool = False,
+              exist_ok: bool = False, on_created: Callable[[object], None] | None = None) -> CloneResult:
         """A copy-on-write clone of ``parent`` (POOL/IMAGE@SNAP) named ``child``.
 
         The clone is resized when ``size`` is given (never below the snapshot's
@@ -287,6 +286,8 @@ class Layering:
         ``max_clone_depth`` ancestors.  ``on_created`` is called with the open
         child image before it is closed (the hook records its metadata there).
         If anything after the clone itself fails, the child is removed again.
+        ``exist_ok`` makes a rerun converge: a child that is already a clone of
+        ``parent`` is reported, not refused; any other image of that name is.
         """
         facts = self._snapshot_facts(parent)
         if size is not None and size < facts.size:
@@ -294,7 +295,13 @@ class Layering:
                                     f"({facts.size} bytes); clones can only grow")
         depth = facts.depth + 1
         too_deep = depth > self.max_clone_depth
-        self._clone(parent, child, facts)
+        try:
+            self._clone(parent, child, facts)
+        except errors.AlreadyExistsError:
+            if not exist_ok:
+                raise
+            return self._existing_clone(parent, child, flattened=flatten or too_deep, size=size,
+                                        on_created=on_created)
         resize = size is not None and size != facts.size
         if not (resize or flatten or too_deep or on_created):
             return CloneResult(image=child, parent=parent, depth=depth, flattened=False)
@@ -304,8 +311,7 @@ class Layering:
                     with translated(f"resizing clone {child}"):
                         image.resize(size)
                 if flatten or too_deep:
-                    with translated(f"flattening clone {child}"):
-                        image.flatten()
+                    flatten_safely(image, f"flattening clone {child}")
                 if on_created is not None:
                     on_created(image)
         except BaseException:
@@ -320,8 +326,47 @@ class Layering:
         return CloneResult(image=child, parent=parent, depth=0 if flattened else depth, flattened=flattened,
                            note=note)
 
+    def _existing_clone(self, parent: ImageSpec, child: ImageSpec, *, flattened: bool, size: int | None,
+                        on_created: Callable[[object], None] | None) -> CloneResult:
+        """``child`` exists: the result of an earlier run when it is a clone of ``parent`` (or was to be flattened)."""
+        try:
+            with self.cluster.image(child.pool, child.image, read_only=True) as image:
+                chain = self._parent_chain(image)
+                remains = not chain and self._is_empty_remains(child, image)
+        except errors.NotFoundError as exc:
+            if not str(exc).startswith(f"image {child}:"):
+                raise
+            chain, remains = [], True     # named in the pool's directory, but no image behind the name
+        if remains:
+            # a clone cut short before librbd attached the parent, and not rolled back (the cluster
+            # was gone): no data, no snapshots, nobody using it — replace it with the clone asked for
+            log.warning("image %s: the empty remains of an interrupted clone; making the clone again", child)
+            self._remove_quietly(child)
+            return self.clone(parent, child, size=size, flatten=flattened, on_created=on_created)
+        if flattened and chain and chain[0] == parent:
+            # the earlier run made the clone but its flatten did not finish: finish it
+            with self.cluster.image(child.pool, child.image) as image:
+                flatten_safely(image, f"flattening clone {child}")
+            chain = []
+        if (chain and chain[0] == parent) or (flattened and not chain):
+            return CloneResult(image=child, parent=parent, depth=len(chain), flattened=not chain,
+                               note="existed already", existed=True)
+        other = f" (its parent is {chain[0]})" if chain else ""
+        raise errors.AlreadyExistsError(f"image {child}: already exists but is not a clone of {parent}{other}",
+                                        errno=17)
+
+    def _is_empty_remains(self, spec: ImageSpec, image) -> bool:
+        """No parent, no snapshots, no clients, and not one byte of data of its own."""
+        with translated(f"inspecting {spec}"):
+            if list(image.list_snaps()) or list(image.watchers_list()):
+                return False
+            extents = []
+            image.diff_iterate(0, image.size(), None, lambda offset, length, exists: extents.append(exists),
+                               include_parent=False, whole_object=True)
+        return not any(extents)
+
     def clone_many(self, parent: ImageSpec, children: list[ImageSpec], *, size: int | None = None,
-                   flatten: bool = False, workers: int = 8) -> list[CloneResult]:
+                   flatten: bool = False, exist_ok: bool = False, workers: int = 8) -> list[CloneResult]:
         """Many clones of one snapshot, several in flight at once.
 
         A clone is a chain of round trips to the OSDs, so a handful in parallel
@@ -337,20 +382,30 @@ class Layering:
         self._snapshot_facts(parent)  # read once, before the workers race for it
         results: list[CloneResult | None] = [None] * len(children)
         failures: list[tuple[int, errors.VirtrbdError]] = []
+        failed = threading.Event()
 
         def one(index: int) -> None:
+            if failed.is_set():
+                return  # after a failure (a dead cluster, often) no new clone is started
             try:
-                results[index] = self.clone(parent, children[index], size=size, flatten=flatten)
+                results[index] = self.clone(parent, children[index], size=size, flatten=flatten,
+                                            exist_ok=exist_ok)
             except errors.VirtrbdError as exc:
                 failures.append((index, exc))
+                failed.set()
 
         from concurrent.futures import ThreadPoolExecutor  # here: the hook imports this module too
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="virtrbd-clone") as pool:
             list(pool.map(one, range(len(children))))
         if failures:
             index, first = min(failures, key=lambda failure: failure[0])
-            made = len(children) - len(failures)
-            raise type(first)(f"{first} ({made} of {len(children)} clones made)", errno=first.errno)
+            made = sum(r is not None for r in results)
+            untried = len(children) - made - len(failures)
+            others = sorted(str(children[i]) for i, _ in failures if i != index)
+            rest = (f"; also failed: {', '.join(others)}" if others else "") + (f"; {untried} not tried" if untried
+                                                                              else "")
+            raise type(first)(f"{first} ({made} of {len(children)} clones made{rest}); a failed clone may be "
+                              f"left half made: rerun with exist_ok", errno=first.errno)
         return [r for r in results if r is not None]
 
     def _clone(self, parent: ImageSpec, child: ImageSpec, facts: _SnapshotFacts) -> None:
@@ -414,15 +469,15 @@ class Layering:
 
     def flatten(self, spec: ImageSpec, *, progress: Callable[[int, int], None] | None = None) -> bool:
         """Copy the parent's data into the image so it stands alone; False when it had no parent."""
-        with self.cluster.image(spec.pool, spec.image) as image, translated(f"flattening {spec}"):
-            try:
-                image.get_parent_image_spec()
-            except self._rbd.ImageNotFound:
-                return False
-            if progress is None:
-                image.flatten()
-            else:
-                image.flatten(on_progress=progress)
+        with self.cluster.image(spec.pool, spec.image) as image:
+            with translated(f"flattening {spec}"):
+                try:
+                    image.get_parent_image_spec()
+                except self._rbd.ImageNotFound:
+                    if _metadata(image, FLATTEN_MARK) is not None:
+                        image.metadata_remove(FLATTEN_MARK)   # a flatten that finished but could not say so
+                    return False
+            flatten_safely(image, f"flattening {spec}", progress)
         return True
 
     # --- dependents ------------------------------------------------------------------------
@@ -534,13 +589,14 @@ class Layering:
 
     def _flatten_dependent(self, dependent: Dependent) -> None:
         child = dependent.image
-        with self.cluster.ioctx(child.pool) as ioctx, translated(f"flattening clone {dependent}"):
-            if dependent.in_trash:
-                image = self._rbd.Image(ioctx, image_id=dependent.image_id)
-            else:
-                image = self._rbd.Image(ioctx, child.image)
+        with self.cluster.ioctx(child.pool) as ioctx:
+            with translated(f"opening clone {dependent}"):
+                if dependent.in_trash:
+                    image = self._rbd.Image(ioctx, image_id=dependent.image_id)
+                else:
+                    image = self._rbd.Image(ioctx, child.image)
             try:
-                image.flatten()
+                flatten_safely(image, f"flattening clone {dependent}")
             finally:
                 image.close()
 
@@ -550,6 +606,43 @@ class Layering:
                 self._rbd.RBD().remove(ioctx, spec.image)
         except errors.VirtrbdError as exc:
             log.error("could not remove the half-made clone %s: %s", spec, exc)
+
+
+def flatten_safely(image, what: str, progress: Callable[[int, int], None] | None = None) -> None:
+    """Flatten an open image so that an interrupted flatten cannot lose data when it is run again.
+
+    librbd marks an object as existing in the object map before the copy-up
+    that writes it; a flatten cut short by a client-side timeout (an OSD outage)
+    can leave objects marked that were never written, and a later flatten then
+    skips them and detaches the parent: their data is gone (seen in the lab,
+    where rebuild_object_map did not repair the map).  So every flatten first
+    leaves a mark in the image's metadata and removes it when done; a flatten
+    that finds the mark of an interrupted one works without the object map and
+    rebuilds it afterwards.
+    """
+    with translated(what):
+        interrupted = _metadata(image, FLATTEN_MARK) is not None
+        image.metadata_set(FLATTEN_MARK, "in progress")
+        object_map = image.features() & _OBJECT_MAP_FEATURES if interrupted else 0
+        if object_map:
+            log.warning("%s: an earlier flatten was interrupted; this one does not trust the object map", what)
+            image.update_features(object_map, False)
+        if progress is None:
+            image.flatten()
+        else:
+            image.flatten(on_progress=progress)
+        if object_map:
+            image.update_features(object_map, True)
+            image.rebuild_object_map()
+        image.metadata_remove(FLATTEN_MARK)
+
+
+def _metadata(image, key: str) -> str | None:
+    """An image-metadata value, or None when the key is not set."""
+    try:
+        return image.metadata_get(key)
+    except KeyError:
+        return None
 
 
 def _names(dependents: list[Dependent]) -> str:

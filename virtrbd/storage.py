@@ -174,21 +174,22 @@ class Storage:
         return self.layering.make_golden(self.spec(image))
 
     def clone(self, parent: str | ImageSpec, child: str | ImageSpec, *, size: int | None = None,
-              flatten: bool = False) -> CloneResult:
-        """A copy-on-write clone of POOL/IMAGE@SNAP; flattened when asked or beyond max_clone_depth."""
+              flatten: bool = False, exist_ok: bool = False) -> CloneResult:
+        """A copy-on-write clone of POOL/IMAGE@SNAP; flattened when asked or beyond max_clone_depth.
+        ``exist_ok``: a child that is already a clone of this parent is reported, not refused (reruns)."""
         if size is not None:
             _check_size(size)
         return self.layering.clone(self.spec(parent, snapshot=True), self.spec(child, snapshot=False),
-                                   size=size, flatten=flatten)
+                                   size=size, flatten=flatten, exist_ok=exist_ok)
 
     def clone_many(self, parent: str | ImageSpec, children: list[str | ImageSpec], *, size: int | None = None,
-                   flatten: bool = False, workers: int = 8) -> list[CloneResult]:
+                   flatten: bool = False, exist_ok: bool = False, workers: int = 8) -> list[CloneResult]:
         """Many clones of one snapshot with several in flight (a fleet from one golden image)."""
         if size is not None:
             _check_size(size)
         return self.layering.clone_many(self.spec(parent, snapshot=True),
                                         [self.spec(c, snapshot=False) for c in children],
-                                        size=size, flatten=flatten, workers=workers)
+                                        size=size, flatten=flatten, exist_ok=exist_ok, workers=workers)
 
     def children(self, image: str | ImageSpec) -> list[Dependent]:
         """Clones of POOL/IMAGE@SNAP, or of every snapshot of POOL/IMAGE."""

@@ -1,8 +1,10 @@
 """The connection module, against fakes autospecced from the real rados/rbd bindings."""
 
 import errno
+from unittest import mock
 
 import pytest
+import rados
 
 from virtrbd import ceph, errors
 
@@ -160,3 +162,21 @@ def test_reachable_monitor_finds_a_listening_port():
         assert ceph.reachable_monitor((Monitor("127.0.0.1", 1), Monitor("127.0.0.1", port)), budget=1) == \
             Monitor("127.0.0.1", port)
     assert ceph.reachable_monitor((Monitor("127.0.0.1", 1),), budget=0.5) is None
+
+
+def test_a_timed_out_operation_gets_the_next_one_a_fresh_connection(conf, fake_rados, fake_rbd):
+    """A handle that timed out during an outage was seen to keep timing out after it; the next one is fresh."""
+    first, second = fake_rados.Rados.return_value, mock.create_autospec(rados.Rados, instance=True)
+    fake_rados.Rados.side_effect = [first, second]
+    cluster = make_cluster(conf, fake_rados, fake_rbd).connect()
+    first.open_ioctx.return_value.read.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
+    with pytest.raises(errors.OperationTimeoutError):
+        with cluster.ioctx("rbd") as ioctx, ceph.translated("reading"):
+            ioctx.read("obj")
+    with cluster.ioctx("rbd"):
+        pass
+    assert cluster.handle is second
+    first.shutdown.assert_not_called()          # other threads may still use it
+    cluster.close()
+    first.shutdown.assert_called_once_with()
+    second.shutdown.assert_called_once_with()

@@ -102,12 +102,32 @@ def test_prepare_clones_a_missing_image_and_records_its_owner(cluster_fakes, con
     assert key == hook.OWNER_KEY and json.loads(value) == {"domain": UUID, "ephemeral": True}
 
 
-def test_prepare_leaves_an_existing_image_alone(cluster_fakes, conf):
+def test_prepare_leaves_an_existing_clone_alone(cluster_fakes, conf):
     fake_rbd, image = cluster_fakes
     fake_rbd.RBD.return_value.clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    no_parent = fake_rbd.ImageNotFound("none", errno=errno.ENOENT)
+    image.get_parent_image_spec.side_effect = [    # gold@golden: none; the disk: gold@golden; then none
+        no_parent, {"pool_name": "rbd", "image_name": "gold", "snap_name": "golden"}, no_parent]
     assert call(["prepare", "begin", "-"], domain(), config_path=str(conf.path)) == (0, "")
     image.metadata_set.assert_not_called()
     fake_rbd.RBD.return_value.remove.assert_not_called()
+
+
+def test_prepare_leaves_an_existing_image_with_data_alone(cluster_fakes, conf):
+    fake_rbd, image = cluster_fakes
+    fake_rbd.RBD.return_value.clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    image.diff_iterate.side_effect = lambda offset, length, snap, cb, **kw: cb(0, 4096, True)
+    assert call(["prepare", "begin", "-"], domain(), config_path=str(conf.path)) == (0, "")
+    fake_rbd.RBD.return_value.remove.assert_not_called()
+
+
+def test_prepare_replaces_the_empty_remains_of_an_interrupted_clone(cluster_fakes, conf):
+    fake_rbd, image = cluster_fakes
+    fake_rbd.RBD.return_value.clone.side_effect = [fake_rbd.ImageExists("exists", errno=errno.EEXIST), None]
+    assert call(["prepare", "begin", "-"], domain(), config_path=str(conf.path)) == (0, "")
+    assert fake_rbd.RBD.return_value.remove.call_args.args[1] == "vm1-disk"
+    key, value = image.metadata_set.call_args.args
+    assert key == hook.OWNER_KEY and json.loads(value)["domain"] == UUID
 
 
 def test_prepare_reuses_an_existing_image_even_when_its_golden_snapshot_is_gone(cluster_fakes, conf):

@@ -137,8 +137,9 @@ def test_clone_many_reports_how_many_were_made_when_one_fails(layering, fake_rbd
         if c_name == "vm3":
             raise fake_rbd.ImageExists("exists", errno=errno.EEXIST)
     rbd_api(fake_rbd).clone.side_effect = clone
-    with pytest.raises(errors.AlreadyExistsError, match=r"rbd/vm3: already exists \(5 of 6 clones made\)"):
-        layering.clone_many(G, [ImageSpec("rbd", f"vm{i}") for i in range(6)], workers=2)
+    with pytest.raises(errors.AlreadyExistsError,
+                       match=r"rbd/vm3: already exists \(3 of 6 clones made; 2 not tried\)"):
+        layering.clone_many(G, [ImageSpec("rbd", f"vm{i}") for i in range(6)], workers=1)
 
 
 def test_clone_many_refuses_duplicate_names(layering, fake_rbd):
@@ -271,3 +272,93 @@ def test_clone_and_remove_translate_rbd_api_errors(layering, image, fake_rbd, ex
         layering.clone(G, CHILD)
     with pytest.raises(cls, match=r"^removing image rbd/gold: "):
         layering.remove(ImageSpec("rbd", "gold"))
+
+
+# --- reruns converge ---------------------------------------------------------------------------
+
+def test_exist_ok_reports_an_existing_clone_of_the_same_parent(layering, image, fake_rbd):
+    rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    image.get_parent_image_spec.side_effect = [fake_rbd.ImageNotFound("x", errno=errno.ENOENT),  # facts: gold
+                                               {"pool_name": "rbd", "image_name": "gold", "snap_name": "golden"},
+                                               fake_rbd.ImageNotFound("x", errno=errno.ENOENT)]
+    result = layering.clone(G, CHILD, exist_ok=True)
+    assert result.existed and result.depth == 1 and not result.flattened
+
+
+def test_exist_ok_still_refuses_an_image_that_is_not_this_clone(layering, image, fake_rbd):
+    rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    with pytest.raises(errors.AlreadyExistsError, match=r"already exists but is not a clone of rbd/gold@golden$"):
+        layering.clone(G, CHILD, exist_ok=True)
+    with pytest.raises(errors.AlreadyExistsError, match=r"rbd/child: already exists$"):
+        layering.clone(G, CHILD)
+
+
+def test_clone_many_starts_no_new_clone_after_a_failure(layering, fake_rbd):
+    calls = []
+
+    def clone(p_ioctx, p_name, p_snap, c_ioctx, c_name):
+        calls.append(c_name)
+        raise fake_rbd.Timeout("dead cluster", errno=errno.ETIMEDOUT)
+    rbd_api(fake_rbd).clone.side_effect = clone
+    with pytest.raises(errors.OperationTimeoutError, match=r"\(0 of 30 clones made; 29 not tried\); a failed clone may be left half made"):
+        layering.clone_many(G, [ImageSpec("rbd", f"vm{i}") for i in range(30)], workers=1)
+    assert len(calls) == 1
+
+
+# --- a flatten cut short must not lose data when it is run again -------------------------------
+
+def test_flatten_marks_itself_while_it_runs(layering, image, fake_rbd):
+    image.get_parent_image_spec.side_effect = None
+    image.get_parent_image_spec.return_value = {"pool_name": "rbd", "image_name": "gold", "snap_name": "golden"}
+    image.features.return_value = 61
+    events = []
+    image.metadata_set.side_effect = lambda key, value: events.append(("set", key))
+    image.flatten.side_effect = lambda **kw: events.append(("flatten",))
+    image.metadata_remove.side_effect = lambda key: events.append(("remove", key))
+    assert layering.flatten(CHILD) is True
+    assert events == [("set", "virtrbd.flattening"), ("flatten",), ("remove", "virtrbd.flattening")]
+    image.update_features.assert_not_called()
+
+
+def test_a_flatten_after_an_interrupted_one_does_not_trust_the_object_map(layering, image, fake_rbd):
+    image.get_parent_image_spec.side_effect = None
+    image.get_parent_image_spec.return_value = {"pool_name": "rbd", "image_name": "gold", "snap_name": "golden"}
+    image.features.return_value = 61
+    def metadata_get(key):
+        if key != "virtrbd.flattening":
+            raise KeyError(key)
+        return "in progress"
+    image.metadata_get.side_effect = metadata_get
+    assert layering.flatten(CHILD) is True
+    assert image.update_features.call_args_list == [((24, False),), ((24, True),)]
+    image.rebuild_object_map.assert_called_once_with()
+    image.metadata_remove.assert_called_once_with("virtrbd.flattening")
+
+
+def test_an_interrupted_flatten_leaves_its_mark(layering, image, fake_rbd):
+    image.get_parent_image_spec.side_effect = None
+    image.get_parent_image_spec.return_value = {"pool_name": "rbd", "image_name": "gold", "snap_name": "golden"}
+    image.features.return_value = 61
+    image.flatten.side_effect = fake_rbd.Timeout("osds gone", errno=errno.ETIMEDOUT)
+    with pytest.raises(errors.OperationTimeoutError, match="flattening rbd/child: timed out"):
+        layering.flatten(CHILD)
+    image.metadata_set.assert_called_once_with("virtrbd.flattening", "in progress")
+    image.metadata_remove.assert_not_called()
+
+
+def test_exist_ok_replaces_the_empty_remains_of_an_interrupted_clone(layering, image, fake_rbd):
+    rbd_api(fake_rbd).clone.side_effect = [fake_rbd.ImageExists("exists", errno=errno.EEXIST), None]
+    image.list_snaps.return_value = []
+    image.diff_iterate.return_value = None          # reports no extent: not a byte of its own
+    result = layering.clone(G, CHILD, exist_ok=True)
+    assert rbd_api(fake_rbd).remove.call_args.args[1] == "child"
+    assert rbd_api(fake_rbd).clone.call_count == 2 and not result.existed
+
+
+def test_exist_ok_never_replaces_an_image_with_data(layering, image, fake_rbd):
+    rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    image.list_snaps.return_value = []
+    image.diff_iterate.side_effect = lambda offset, length, snap, cb, **kw: cb(0, 4 << 20, True)
+    with pytest.raises(errors.AlreadyExistsError, match="is not a clone of"):
+        layering.clone(G, CHILD, exist_ok=True)
+    rbd_api(fake_rbd).remove.assert_not_called()

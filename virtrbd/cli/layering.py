@@ -22,6 +22,8 @@ def add_parser(subparsers) -> None:
                        help="one or more clones to make (several are made in parallel)")
     clone.add_argument("--size", type=size_arg, help="grow the clone to this size")
     clone.add_argument("--flatten", action="store_true", help="copy the parent's data: no dependency remains")
+    clone.add_argument("--exist-ok", action="store_true",
+                       help="a child that is already a clone of this snapshot is fine (rerun after a failure)")
     clone.add_argument("--json", action="store_true", help="machine-readable output")
     clone.set_defaults(func=cmd_clone)
 
@@ -50,15 +52,20 @@ def cmd_clone(args) -> int:
     children = [storage.spec(child, snapshot=False) for child in args.children]
     with storage:
         if len(children) == 1:
-            results = [storage.clone(parent, children[0], size=args.size, flatten=args.flatten)]
+            results = [storage.clone(parent, children[0], size=args.size, flatten=args.flatten,
+                                     exist_ok=args.exist_ok)]
         else:
-            results = storage.clone_many(parent, children, size=args.size, flatten=args.flatten)
+            results = storage.clone_many(parent, children, size=args.size, flatten=args.flatten,
+                                         exist_ok=args.exist_ok)
     if args.json:
         emit_json(results if len(results) > 1 else results[0])
         return 0
     for result in results:
         state = "flattened" if result.flattened else f"{result.depth} ancestor(s)"
-        print(f"cloned {parent} to {result.image} ({state})")
+        if result.existed:
+            print(f"{result.image} is already a clone of {parent} ({state})")
+        else:
+            print(f"cloned {parent} to {result.image} ({state})")
         if result.note:
             print(f"note: {result.image} was {result.note}", file=sys.stderr)
     return 0
