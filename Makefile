@@ -12,7 +12,7 @@ DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
                 qemu-system-x86 qemu-block-extra qemu-utils \
                 python3-venv python3-lxml python3-setuptools
 
-.PHONY: setup packages demo test unit integration bench lab-up lab-down clean
+.PHONY: setup packages demo test unit integration bench lab-up lab-down clean libvirt-patched
 
 setup: packages $(VENV)/.installed
 
@@ -31,13 +31,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: setup
 	$(VENV)/bin/virtrbd demo
 
-test: setup
+# libvirt's rbd storage backend with virtrbd's patches (patches/libvirt-9.0), built from Debian's
+# source of the installed libvirt into build/libvirt/out/.  The script rebuilds only when the
+# patches, the script or the installed libvirt changed; otherwise it returns in ~20 ms.
+libvirt-patched: packages
+	@tools/build-libvirt-rbd
+
+test: setup libvirt-patched
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/unit tests/integration
 
 unit: setup
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/unit
 
-integration: setup
+integration: setup libvirt-patched
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/integration
 
 bench: setup
