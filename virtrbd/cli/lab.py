@@ -22,6 +22,10 @@ def add_parser(subparsers) -> None:
     up = actions.add_parser("up", help="bring the lab up (a no-op when it is healthy)")
     up.add_argument("--with-libvirt", action="store_true",
                     help="also start virtlogd + libvirtd when needed, define the ceph secret and an rbd pool")
+    up.add_argument("--libvirt-patched", action=argparse.BooleanOptionalAction, default=None,
+                    help="run libvirtd with the rbd storage backend built from patches/ ('make libvirt-patched'), "
+                         "or with --no-libvirt-patched Debian's; restarts a libvirtd the lab started when it "
+                         "runs the other one (default: keep what runs). Implies --with-libvirt")
     up.add_argument("--osds", type=_osd_count, default=1, help="number of OSDs (default 1)")
     up.add_argument("--store", choices=("memstore", "bluestore"), default="memstore",
                     help="OSD store: memstore (RAM, fast) or bluestore on a sparse file (large data)")
@@ -42,6 +46,13 @@ def add_parser(subparsers) -> None:
     env = actions.add_parser("env", help="print the shell lines that point virtrbd (and ceph tools) at the lab")
     env.set_defaults(func=cmd_env)
 
+    for action, help in (("stop", "stop a Ceph daemon gracefully (SIGTERM), e.g. mon.a or osd.1"),
+                         ("kill", "kill a Ceph daemon (SIGKILL), as a crash would; OSDs survive it with bluestore"),
+                         ("start", "start a stopped or killed Ceph daemon again and wait until it serves")):
+        fault = actions.add_parser(action, help=help)
+        fault.add_argument("daemons", metavar="DAEMON", nargs="+", help="mon.a, osd.N or mgr.x")
+        fault.set_defaults(func=cmd_fault, fault=action)
+
 
 def _osd_count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 8:
@@ -60,7 +71,7 @@ def cmd_up(args) -> int:
     spec = CephSpec(port=args.port, osds=args.osds, store=args.store, store_bytes=args.store_size,
                     mgr=not args.no_mgr)
     started = time.monotonic()
-    changed = lab.up(spec, with_libvirt=args.with_libvirt)
+    changed = lab.up(spec, with_libvirt=args.with_libvirt, libvirt_patched=args.libvirt_patched)
     status = lab.status()
     if not changed:
         print(f"lab already up at {lab.root}")
@@ -71,6 +82,8 @@ def cmd_up(args) -> int:
     if status.get("libvirt"):
         info = status["libvirt"]
         print(f"  libvirt: pool {info['pool']}, secret {info['secret_uuid']}, domains type {info['domain_type']}")
+        if status.get("rbd_backend"):
+            print(f"  libvirt: {_describe_backend(status['rbd_backend'])}")
     for line in lab.env_lines():
         print(line)
     return 0
@@ -92,13 +105,45 @@ def cmd_status(args) -> int:
             print(f"  config:  {status['config']}")
             print(f"  monitor: {status['monitor']}")
             for daemon in status["daemons"]:
-                print(f"  {daemon['name']:<9} pid {daemon['pid']:<8} {'running' if daemon['running'] else 'GONE'}")
+                state = "running" if daemon["running"] else "stopped" if daemon.get("stopped") else "GONE"
+                print(f"  {daemon['name']:<9} pid {daemon['pid']:<8} {state}")
             if status.get("libvirt"):
                 print(f"  libvirt: pool {status['libvirt']['pool']} ({status['libvirt_state']})")
+            if status.get("rbd_backend"):
+                print(f"  libvirt: {_describe_backend(status['rbd_backend'])}")
     return 0 if status["state"] == "up" else 1
+
+
+def _describe_backend(backend: dict) -> str:
+    """One line on the rbd storage backend the running libvirtd has loaded."""
+    kind = {"patched": "patched (built from patches/)", "system": "Debian's", "none": "none loaded",
+            "other": "unknown"}.get(backend["kind"], backend["kind"])
+    text = f"rbd backend {kind}"
+    if backend.get("module"):
+        text += f", {backend['module']}"
+    if backend.get("stale"):
+        text += "; rebuilt since libvirtd loaded it: 'virtrbd lab up --libvirt-patched' loads the new build"
+    if not backend.get("started_by_lab"):
+        text += f"; libvirtd (pid {backend['pid']}) was not started by the lab"
+    return text
 
 
 def cmd_env(args) -> int:
     for line in Lab(args.dir).env_lines():
         print(line)
+    return 0
+
+
+def cmd_fault(args) -> int:
+    from ..lab import faults
+    lab = Lab(args.dir)
+    names = " ".join(args.daemons)
+    if args.fault == "start":
+        faults.start(lab, *args.daemons)
+        print(f"{names} started")
+    else:
+        for name in args.daemons:
+            faults.stop(lab, name, kill=args.fault == "kill")
+        print(f"{names} {'killed' if args.fault == 'kill' else 'stopped'}; 'virtrbd lab start {names}' "
+              f"brings them back")
     return 0

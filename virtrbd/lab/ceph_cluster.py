@@ -183,6 +183,10 @@ mon_allow_pool_size_one = true
 mon_allow_pool_delete = true
 mon_warn_on_pool_no_redundancy = false
 mon_max_pg_per_osd = 1000
+# a killed OSD is noticed in seconds, not the default 20 s (the fault tests kill some)
+osd_heartbeat_interval = 1
+osd_heartbeat_grace = 4
+mon_osd_min_down_reporters = 1
 
 [client]
 log_file =

@@ -61,8 +61,10 @@ class Lab:
         tmp.replace(self.state_file)
 
     def daemons(self, state: dict | None = None) -> list[processes.Daemon]:
+        """The daemons the lab started and that should be running (not those stopped on purpose)."""
         state = self._read_state() if state is None else state
-        return [processes.Daemon(**d) for d in state.get("daemons", [])]
+        return [processes.Daemon(d["name"], d["pid"], d["marker"]) for d in state.get("daemons", [])
+                if not d.get("stopped")]
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -81,6 +83,8 @@ class Lab:
         """Every recorded daemon runs and the restricted client can list the pool."""
         state = self._read_state() if state is None else state
         if not state.get("ready") or not self.conf_file.exists():
+            return False
+        if any(d.get("stopped") for d in state.get("daemons", [])):
             return False
         if not all(processes.is_ours(d) for d in self.daemons(state)):
             return False
@@ -101,23 +105,42 @@ class Lab:
 
     # --- up / down ---------------------------------------------------------------------
 
-    def up(self, spec: CephSpec | None = None, *, with_libvirt: bool = False) -> bool:
+    def up(self, spec: CephSpec | None = None, *, with_libvirt: bool = False,
+           libvirt_patched: bool | None = None) -> bool:
         """Bring the lab up; return False when a healthy lab was already running (no-op).
 
         A healthy lab built with other settings is left alone and reported,
         never rebuilt behind the user's back (it may hold their data).
+
+        ``libvirt_patched`` (implies ``with_libvirt``) chooses libvirtd's rbd
+        storage backend: True the module built from ``patches/``, False
+        Debian's; None keeps whichever runs (Debian's for a libvirtd the lab
+        starts).  Switching restarts libvirtd, which the lab does only to a
+        libvirtd it started: modules load only when the daemon starts.
         """
         spec = spec or CephSpec()
+        with_libvirt = with_libvirt or libvirt_patched is not None
+        if libvirt_patched:
+            libvirt_side.built_module()          # a missing build fails before anything changes
         with self._locked():
             state = self._read_state()
+            if self._only_stopped_on_purpose(state):
+                from . import faults   # 'lab up' after 'lab kill osd.1' restarts it instead of rebuilding
+                faults.wait_serving([faults.launch(self, d["name"]) for d in state["daemons"] if d.get("stopped")])
+                state = self._read_state()
             if self.is_healthy(state):
                 if state.get("spec") != dataclasses.asdict(spec):
                     raise LabError(f"a lab with other settings runs at {self.root} "
                                    f"({_describe(state['spec'])}); run 'virtrbd lab down' first")
-                if not with_libvirt or self._libvirt_healthy(state):
+                if not with_libvirt:
                     log.info("lab already up at %s", self.root)
                     return False
-                self._libvirt_up(state)
+                if self._libvirt_healthy(state):
+                    if self._ensure_rbd_backend(state, libvirt_patched):
+                        return True
+                    log.info("lab already up at %s", self.root)
+                    return False
+                self._libvirt_up(state, libvirt_patched)
                 return True
             self._down_locked(state)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,8 +156,14 @@ class Lab:
             self._write_state(state)
             log.info("Ceph part up in %.2f s", state["ceph_seconds"])
             if with_libvirt:
-                self._libvirt_up(state)
+                self._libvirt_up(state, libvirt_patched)
             return True
+
+    def _only_stopped_on_purpose(self, state: dict) -> bool:
+        """Some daemons were stopped with 'lab stop/kill' and every other one still runs."""
+        records = state.get("daemons", [])
+        return (bool(state.get("ready")) and any(d.get("stopped") for d in records)
+                and all(processes.is_ours(d) for d in self.daemons(state)))
 
     def _record(self, state: dict, daemon: processes.Daemon) -> None:
         state["daemons"].append(daemon.to_dict())
@@ -143,12 +172,17 @@ class Lab:
     def _libvirt_healthy(self, state: dict) -> bool:
         return bool(state.get("libvirt")) and libvirt_side.healthy(state["libvirt"])
 
-    def _libvirt_up(self, state: dict) -> None:
+    def _libvirt_up(self, state: dict, patched: bool | None = None) -> None:
         started = time.monotonic()
         cluster = self.ceph_cluster(state)
         info = libvirt_side.plan_objects(cluster)
         info["domain_type"] = libvirt_side.make_kvm_usable()
-        libvirt_side.start_daemons(self.root, lambda daemon: self._record(state, daemon))
+        running = libvirt_side.libvirtd_answers()
+        if not running:
+            state.pop("libvirtd", None)      # what an earlier libvirtd had loaded
+        libvirt_side.start_daemons(self.root, lambda daemon: self._record(state, daemon),
+                                   env_extra=None if running else self._backend_env(patched))
+        self._ensure_rbd_backend(state, patched, define=False)   # restarts a running one if needed
         libvirt_side.remove_objects(dict(state.get("libvirt") or info), cluster.spec.port)
         libvirt_side.remove_objects(info, cluster.spec.port)  # stale objects of the same names
         state["libvirt"] = info
@@ -158,6 +192,93 @@ class Lab:
         self._write_state(state)
         self._write_config(state)
         log.info("libvirt part up in %.2f s (domains use %s)", state["libvirt_seconds"], info["domain_type"])
+
+    # --- libvirtd's rbd storage backend ------------------------------------------------------
+
+    @property
+    def backend_dir(self) -> Path:
+        """The storage-backend folder a patched libvirtd of this lab loads its modules from."""
+        return self.root / "libvirt-storage-backend"
+
+    def _backend_env(self, patched: bool | None) -> dict[str, str] | None:
+        """libvirtd's extra environment for the wanted backend (preparing its folder), or None."""
+        if not patched:
+            return None
+        libvirt_side.prepare_backend_dir(self.backend_dir, libvirt_side.built_module())
+        return {libvirt_side.BACKEND_DIR_ENV: str(self.backend_dir)}
+
+    def _lab_libvirtd(self, state: dict) -> processes.Daemon | None:
+        return next((d for d in self.daemons(state) if d.name == "libvirtd" and processes.is_ours(d)), None)
+
+    def rbd_backend(self, state: dict | None = None) -> dict | None:
+        """Which rbd backend the running libvirtd has loaded, read from the process itself."""
+        state = self._read_state() if state is None else state
+        daemon = self._lab_libvirtd(state)
+        pid = daemon.pid if daemon else _foreign_libvirtd_pid()
+        if pid is None:
+            return None
+        loaded = libvirt_side.loaded_rbd_module(pid)
+        kind = "none"
+        if loaded:
+            folder = Path(loaded.removesuffix(" (deleted)")).parent
+            kind = ("patched" if folder == self.backend_dir else
+                    "system" if folder == libvirt_side.SYSTEM_BACKEND_DIR else "other")
+        backend = {"kind": kind, "module": loaded, "pid": pid, "started_by_lab": daemon is not None}
+        recorded = state.get("libvirtd") or {}
+        if kind == "patched" and recorded.get("sha256"):
+            backend["sha256"] = recorded["sha256"]
+            try:   # rebuilt since libvirtd loaded it?
+                backend["stale"] = libvirt_side.sha256(libvirt_side.built_module()) != recorded["sha256"]
+            except LabError:
+                backend["stale"] = False
+        return backend
+
+    def _ensure_rbd_backend(self, state: dict, patched: bool | None, *, define: bool = True) -> bool:
+        """Make the running libvirtd use the wanted rbd backend; True when it was restarted for it."""
+        current = self.rbd_backend(state)
+        wanted = None if patched is None else ("patched" if patched else "system")
+        if wanted is None:
+            if current is not None:
+                self._record_backend(state, current)
+            return False
+        if current is None:
+            raise LabError(f"cannot tell which libvirtd runs (it was not started by the lab and "
+                           f"/run/libvirtd.pid names no live process), so it cannot load the {wanted} rbd backend")
+        if current["kind"] == wanted and not current.get("stale"):
+            self._record_backend(state, current)
+            return False
+        daemon = self._lab_libvirtd(state)
+        if daemon is None:
+            raise LabError(f"libvirtd (pid {current['pid']}) was not started by the lab, which restarts "
+                           f"only its own: stop that libvirtd to use the {wanted} rbd backend")
+        started = time.monotonic()
+        env = self._backend_env(patched)
+        if processes.stop([daemon], signal.SIGTERM, wait=10):
+            raise LabError(f"libvirtd (pid {daemon.pid}) did not stop within 10 s")
+        state["daemons"] = [d for d in state["daemons"]
+                            if (d["name"], d["pid"]) != (daemon.name, daemon.pid)]
+        state.pop("libvirtd", None)
+        self._write_state(state)
+        self._record(state, libvirt_side.start_daemon("libvirtd", self.root, env))
+        if define and state.get("libvirt"):
+            # libvirtd restores the pools that were active; make sure of the lab's
+            libvirt_side.define_objects(self.ceph_cluster(state), state["libvirt"])
+        current = self.rbd_backend(state)
+        if current is None or current["kind"] != wanted:
+            raise LabError(f"libvirtd restarted but has the {current['kind'] if current else 'no'} rbd backend, "
+                           f"not the {wanted} one; see {self.root / 'libvirtd.log'}")
+        self._record_backend(state, current)
+        log.info("libvirtd restarted with the %s rbd backend in %.2f s", wanted, time.monotonic() - started)
+        return True
+
+    def _record_backend(self, state: dict, current: dict) -> None:
+        recorded = {"rbd_backend": current["kind"], "module": current["module"]}
+        if current["kind"] == "patched":
+            recorded["sha256"] = (current.get("sha256") or
+                                  libvirt_side.sha256(self.backend_dir / libvirt_side.RBD_MODULE))
+        if state.get("libvirtd") != recorded:
+            state["libvirtd"] = recorded
+            self._write_state(state)
 
     def _check_ports_free(self, spec: CephSpec) -> None:
         for port in (spec.port, spec.port + 1):
@@ -174,6 +295,7 @@ class Lab:
         if state.get("libvirt"):
             sections["libvirt"] = {"uri": libvirt_side.URI, "secret_uuid": state["libvirt"]["secret_uuid"],
                                    "pool": state["libvirt"]["pool"]}
+        sections["hook"] = {"log": self.root / "hook.log"}   # where a lab user looks first
         self.conf_file.write_text(config_module.render(sections))
 
     def down(self) -> list[str]:
@@ -207,7 +329,10 @@ class Lab:
         state = self._read_state()
         if not state:
             return {"root": str(self.root), "state": "down"}
-        daemons = [{"name": d.name, "pid": d.pid, "running": processes.is_ours(d)} for d in self.daemons(state)]
+        daemons = [{"name": d["name"], "pid": d["pid"],
+                    "running": not d.get("stopped") and processes.is_ours(processes.Daemon(d["name"], d["pid"],
+                                                                                           d["marker"])),
+                    "stopped": bool(d.get("stopped"))} for d in state.get("daemons", [])]
         healthy = self.is_healthy(state)
         return {
             "root": str(self.root),
@@ -218,8 +343,20 @@ class Lab:
             "libvirt": state.get("libvirt"),
             "libvirt_state": None if not state.get("libvirt") else
             ("up" if self._libvirt_healthy(state) else "degraded"),
+            "rbd_backend": self.rbd_backend(state) if state.get("libvirt") else None,
             "seconds": {"ceph": state.get("ceph_seconds"), "libvirt": state.get("libvirt_seconds")},
         }
+
+
+def _foreign_libvirtd_pid() -> int | None:
+    """The PID of a running libvirtd the lab did not start (from its pid file)."""
+    if not libvirt_side.libvirtd_answers():
+        return None
+    try:
+        pid = int(Path("/run/libvirtd.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if processes.alive(pid) else None
 
 
 def _describe(spec: dict) -> str:

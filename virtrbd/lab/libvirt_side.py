@@ -10,8 +10,10 @@ for several seconds; later starts answer at once from its capabilities cache.
 from __future__ import annotations
 
 import grp
+import hashlib
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -74,16 +76,82 @@ def make_kvm_usable() -> str:
 
 def start_daemons(log_dir: Path, record, env_extra: dict[str, str] | None = None) -> None:
     """Start virtlogd and libvirtd unless they already answer on their sockets."""
-    env = dict(DAEMON_ENV, **(env_extra or {}))
-    for name, argv, sock in (("virtlogd", ["virtlogd"], VIRTLOGD_SOCKET),
-                             ("libvirtd", ["libvirtd"], LIBVIRT_SOCKET)):
-        if _socket_answers(sock):
+    for name in ("virtlogd", "libvirtd"):
+        if _socket_answers(_SOCKETS[name]):
             log.info("%s already running; the lab uses it and will leave it running", name)
             continue
-        log_path = log_dir / f"{name}.log"
-        daemon = processes.start(name, argv, log_path, marker=name, env=env)
-        record(daemon)
-        _wait_socket(sock, daemon, log_path)
+        record(start_daemon(name, log_dir, env_extra))
+
+
+_SOCKETS = {"virtlogd": VIRTLOGD_SOCKET, "libvirtd": LIBVIRT_SOCKET}
+
+
+def start_daemon(name: str, log_dir: Path, env_extra: dict[str, str] | None = None) -> processes.Daemon:
+    """Start virtlogd or libvirtd and wait until it answers on its socket."""
+    log_path = log_dir / f"{name}.log"
+    daemon = processes.start(name, [name], log_path, marker=name, env=dict(DAEMON_ENV, **(env_extra or {})))
+    _wait_socket(_SOCKETS[name], daemon, log_path)
+    return daemon
+
+
+def libvirtd_answers() -> bool:
+    return _socket_answers(LIBVIRT_SOCKET)
+
+
+# --- libvirt's rbd storage backend: Debian's module, or the one built from patches/ ------------------
+
+SYSTEM_BACKEND_DIR = Path("/usr/lib/x86_64-linux-gnu/libvirt/storage-backend")
+RBD_MODULE = "libvirt_storage_backend_rbd.so"
+BACKEND_DIR_ENV = "LIBVIRT_STORAGE_BACKEND_DIR"
+#: where tools/build-libvirt-rbd (make libvirt-patched) leaves the module, in a source checkout
+BUILT_MODULE = Path(__file__).resolve().parents[2] / "build" / "libvirt" / "out" / RBD_MODULE
+BUILT_MODULE_ENV = "VIRTRBD_LIBVIRT_RBD_MODULE"
+
+
+def built_module() -> Path:
+    """The patched rbd backend as built by ``make libvirt-patched``; a LabError when it is missing."""
+    module = Path(os.environ.get(BUILT_MODULE_ENV) or BUILT_MODULE)
+    if not module.is_file():
+        raise LabError(f"the patched rbd storage backend is not built ({module} is missing): "
+                       f"run 'make libvirt-patched' in virtrbd's source tree")
+    return module
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare_backend_dir(folder: Path, module: Path) -> Path:
+    """A storage-backend folder for libvirtd: a copy of ``module`` as the rbd backend and links
+    to Debian's other backends.  A copy, so that rebuilding never changes a loaded module."""
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        entry.unlink()
+    for system in sorted(SYSTEM_BACKEND_DIR.glob("libvirt_storage_backend_*.so")):
+        if system.name != RBD_MODULE:
+            (folder / system.name).symlink_to(system)
+    tmp = folder / f".{RBD_MODULE}.tmp"
+    shutil.copyfile(module, tmp)
+    tmp.chmod(0o644)
+    tmp.replace(folder / RBD_MODULE)
+    return folder
+
+
+def loaded_rbd_module(pid: int) -> str | None:
+    """The path of the rbd backend a running libvirtd has loaded (from /proc/PID/maps), or None."""
+    try:
+        return rbd_module_in_maps(Path(f"/proc/{pid}/maps").read_text(errors="replace"))
+    except OSError:
+        return None
+
+
+def rbd_module_in_maps(maps: str) -> str | None:
+    """The rbd backend's path in the text of a /proc/PID/maps (" (deleted)" when replaced since)."""
+    for line in maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].removesuffix(" (deleted)").endswith("/" + RBD_MODULE):
+            return parts[5]
+    return None
 
 
 def pool_name(port: int) -> str:

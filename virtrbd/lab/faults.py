@@ -1,0 +1,157 @@
+"""Faults on demand: stop, kill and start the lab's Ceph daemons by name (``mon.a``, ``osd.1``, ``mgr.x``).
+
+For the reliability suite and for users who want to see what virtrbd does
+when the cluster misbehaves.  A stopped daemon stays in the lab's record,
+marked stopped, so ``status`` shows it, ``down`` does not look for it, and
+``start`` brings it back with the command line it had.  Killing an OSD is only
+survivable with bluestore (``--store bluestore``): a memstore OSD keeps its
+data in memory and loses it with the process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+from ..errors import LabError, UsageError
+from . import processes
+from .ceph_cluster import mon_command
+
+
+def _argv(conf: str, name: str) -> list[str]:
+    kind, _, ident = name.partition(".")
+    binaries = {"mon": "ceph-mon", "osd": "ceph-osd", "mgr": "ceph-mgr"}
+    return [binaries[kind], "-c", conf, "-i", ident, "-f"]
+
+
+def _find(lab, state: dict, name: str) -> tuple[int, dict]:
+    for index, record in enumerate(state.get("daemons", [])):
+        if record["name"] == name:
+            return index, record
+    known = ", ".join(d["name"] for d in state.get("daemons", []) if d["name"].split(".")[0] in ("mon", "osd", "mgr"))
+    raise UsageError(f"lab: no Ceph daemon {name!r} (known: {known or 'none — is the lab up?'})")
+
+
+def stop(lab, name: str, *, kill: bool = False) -> None:
+    """Stop a daemon (SIGTERM and wait), or ``kill`` it (SIGKILL, as a crash or a power cut would)."""
+    with lab._locked():
+        state = lab._read_state()
+        index, record = _find(lab, state, name)
+        if record.get("stopped"):
+            return
+        daemon = processes.Daemon(record["name"], record["pid"], record["marker"])
+        left = processes.stop([daemon], signal.SIGKILL if kill else signal.SIGTERM, wait=30)
+        if left:
+            raise LabError(f"{name} (pid {daemon.pid}) did not stop")
+        record["stopped"] = True
+        state["daemons"][index] = record
+        lab._write_state(state)
+
+
+def start(lab, *names: str, timeout: float = 60) -> None:
+    """Start stopped daemons again; wait until they serve (monitor listening, OSDs up, every PG active)."""
+    with lab._locked():
+        launched = [found for found in (launch(lab, name) for name in names) if found is not None]
+    wait_serving(launched, timeout=timeout)
+
+
+def launch(lab, name: str):
+    """Start a stopped daemon (the caller holds the lab's lock); (cluster, daemon), or None if it ran."""
+    state = lab._read_state()
+    index, record = _find(lab, state, name)
+    if not record.get("stopped"):
+        return None
+    cluster = lab.ceph_cluster(state)
+    daemon = processes.start(name, _argv(str(cluster.conf), name), cluster.logs / f"{name}.stdout",
+                             marker=str(cluster.conf))
+    state["daemons"][index] = daemon.to_dict()
+    lab._write_state(state)
+    return cluster, daemon
+
+
+def wait_serving(launched: list, *, timeout: float = 60) -> None:
+    """For ``launch`` results: monitors first, then the OSDs up, then every PG active again."""
+    launched = sorted(launched, key=lambda item: not item[1].name.startswith("mon."))
+    for cluster, daemon in launched:
+        if daemon.name.startswith("mon."):
+            _wait_listening(cluster.spec.port, daemon, timeout)
+    osds = [(cluster, daemon) for cluster, daemon in launched if daemon.name.startswith("osd.")]
+    if osds:
+        _wait_osds_up(osds[0][0], [daemon for _, daemon in osds], timeout)
+
+
+def stopped(lab) -> list[str]:
+    return [d["name"] for d in lab._read_state().get("daemons", []) if d.get("stopped")]
+
+
+def _wait_listening(port: int, daemon: processes.Daemon, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not processes.alive(daemon.pid):
+            raise LabError(f"{daemon.name} exited at start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"{daemon.name} did not listen within {timeout:g} s")
+
+
+def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> None:
+    """Until the monitors see these OSDs up and every PG is active again."""
+    import rados
+
+    ids = {int(daemon.name.partition(".")[2]) for daemon in daemons}
+    admin = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
+    admin.conf_set("client_mount_timeout", "15")
+    admin.conf_set("rados_mon_op_timeout", "15")
+    deadline = time.monotonic() + timeout
+    try:
+        admin.connect()
+        while time.monotonic() < deadline:
+            for daemon in daemons:
+                if not processes.alive(daemon.pid):
+                    raise LabError(f"{daemon.name} exited at start-up")
+            dump = json.loads(mon_command(admin, prefix="osd dump", format="json"))
+            up = {o["osd"] for o in dump["osds"] if o["up"]}
+            if ids <= up and _pool_answers(cluster):
+                return
+            time.sleep(0.2)
+    except rados.Error as exc:
+        raise LabError(f"waiting for {', '.join(d.name for d in daemons)}: {exc}") from None
+    finally:
+        admin.shutdown()
+    raise LabError(f"{', '.join(d.name for d in daemons)} not up with every PG active within {timeout:g} s")
+
+
+def _pool_answers(cluster, probes: int = 64) -> bool:
+    """Writes land in every PG of the pool again.
+
+    The mgr's PG statistics lag behind a restart by seconds, so they cannot
+    say when I/O works; writes to objects spread over all PGs can.  Each round
+    uses a fresh connection: a client whose writes timed out while the OSDs
+    restarted kept timing out here long after the cluster was healthy.
+    """
+    import rados
+
+    handle = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
+    for option, value in (("client_mount_timeout", "5"), ("rados_mon_op_timeout", "5"),
+                          ("rados_osd_op_timeout", "2")):
+        handle.conf_set(option, value)
+    try:
+        handle.connect()
+        ioctx = handle.open_ioctx(cluster.spec.pool)
+        try:
+            for i in range(probes):
+                ioctx.write_full(f"virtrbd-lab-probe-{i}", b"x")
+            for i in range(probes):
+                ioctx.remove_object(f"virtrbd-lab-probe-{i}")
+        finally:
+            ioctx.close()
+        return True
+    except rados.Error:
+        return False
+    finally:
+        handle.shutdown()
