@@ -13,6 +13,7 @@ class Result:
     code: int
     out: str
     err: str
+    args: tuple[str, ...] = ()
 
     @property
     def err_lines(self) -> list[str]:
@@ -24,7 +25,13 @@ def virtrbd(*args: str, env: dict[str, str] | None = None, input: str | None = N
     full_env.update(env or {})
     done = subprocess.run([sys.executable, "-m", "virtrbd", *args], capture_output=True, text=True,
                           env=full_env, input=input, timeout=timeout)
-    return Result(done.returncode, done.stdout, done.stderr)
+    result = Result(done.returncode, done.stdout, done.stderr, tuple(args))
+    RESULTS.append(result)
+    return result
+
+
+#: every CLI run of the session: the secret scan reads their outputs at the end
+RESULTS: list[Result] = []
 
 
 def assert_one_line_error(result: Result, code: int, *words: str) -> None:

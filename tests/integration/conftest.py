@@ -20,6 +20,7 @@ from virtrbd import Storage, config
 from virtrbd.keyring import CephKey, read_key
 from virtrbd.lab import Lab
 
+from ..ledger import LEDGER
 from ..secret_watch import SecretWatcher
 
 
@@ -60,8 +61,22 @@ def lab() -> LabHandle:
         yield LabHandle(lab, conf, key, state)
     if started and not os.environ.get("VIRTRBD_KEEP_LAB"):
         lab.down()
+    LEDGER.key_samples += watcher.samples
+    LEDGER.key_sightings += sorted(set(watcher.sightings))
+    LEDGER.key_sightings += scan_for_key(key, lab.root)
     print(f"\nsecret watcher: {watcher.samples} samples of every process, {len(watcher.sightings)} key sightings")
-    assert watcher.sightings == [], f"the client key was seen in: {sorted(set(watcher.sightings))}"
+    assert LEDGER.key_sightings == [], f"the client key was seen in: {LEDGER.key_sightings}"
+
+
+def scan_for_key(key, lab_root) -> list[str]:
+    """Every output of the CLI runs, and the hook's log: none may hold the key."""
+    from ..cli_helpers import RESULTS
+    secret = key.reveal()
+    found = [f"output of virtrbd {' '.join(r.args)}" for r in RESULTS if secret in r.out or secret in r.err]
+    hook_log = Path(lab_root) / "hook.log"
+    if hook_log.exists() and secret in hook_log.read_text(errors="replace"):
+        found.append(str(hook_log))
+    return found
 
 
 def json_state(lab: Lab) -> dict:

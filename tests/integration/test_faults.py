@@ -1,0 +1,355 @@
+"""Faults on a lab of its own: a monitor down, OSDs killed during backups, clones and flattens, one OSD of three lost.
+
+The lab here has three bluestore OSDs (a killed bluestore OSD keeps its data)
+and pool size 2; its config sets every timeout to 3 s so a fault shows within
+seconds.  Each test brings every daemon back before it ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from virtrbd import Storage, config, errors, hook_install
+from virtrbd.lab import CephSpec, Lab, faults
+from virtrbd.lab.domains import BOOT_SECTOR, domain_xml, remove_domain, wait_for_reads
+
+from ..cli_helpers import virtrbd
+from ..ledger import LEDGER
+
+TIMEOUT = 3
+MiB = 1 << 20
+OSDS = ["osd.0", "osd.1", "osd.2"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fault_lab(lab):
+    """A second lab (three bluestore OSDs, pool size 2) beside the main one, and a 3-second config for it."""
+    root = Path(tempfile.mkdtemp(prefix="virtrbd-faults-"))
+    flab = Lab(root / "lab")
+    flab.up(CephSpec(port=40800, osds=3, store="bluestore", store_bytes=4 << 30), with_libvirt=True)
+    text = flab.conf_file.read_text().replace(
+        "[ceph]\n", f"[ceph]\nclient_mount_timeout = {TIMEOUT}\nrados_mon_op_timeout = {TIMEOUT}\n"
+                    f"rados_osd_op_timeout = {TIMEOUT}\n", 1)
+    quick = root / "quick.conf"
+    quick.write_text(text)
+    yield flab, config.load(quick)
+    flab.down()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def everything_back(fault_lab):
+    """Whatever a test stops, it is started again afterwards."""
+    flab, _ = fault_lab
+    yield
+    faults.start(flab, *faults.stopped(flab))
+
+
+def cli(conf, *args, timeout=60):
+    return virtrbd("--config", str(conf.path), *args, timeout=timeout)
+
+
+def digest(storage, spec: str) -> str:
+    pool, _, rest = spec.partition("/")
+    image, _, snap = rest.partition("@")
+    h = hashlib.sha256()
+    with storage.cluster.image(pool, image, snapshot=snap or None, read_only=True) as img:
+        for offset in range(0, img.size(), 4 * MiB):
+            h.update(img.read(offset, min(4 * MiB, img.size() - offset)))
+    return h.hexdigest()
+
+
+def fill(storage, image: str, size: int, data: int) -> None:
+    storage.create_image(image, size)
+    chunk = os.urandom(MiB)
+    with storage.cluster.image("rbd", image) as img:
+        img.write(BOOT_SECTOR, 0)
+        for offset in range(MiB, data, MiB):
+            img.write(chunk, offset)
+
+
+# --- a monitor down ---------------------------------------------------------------------------
+
+def test_monitor_down_every_operation_fails_in_time_then_all_work_again(fault_lab, everything_back, tmp_path):
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(conf) as storage:
+        fill(storage, f"m{tag}", 8 * MiB, 2 * MiB)
+        storage.make_golden(f"m{tag}")
+        storage.create_snapshot(f"m{tag}@s")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    cli(conf, "backup", f"m{tag}@s", str(backups))
+    backup_file = next(p for p in backups.iterdir() if p.suffix == ".raw")
+    operations = [
+        ("ls",), ("create", f"m{tag}-new", "--size", "1M"), ("info", f"m{tag}"), ("snap", "ls", f"m{tag}"),
+        ("snap", "create", f"m{tag}@t"), ("clone", f"m{tag}@golden", f"m{tag}-c"), ("children", f"m{tag}"),
+        ("flatten", f"m{tag}"), ("rm", f"m{tag}"), ("resize", f"m{tag}", "--size", "16M"),
+        ("backup", f"m{tag}@s", str(backups), "--format", "qcow2"), ("restore", str(backup_file), f"m{tag}-r"),
+        ("verify", str(backup_file), "--against", f"m{tag}@s"), ("config", "check"),
+        ("golden", "create", f"m{tag}"),
+    ]
+    faults.stop(flab, "mon.a", kill=True)
+    with ThreadPoolExecutor(3) as pool:     # a few at a time: the clock is on each, not on the machine
+        timed = list(pool.map(lambda args: _timed(cli, conf, *args), operations))
+    api_started = time.monotonic()
+    with pytest.raises(errors.ConnectionFailedError, match="no monitor reachable"):
+        Storage(conf).__enter__()
+    api_seconds = time.monotonic() - api_started
+    hook_code, hook_err, hook_seconds = _hook_prepare(conf, f"rbd/m{tag}-vm", f"rbd/m{tag}@golden", tmp_path)
+    faults.start(flab, "mon.a")
+
+    failures = [f"{' '.join(args)}: exit {r.code}, {seconds:.1f} s, {r.err.strip()!r}"
+                for args, (r, seconds) in zip(operations, timed)
+                if r.code != 1 or len(r.err_lines) != 1 or "no monitor reachable" not in r.err
+                or seconds > TIMEOUT + 2]
+    if not (hook_code == 1 and "no monitor reachable" in hook_err and hook_seconds <= TIMEOUT + 2):
+        failures.append(f"hook prepare: exit {hook_code}, {hook_seconds:.1f} s, {hook_err!r}")
+    if api_seconds > TIMEOUT + 2:
+        failures.append(f"Storage(): {api_seconds:.1f} s")
+    again = [cli(conf, "ls"), cli(conf, "clone", f"m{tag}@golden", f"m{tag}-c"), cli(conf, "info", f"m{tag}-c")]
+    hook_again = _hook_prepare(conf, f"rbd/m{tag}-vm", f"rbd/m{tag}@golden", tmp_path)
+    back = all(r.code == 0 for r in again) and hook_again[0] == 0
+    LEDGER.fault("monitor down: every operation fails in time, works again after", not failures and back)
+    assert failures == []
+    assert back, [r.err for r in again] + [hook_again[1]]
+
+
+def _timed(function, *args):
+    started = time.monotonic()
+    result = function(*args)
+    return result, time.monotonic() - started
+
+
+def _hook_prepare(conf, image: str, golden: str, tmp_path: Path):
+    """libvirt's call, as libvirtd makes it: the installed script, its environment, the domain on stdin."""
+    script = tmp_path / "hook"
+    script.write_text(hook_install.render(conf.path))
+    script.chmod(0o755)
+    xml = domain_xml(conf, "vm", image, clone_of=golden, ephemeral=True).encode()
+    started = time.monotonic()
+    done = subprocess.run([str(script), "vm", "prepare", "begin", "-"], input=xml, capture_output=True,
+                          env={"LC_ALL": "C", "HOME": "/root", "PATH": "/usr/bin:/bin"})
+    return done.returncode, done.stderr.decode(), time.monotonic() - started
+
+
+# --- OSDs killed in the middle of work ---------------------------------------------------------
+
+def _kill_all_osds(flab) -> None:
+    for name in OSDS:
+        faults.stop(flab, name, kill=True)
+
+
+def _start_all_osds(flab) -> None:
+    faults.start(flab, *OSDS)
+
+
+def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_lab, everything_back, tmp_path):
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(conf) as storage:
+        fill(storage, f"b{tag}", 512 * MiB, 400 * MiB)
+        storage.create_snapshot(f"b{tag}@s")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    command = [sys.executable, "-m", "virtrbd", "--config", str(conf.path), "backup", f"b{tag}@s", str(dest)]
+    backup = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_file(dest, backup)
+    _kill_all_osds(flab)
+    out, err = backup.communicate(timeout=60)
+    left = sorted(p.name for p in dest.iterdir())
+    _start_all_osds(flab)
+    rerun = cli(conf, "backup", f"b{tag}@s", str(dest))
+    assert rerun.code == 0, f"rerun: {rerun.err} (first run said: {err!r}; left: {left})"
+    with Storage(conf) as storage:
+        restored = cli(conf, "restore", str(next(dest.glob("*.raw"))), f"b{tag}-r")
+        same = restored.code == 0 and digest(storage, f"rbd/b{tag}-r") == digest(storage, f"rbd/b{tag}@s")
+    LEDGER.restore("backup after OSDs came back", same)
+    survived = backup.returncode != 0 and left == [] and rerun.code == 0 and same
+    LEDGER.fault("all OSDs killed during a backup: no file, rerun succeeds", survived)
+    assert backup.returncode != 0 and len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert left == [], f"left behind: {left}"
+    assert rerun.code == 0, rerun.err
+    assert same
+
+
+def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the backup has started writing (its temporary file is there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(dest.iterdir()):
+            time.sleep(0.2)
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"backup ended before writing: {process.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError("the backup never started writing")
+
+
+def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges(fault_lab, everything_back):
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    children = [f"rbd/c{tag}-{i:02d}" for i in range(60)]
+    with Storage(conf) as storage:
+        fill(storage, f"c{tag}", 16 * MiB, 2 * MiB)
+        golden = str(storage.make_golden(f"c{tag}"))
+        outcome = {}
+
+        def batch():
+            try:
+                storage.clone_many(golden, children, workers=4)
+                outcome["error"] = None
+            except errors.VirtrbdError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=batch)
+        worker.start()
+        _wait_until(lambda: sum(storage.image_exists(c) for c in children[:20]) >= 3)
+        _kill_all_osds(flab)
+        worker.join(timeout=120)
+    _start_all_osds(flab)
+    error = str(outcome.get("error"))
+    with Storage(conf) as storage:
+        existing = [c for c in children if storage.image_exists(c)]
+        whole = [c for c in existing if _is_clone_of(storage, c, golden)]
+        # anything else is the remains of a clone librbd could not roll back with the OSDs gone: it must
+        # be one the batch reported as failed, and hold no data a rerun could lose
+        remains = [c for c in existing if c not in whole]
+        hidden = [c for c in remains if c not in error or not _holds_no_data(storage, c)]
+        rerun = storage.clone_many(golden, children, exist_ok=True, workers=4)
+        converged = all(_is_clone_of(storage, c, golden) for c in children)
+    survived = outcome.get("error") is not None and not hidden and converged and len(rerun) == len(children)
+    LEDGER.fault("all OSDs killed during 60 clones: no half-made clone passed off, rerun converges", survived)
+    assert outcome.get("error") is not None, f"the batch did not notice the dead OSDs ({len(existing)} made)"
+    assert hidden == [], f"half-made clones not reported as failed: {hidden} ({error})"
+    assert converged and sum(r.existed for r in rerun) == len(whole)
+
+
+def _is_clone_of(storage, image: str, golden: str) -> bool:
+    try:
+        info = storage.info(image)
+    except errors.VirtrbdError:
+        return False
+    return [str(p) for p in info.parent_chain[:1]] == [golden]
+
+
+def _holds_no_data(storage, image: str) -> bool:
+    extents = []
+    with storage.cluster.image("rbd", image.split("/")[1], read_only=True) as img:
+        img.diff_iterate(0, img.size(), None, lambda o, n, e: extents.append(e), include_parent=False)
+    return not any(extents)
+
+
+def _wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never met")
+        time.sleep(0.02)
+
+
+def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everything_back):
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(conf) as storage:
+        fill(storage, f"f{tag}", 512 * MiB, 384 * MiB)
+        golden = str(storage.make_golden(f"f{tag}"))
+        storage.clone(golden, f"f{tag}-c")
+        expected = digest(storage, golden)
+    flatten = subprocess.Popen([sys.executable, "-m", "virtrbd", "--config", str(conf.path), "flatten",
+                                f"f{tag}-c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    _kill_all_osds(flab)
+    _, err = flatten.communicate(timeout=60)
+    _start_all_osds(flab)
+    rerun = cli(conf, "flatten", f"f{tag}-c")
+    with Storage(conf) as storage:
+        whole = storage.info(f"f{tag}-c").parent_chain == () and digest(storage, f"rbd/f{tag}-c") == expected
+    LEDGER.restore("flattened clone after OSDs came back", whole)
+    LEDGER.fault("all OSDs killed during a flatten: rerun completes it", flatten.returncode != 0 and whole)
+    assert flatten.returncode != 0, "the flatten finished before the OSDs were killed: make the image larger"
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert rerun.code == 0, rerun.err
+    assert whole
+
+
+def test_a_long_lived_connection_works_again_after_an_outage(fault_lab, everything_back):
+    """An agent keeps its Storage open across an outage: the operation after it must work."""
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(conf) as storage:
+        storage.create_image(f"l{tag}", MiB)
+        _kill_all_osds(flab)
+        with pytest.raises(errors.OperationTimeoutError):
+            storage.create_snapshot(f"l{tag}@during")
+        _start_all_osds(flab)
+        storage.create_snapshot(f"l{tag}@after")
+        works = [s.name for s in storage.list_snapshots(f"l{tag}")][-1:] == ["after"]
+    LEDGER.fault("all OSDs killed under a long-lived connection: it works again after", works)
+    assert works
+
+
+# --- one OSD of three lost ---------------------------------------------------------------------
+
+def test_one_osd_of_three_lost_backups_clones_and_domain_starts_keep_working(fault_lab, everything_back,
+                                                                             tmp_path, lab):
+    flab, conf = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(conf) as storage:
+        fill(storage, f"o{tag}", 64 * MiB, 32 * MiB)
+        golden = str(storage.make_golden(f"o{tag}"))
+    faults.stop(flab, "osd.1", kill=True)
+    backups = tmp_path / "b"
+    backups.mkdir()
+    backup = cli(conf, "backup", golden, str(backups))
+    clones = cli(conf, "clone", golden, *[f"o{tag}-{i}" for i in range(10)])
+    started = _start_a_domain(flab, conf, golden, f"o{tag}")
+    with Storage(conf) as storage:
+        restore = cli(conf, "restore", str(next(backups.glob("*.raw"))), f"o{tag}-r")
+        same = restore.code == 0 and digest(storage, f"rbd/o{tag}-r") == digest(storage, golden)
+    LEDGER.restore("restore with one OSD of three down", same)
+    survived = backup.code == 0 and clones.code == 0 and started and same
+    LEDGER.fault("one OSD of three killed: backups, clones, domain starts go on", survived)
+    assert backup.code == 0, backup.err
+    assert clones.code == 0, clones.err
+    assert started
+    assert same
+
+
+def _start_a_domain(flab, conf, golden: str, tag: str) -> bool:
+    """A domain of the fault lab, cloned by the hook (installed for this lab's config for the while)."""
+    script = hook_install.script_path()
+    before = script.read_text() if script.exists() else None
+    hook_install.install(conf.path)
+    conn = libvirt.open(conf.libvirt.uri)
+    name = f"virtrbd-test-{tag}"
+    try:
+        dom = conn.defineXML(domain_xml(conf, name, f"rbd/{tag}-vm", domain_type=flab.status()["libvirt"]["domain_type"],
+                                        clone_of=golden, ephemeral=True))
+        dom.create()
+        return wait_for_reads([dom], timeout=90)[name] > 0
+    finally:
+        remove_domain(conn, name)
+        conn.close()
+        if before is None:
+            hook_install.uninstall()
+        else:                                 # exactly what was installed before, whatever it was
+            script.write_text(before)
+            hook_install.notify_libvirtd()
