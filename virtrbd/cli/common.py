@@ -20,7 +20,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        command = self.prog.removeprefix("virtrbd").strip()     # main() puts "virtrbd: " in front
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
 def divert_native_stderr() -> None:
