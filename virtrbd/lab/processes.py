@@ -72,8 +72,14 @@ def start(name: str, argv: list[str], log_path: Path, marker: str, env: dict[str
         except OSError as exc:
             raise LabError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
     _children[proc.pid] = proc
+    daemon = Daemon(name, proc.pid, marker)
+    # Popen may return while the kernel is still setting up the new program: /proc/PID/cmdline is
+    # empty for that moment, and a stop() then would not recognise the daemon as ours.
+    deadline = time.monotonic() + 2
+    while not is_ours(daemon) and alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
     log.debug("started %s as pid %d", name, proc.pid)
-    return Daemon(name, proc.pid, marker)
+    return daemon
 
 
 def stop(daemons: list[Daemon], sig: int = signal.SIGKILL, wait: float = 15.0) -> list[Daemon]:
