@@ -73,7 +73,7 @@ def _do(action: str, guest: str, data: bytes, config, log, stderr) -> int:
     from .errors import ConfigError, InvalidXMLError
     from .xml import clone_markup, safe
 
-    domain = safe.parse(data, what="domain XML on stdin")
+    domain = safe.parse_plain(data, what="domain XML on stdin")
     if domain.tag != "domain":
         raise InvalidXMLError(f"expected a <domain> document on stdin, got <{domain.tag}>")
     uuid = (domain.findtext("uuid") or "").strip()

@@ -17,11 +17,16 @@ the markup only says where it comes from and how long it lives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from lxml import etree
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidSpecError, InvalidXMLError
 from ..spec import ImageSpec
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+# Reading works on lxml and on the standard library's elements alike (the qemu hook parses with the
+# latter, to spare itself lxml's import); rendering uses lxml.
 
 NAMESPACE = "urn:x-virtrbd:domain:1"
 PREFIX = "virtrbd"
@@ -53,6 +58,8 @@ def render(disks: list[CloneMarkup], *, namespaced: bool = True) -> etree._Eleme
     ``namespaced=False`` gives the bare ``<clones>`` that virDomainSetMetadata
     wants: libvirt puts it into the namespace it is given itself.
     """
+    from lxml import etree
+
     clones, disk_tag = (_CLONES, _DISK) if namespaced else ("clones", "disk")
     root = etree.Element(clones, nsmap={PREFIX: NAMESPACE} if namespaced else None)
     for disk in disks:
