@@ -119,3 +119,13 @@ ERRNO_CLASSES: dict[int, type[CephError]] = {
 
 class InvalidXMLError(UsageError):
     """A document that is not well-formed, too large, declares entities, or is not what was expected."""
+
+
+# --- backups ---------------------------------------------------------------------
+
+class BackupError(VirtrbdError):
+    """A backup, restore or verification could not be done (destination, chain, content)."""
+
+
+class CorruptBackupError(BackupError):
+    """A backup file or its manifest is truncated, damaged, or does not match what it claims to hold."""

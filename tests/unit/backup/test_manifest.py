@@ -1,0 +1,132 @@
+"""Manifests: names, strict loading, and the chain from an incremental down to its full backup."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from virtrbd.backup import manifest as manifests
+from virtrbd.errors import CorruptBackupError, UsageError
+from virtrbd.spec import ImageSpec
+
+from .conftest import apply_changes
+
+
+def test_names_cannot_be_read_two_ways():
+    spec = ImageSpec("a.b", "c", "s")
+    assert manifests.backup_name(spec, "raw") == "a.b~c~s.raw"
+    assert manifests.backup_name(ImageSpec("a", "b.c", "s"), "raw") == "a~b.c~s.raw"
+    assert manifests.backup_name(spec, "qcow2") == "a.b~c~s.qcow2"
+    assert manifests.backup_name(spec, "rbd-diff-v1", since="r") == "a.b~c~r~s.rbddiff"
+
+
+def test_a_backup_has_a_private_manifest_describing_it(make_full, tmp_path):
+    result = make_full(b"x" * 5000, fmt="raw")
+    assert result.manifest.name == "rbd~img~s1.raw.manifest.json"
+    assert stat.S_IMODE(result.manifest.stat().st_mode) == 0o600
+    m = manifests.load(result.manifest)
+    assert (m.kind, m.format, m.image, m.snapshot, m.size, m.file_size) == ("full", "raw", "rbd/img", "s1", 5000, 5000)
+    assert m.checksum == {"algorithm": "sha256-of-4MiB-chunk-sha256", "chunk_size": 4 << 20, "value": result.checksum}
+    assert m.data_path == result.path
+    assert manifests.resolve(result.path).file == result.path.name
+    assert manifests.resolve(result.manifest).file == result.path.name
+
+
+def edit(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"size": "big"}, "field 'size' should be a int"),
+    ({"extra": 1}, "unknown fields"),
+    ({"manifest_version": 2}, "manifest version 2"),
+    ({"kind": "weird"}, "unknown kind"),
+    ({"format": "vmdk"}, "not a full-backup format"),
+    ({"file": "../x.raw"}, "plain name"),
+    ({"file": "other.raw"}, "describes 'other.raw'"),
+    ({"checksum": {"algorithm": "sha256-of-4MiB-chunk-sha256", "value": "xyz"}}, "64 lowercase hex"),
+    ({"checksum": {"algorithm": "md5", "value": "0" * 64}}, "checksum algorithm"),
+    ({"size": 4999}, "RAW backup of a 4999-byte image"),
+    ({"image": "rbd/../x"}, "invalid"),
+    ({"snapshot": "a b"}, "invalid snapshot name"),
+])
+def test_bad_manifests_are_refused_in_one_line(make_full, changes, words):
+    result = make_full(b"x" * 5000)
+    edit(result.manifest, **changes)
+    with pytest.raises(CorruptBackupError, match=words) as exc:
+        manifests.load(result.manifest)
+    assert "\n" not in str(exc.value)
+
+
+def test_missing_field_and_non_json(make_full):
+    result = make_full(b"x" * 10)
+    data = json.loads(result.manifest.read_text())
+    del data["image_id"]
+    result.manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptBackupError, match="missing field 'image_id'"):
+        manifests.load(result.manifest)
+    result.manifest.write_text("{not json")
+    with pytest.raises(CorruptBackupError, match="not valid JSON"):
+        manifests.load(result.manifest)
+
+
+def test_a_backup_file_without_manifest_is_incomplete(tmp_path):
+    (tmp_path / "x.raw").write_bytes(b"x")
+    with pytest.raises(CorruptBackupError, match="manifest not found"):
+        manifests.resolve(tmp_path / "x.raw")
+    with pytest.raises(UsageError, match="no such backup file"):
+        manifests.resolve(tmp_path / "nothing.raw")
+    with pytest.raises(UsageError, match="a directory"):
+        manifests.resolve(tmp_path)
+
+
+def chain_of_three(make_full, make_incremental):
+    base = bytes(1 << 20)
+    full = make_full(base, [], fmt="raw", snapshot="s1")
+    second, changes = apply_changes(base, 1 << 20, [(0, b"a" * 100)], [])
+    inc1 = make_incremental(second, changes, "s1", "s2")
+    third, changes = apply_changes(second, 1 << 20, [(5000, b"b" * 100)], [(0, 50)])
+    inc2 = make_incremental(third, changes, "s2", "s3", snapshot_id=3)
+    return full, inc1, inc2
+
+
+def test_chain_from_the_newest_incremental(make_full, make_incremental):
+    full, inc1, inc2 = chain_of_three(make_full, make_incremental)
+    links = manifests.chain(manifests.resolve(inc2.path))
+    assert [m.file for m in links] == [full.path.name, inc1.path.name, inc2.path.name]
+    assert inc2.path.name == "rbd~img~s2~s3.rbddiff"
+    m = manifests.load(inc2.manifest)
+    assert m.parent == {"file": inc1.path.name, "checksum": inc1.checksum}
+    assert m.from_snapshot == "s2" and m.kind == "incremental" and m.format == "rbd-diff-v1"
+
+
+def test_chain_with_a_missing_parent(make_full, make_incremental):
+    full, inc1, inc2 = chain_of_three(make_full, make_incremental)
+    inc1.manifest.unlink()
+    with pytest.raises(CorruptBackupError, match="parent backup .* is missing"):
+        manifests.chain(manifests.resolve(inc2.path))
+
+
+def test_chain_with_a_parent_of_another_image(make_full, make_incremental):
+    full, inc1, inc2 = chain_of_three(make_full, make_incremental)
+    edit(full.manifest, image_id="other")
+    with pytest.raises(CorruptBackupError, match="cannot apply to .*a backup of rbd/img \\(id other\\)"):
+        manifests.chain(manifests.resolve(inc1.path))
+
+
+def test_chain_with_a_parent_of_another_snapshot(make_full, make_incremental):
+    full, inc1, inc2 = chain_of_three(make_full, make_incremental)
+    edit(inc2.manifest, from_snapshot="s9")
+    with pytest.raises(CorruptBackupError, match="from @s9 cannot apply"):
+        manifests.chain(manifests.resolve(inc2.path))
+
+
+def test_chain_with_a_replaced_parent(make_full, make_incremental):
+    full, inc1, inc2 = chain_of_three(make_full, make_incremental)
+    edit(inc1.manifest, checksum={"algorithm": "sha256", "value": "0" * 64})
+    with pytest.raises(CorruptBackupError, match="made on top of another"):
+        manifests.chain(manifests.resolve(inc2.path))

@@ -1,0 +1,261 @@
+"""The JSON manifest beside every backup file, and how backup files are named.
+
+Names (in the destination directory; ``~`` never occurs in pool, image or
+snapshot names, so a name cannot be read two ways; no ``@``, which ``rbd
+import`` refuses in a path)::
+
+    POOL~IMAGE~SNAP.raw | .qcow2            a full backup
+    POOL~IMAGE~OLDER~SNAP.rbddiff           an incremental: OLDER -> SNAP, rbd diff v1
+    <backup file>.manifest.json             its manifest
+
+A backup exists once its manifest exists: the data file is published first,
+the manifest second, so a data file without a manifest is the remains of an
+interrupted publication and the next backup of that snapshot replaces it.
+
+Manifest fields (version 1)::
+
+    manifest_version 1
+    kind             "full" | "incremental"
+    format           "raw" | "qcow2" | "rbd-diff-v1"
+    file, file_size  the backup file's name (same directory) and exact size in bytes
+    image            "POOL/IMAGE";  image_id: librbd's id (a renamed or recreated image differs)
+    snapshot, snapshot_id, size, object_size
+    from_snapshot    incremental: the older snapshot
+    parent           incremental: {"file": backup file of from_snapshot, "checksum": its checksum value}
+    checksum         {"algorithm", "value", "chunk_size"?}
+                       full: "sha256-of-4MiB-chunk-sha256" of the image's logical content
+                       incremental: "sha256" of the diff stream (the file's bytes: its logical content)
+    cluster_size     qcow2 only
+    created, tool    UTC time (ISO 8601), "virtrbd X.Y.Z"
+    stats            bytes read, data bytes, seconds (informational)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import CorruptBackupError, UsageError
+from ..spec import ImageSpec
+from .checksum import ALGORITHM as CONTENT_ALGORITHM
+from .files import AtomicFile
+
+SUFFIX = ".manifest.json"
+FORMATS = ("raw", "qcow2")
+DIFF_FORMAT = "rbd-diff-v1"
+EXTENSIONS = {"raw": ".raw", "qcow2": ".qcow2", DIFF_FORMAT: ".rbddiff"}
+DIFF_ALGORITHM = "sha256"
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def backup_name(spec: ImageSpec, fmt: str, since: str | None = None) -> str:
+    snap = f"{since}~{spec.snapshot}" if since else spec.snapshot
+    return f"{spec.pool}~{spec.image}~{snap}{EXTENSIONS[fmt]}"
+
+
+def manifest_path(data_path: Path) -> Path:
+    return data_path.with_name(data_path.name + SUFFIX)
+
+
+@dataclass
+class Manifest:
+    kind: str
+    format: str
+    file: str
+    file_size: int
+    image: str
+    image_id: str
+    snapshot: str
+    snapshot_id: int
+    size: int
+    object_size: int
+    checksum: dict
+    created: str
+    tool: str
+    from_snapshot: str | None = None
+    parent: dict | None = None
+    cluster_size: int | None = None
+    stats: dict = field(default_factory=dict)
+    manifest_version: int = 1
+
+    # where it was loaded from (not stored)
+    path: Path | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        assert self.path is not None
+        return self.path.parent / self.file
+
+    @property
+    def spec(self) -> ImageSpec:
+        return ImageSpec.parse(self.image).at(self.snapshot)
+
+    @property
+    def incremental(self) -> bool:
+        return self.kind == "incremental"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("path")
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def save(self, data_path: Path) -> Path:
+        """Publish the manifest beside ``data_path`` (temp name, fsync, link)."""
+        final = manifest_path(data_path)
+        with AtomicFile(final) as out:
+            payload = self.to_json().encode()
+            os.write(out.fd, payload)
+            out.commit()
+        self.path = final
+        return final
+
+
+_FIELDS = {
+    "manifest_version": int, "kind": str, "format": str, "file": str, "file_size": int, "image": str,
+    "image_id": str, "snapshot": str, "snapshot_id": int, "size": int, "object_size": int, "checksum": dict,
+    "created": str, "tool": str,
+}
+_OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict}
+
+
+def load(path: os.PathLike | str) -> Manifest:
+    """Read and check a manifest; every problem is one line naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise CorruptBackupError(f"{path}: manifest not found (a backup without its manifest is "
+                                 f"incomplete)") from None
+    except OSError as exc:
+        raise CorruptBackupError(f"{path}: cannot read the manifest ({exc.strerror.lower()})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CorruptBackupError(f"{path}: not a virtrbd manifest (larger than 1 MiB)")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptBackupError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptBackupError(f"{path}: not a virtrbd manifest")
+
+    def bad(what: str):
+        raise CorruptBackupError(f"{path}: {what}")
+
+    for name, kind in _FIELDS.items():
+        if name not in data:
+            bad(f"missing field {name!r}")
+        if not isinstance(data[name], kind) or (kind is int and isinstance(data[name], bool)):
+            bad(f"field {name!r} should be a {kind.__name__}")
+    for name, kind in _OPTIONAL.items():
+        if data.get(name) is not None and not isinstance(data[name], kind):
+            bad(f"field {name!r} should be a {kind.__name__}")
+    unknown = set(data) - set(_FIELDS) - set(_OPTIONAL)
+    if unknown:
+        bad(f"unknown fields {sorted(unknown)}")
+    if data["manifest_version"] != 1:
+        bad(f"manifest version {data['manifest_version']} is not supported (1)")
+    manifest = Manifest(**data)
+    manifest.path = path
+    _check(manifest, bad)
+    return manifest
+
+
+def _check(m: Manifest, bad) -> None:
+    if m.kind not in ("full", "incremental"):
+        bad(f"unknown kind {m.kind!r}")
+    if "/" in m.file or m.file in ("", ".", "..") or m.file.startswith("."):
+        bad(f"file name {m.file!r} must be a plain name in the same directory")
+    if m.path is not None and m.path.name != m.file + SUFFIX:
+        bad(f"describes {m.file!r}, not {m.path.name[:-len(SUFFIX)]!r}")
+    try:
+        ImageSpec.parse(m.image).at(m.snapshot)
+        if m.from_snapshot is not None:
+            ImageSpec.parse(m.image).at(m.from_snapshot)
+    except UsageError as exc:
+        bad(f"{exc}")
+    if "/" not in m.image:
+        bad(f"image {m.image!r} should be POOL/IMAGE")
+    if m.size < 0 or m.file_size < 0:
+        bad("negative size")
+    value = m.checksum.get("value")
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        bad("checksum value should be 64 lowercase hex digits")
+    if m.kind == "full":
+        if m.format not in FORMATS:
+            bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")
+        if m.checksum.get("algorithm") != CONTENT_ALGORITHM:
+            bad(f"checksum algorithm {m.checksum.get('algorithm')!r} is not {CONTENT_ALGORITHM!r}")
+        if m.from_snapshot is not None or m.parent is not None:
+            bad("a full backup has no from_snapshot or parent")
+        if m.format == "raw" and m.file_size != m.size:
+            bad(f"a RAW backup of a {m.size}-byte image should be {m.size} bytes, not {m.file_size}")
+        if m.format == "qcow2" and not isinstance(m.cluster_size, int):
+            bad("a QCOW2 backup needs cluster_size")
+    else:
+        if m.format != DIFF_FORMAT:
+            bad(f"an incremental backup's format is {DIFF_FORMAT!r}, not {m.format!r}")
+        if m.checksum.get("algorithm") != DIFF_ALGORITHM:
+            bad(f"checksum algorithm {m.checksum.get('algorithm')!r} is not {DIFF_ALGORITHM!r}")
+        if not m.from_snapshot:
+            bad("an incremental backup needs from_snapshot")
+        parent = m.parent or {}
+        if not isinstance(parent.get("file"), str) or not isinstance(parent.get("checksum"), str):
+            bad("an incremental backup needs parent.file and parent.checksum")
+
+
+def resolve(src: os.PathLike | str) -> Manifest:
+    """The manifest of ``src``: a backup file or its manifest."""
+    path = Path(src)
+    if path.name.endswith(SUFFIX):
+        return load(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: a directory; name a backup file (or its manifest)")
+    if not path.exists() and not manifest_path(path).exists():
+        raise UsageError(f"{path}: no such backup file")
+    return load(manifest_path(path))
+
+
+def chain(newest: Manifest) -> list[Manifest]:
+    """The full backup first, then each incremental up to ``newest``; links checked, nothing else read."""
+    links = [newest]
+    seen = {newest.path}
+    while links[-1].incremental:
+        child = links[-1]
+        parent_path = manifest_path(child.path.parent / child.parent["file"])
+        if parent_path in seen or len(links) > 10000:
+            raise CorruptBackupError(f"{child.path}: the chain of parents loops")
+        seen.add(parent_path)
+        if not parent_path.exists():
+            raise CorruptBackupError(f"{child.path}: its parent backup {child.parent['file']} is missing "
+                                     f"(no {parent_path.name})")
+        parent = load(parent_path)
+        where = f"{child.file}: a diff"
+        if parent.image_id != child.image_id or parent.image != child.image:
+            raise CorruptBackupError(f"{where} of {child.image} (id {child.image_id}) cannot apply to "
+                                     f"{parent.file}, a backup of {parent.image} (id {parent.image_id})")
+        if parent.snapshot != child.from_snapshot:
+            raise CorruptBackupError(f"{where} from @{child.from_snapshot} cannot apply to {parent.file}, "
+                                     f"which holds @{parent.snapshot}")
+        if parent.checksum["value"] != child.parent["checksum"]:
+            raise CorruptBackupError(f"{where} was made on top of another {parent.file} (checksum differs)")
+        links.append(parent)
+    links.reverse()
+    return links
+
+
+def find_backups(directory: Path, image_id: str, snapshot: str) -> list[Manifest]:
+    """Committed backups in ``directory`` of that image's snapshot, newest first (unreadable ones skipped)."""
+    found = []
+    for entry in sorted(directory.glob(f"*{SUFFIX}")):
+        if entry.name.startswith("."):
+            continue
+        try:
+            m = load(entry)
+        except CorruptBackupError:
+            continue
+        if m.image_id == image_id and m.snapshot == snapshot and m.data_path.exists():
+            found.append(m)
+    found.sort(key=lambda m: m.created, reverse=True)
+    return found

@@ -1,0 +1,114 @@
+"""RAW backups: a sparse file of exactly the image's size.
+
+Writing: only the 4 KiB blocks that hold a non-zero byte are written; the rest
+stays a hole (``ftruncate`` gives the file its size up front and again at the
+end, trimming the padding of a last partial block).  Reading: ``SEEK_DATA`` /
+``SEEK_HOLE`` find the data, so a mostly empty file costs almost nothing to
+restore or verify; a filesystem without them is read in full.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Iterator
+
+from ..errors import CorruptBackupError
+from .files import BlockWriter
+from .stream import BLOCK, CHUNK, Granules
+
+
+class RawWriter:
+    """Writes in increasing offset order; zero blocks are skipped."""
+
+    def __init__(self, out: BlockWriter, size: int):
+        self.out = out
+        self.size = size
+        os.ftruncate(out.fd, size)
+        self._granules = Granules(BLOCK, self._emit)
+
+    def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
+        end = len(data) if end is None else end
+        if offset + (end - start) > self.size:
+            raise ValueError(f"write at {offset} of {end - start} bytes beyond the image size {self.size}")
+        self._granules.write(offset, data, start, end)
+
+    def _emit(self, offset: int, data, start: int, end: int) -> None:
+        self.out.pwrite(offset, data, start, end)
+
+    def finish(self) -> None:
+        self._granules.finish()
+        self.out.flush()
+        os.ftruncate(self.out.fd, self.size)     # the last block may have been padded past the end
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of the file's data regions (SEEK_DATA/SEEK_HOLE), or the whole file."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:       # only a hole remains
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield offset, size - offset
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end - start
+        offset = end
+
+
+class RawReader:
+    """A RAW file read chunk by chunk; chunks that lie in holes are never read."""
+
+    def __init__(self, path: os.PathLike, expected_size: int | None = None):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.size = os.fstat(self.fd).st_size
+        if expected_size is not None and self.size != expected_size:
+            self.close()
+            kind = "truncated" if self.size < expected_size else "longer than recorded"
+            raise CorruptBackupError(f"{path}: {kind}: {self.size} bytes, the manifest says {expected_size}")
+        try:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "RawReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def chunks(self, chunk_size: int = CHUNK) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
+        """``(offset, data, extents)`` for each chunk holding data; ``extents`` are the data regions in it."""
+        extents = data_extents(self.fd, self.size)
+        current = next(extents, None)
+        while current is not None:
+            first = current[0] - current[0] % chunk_size
+            chunk_end = min(first + chunk_size, self.size)
+            inside = []
+            while current is not None and current[0] < chunk_end:
+                start, length = current
+                end = start + length
+                inside.append((max(start, first), min(end, chunk_end)))
+                if end > chunk_end:
+                    current = (chunk_end, end - chunk_end)
+                    break
+                current = next(extents, None)
+            yield first, self._read(first, chunk_end - first), inside
+
+    def _read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise CorruptBackupError(f"{self.path}: truncated at {offset + len(data)} (read while restoring)")
+        return data
