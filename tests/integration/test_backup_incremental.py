@@ -1,0 +1,118 @@
+"""Incremental backups: rbd diff v1 streams of exact changes, restorable as a chain and by rbd import-diff."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from virtrbd import backup, errors
+from virtrbd.backup import manifest as manifests
+
+from ..cli_helpers import assert_one_line_error, virtrbd
+from ..ledger import LEDGER
+from .test_backup_support import (CHUNK, MiB, content_of, images, judge, random_bytes,  # noqa: F401 (fixtures)
+                                  record_bad_input, scattered_writes, sha256_of)
+
+
+def four_snapshots(images, seed: int = 10) -> tuple[str, list[int]]:
+    """s1..s4 with writes, a discard and a resize between them; returns the name and the bytes written per step."""
+    name = images.create(32 * MiB, scattered_writes(32 * MiB, seed=seed))
+    step2 = [(5 * MiB + 3, random_bytes(70000, seed + 1)), (20 * MiB, random_bytes(4096, seed + 2))]
+    images.write(name, step2, discards=[(CHUNK, CHUNK)], snapshot="s2")
+    step3 = [(0, random_bytes(512, seed + 3)), (31 * MiB, random_bytes(MiB, seed + 4))]
+    images.write(name, step3, snapshot="s3")
+    images.resize(name, 40 * MiB + 512)
+    step4 = [(40 * MiB, random_bytes(512, seed + 5)), (2 * MiB, bytes(8192))]
+    images.write(name, step4, snapshot="s4")
+    return name, [sum(len(d) for _, d in step) for step in (step2, step3, step4)]
+
+
+def test_chain_of_incrementals_restores_each_snapshot(storage, images, tmp_path):
+    name, written = four_snapshots(images)
+    full = backup.backup(storage, f"rbd/{name}@s1", tmp_path, format="qcow2")
+    steps = [full]
+    for older, newer in (("s1", "s2"), ("s2", "s3"), ("s3", "s4")):
+        steps.append(backup.backup(storage, f"rbd/{name}@{newer}", tmp_path, since=f"rbd/{name}@{older}"))
+    for result, changed in zip(steps[1:], written):
+        assert result.kind == "incremental" and result.format == "rbd-diff-v1"
+        assert result.file_size <= 1.1 * changed + 4096       # exact extents, not whole objects
+    assert manifests.load(steps[2].manifest).parent == {"file": steps[1].path.name, "checksum": steps[1].checksum}
+    for index, snap in enumerate(("s2", "s3", "s4"), start=1):
+        target = images.name()
+        restored = backup.restore(storage, steps[index].path, f"rbd/{target}")
+        assert restored.chain == [str(s.path) for s in steps[:index + 1]] and restored.snapshot == snap
+        same = sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@{snap}")
+        assert LEDGER.restore(f"full backup + {index} incremental(s), restored as @{snap}", same), snap
+    for result in steps[1:]:
+        assert backup.verify(result.path, against=f"rbd/{name}@{manifests.load(result.manifest).snapshot}",
+                             storage=storage).kind == "incremental"
+
+
+def test_rbd_import_diff_applies_our_incrementals(storage, images, judge, lab, tmp_path):
+    name, _ = four_snapshots(images)
+    full = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
+    inc2 = backup.backup(storage, f"rbd/{name}@s2", tmp_path, since=f"rbd/{name}@s1")
+    inc3 = backup.backup(storage, f"rbd/{name}@s3", tmp_path, since=f"rbd/{name}@s2")
+    target = images.name()
+    made = virtrbd("restore", str(full.path), f"rbd/{target}", "--snapshot", env=lab.env)
+    assert made.code == 0, made.err
+    for inc, snap in ((inc2, "s2"), (inc3, "s3")):
+        judge.rbd("import-diff", str(inc.path), f"rbd/{target}")       # Ceph's own reader applies our stream
+        same = sha256_of(storage, f"rbd/{target}@{snap}") == sha256_of(storage, f"rbd/{name}@{snap}")
+        assert LEDGER.restore(f"rbd import-diff of our incremental to @{snap}", same)
+
+
+def test_incremental_needs_the_older_backup_in_dest(storage, images, lab, tmp_path):
+    name, _ = four_snapshots(images)
+    result = virtrbd("backup", f"rbd/{name}@s2", str(tmp_path), "--since", f"rbd/{name}@s1", env=lab.env)
+    assert_one_line_error(result, 1, f"no backup of rbd/{name}@s1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_since_must_be_older(storage, images, tmp_path):
+    name, _ = four_snapshots(images)
+    backup.backup(storage, f"rbd/{name}@s3", tmp_path)
+    with pytest.raises(errors.UsageError, match="is not older"):
+        backup.backup(storage, f"rbd/{name}@s2", tmp_path, since=f"rbd/{name}@s3")
+
+
+def test_a_diff_for_another_image_is_refused_and_nothing_is_written(storage, images, lab, tmp_path):
+    ours, _ = four_snapshots(images)
+    theirs, _ = four_snapshots(images, seed=20)
+    full = backup.backup(storage, f"rbd/{ours}@s1", tmp_path)
+    other_full = backup.backup(storage, f"rbd/{theirs}@s1", tmp_path)
+    alien = backup.backup(storage, f"rbd/{theirs}@s2", tmp_path, since=f"rbd/{theirs}@s1")
+    # a mixed-up directory: the other image's diff now claims our full backup as its parent
+    data = json.loads(alien.manifest.read_text())
+    data["parent"] = {"file": full.path.name, "checksum": full.checksum}
+    alien.manifest.write_text(json.dumps(data))
+    target = images.name()
+    before = images.ours()
+    result = virtrbd("restore", str(alien.path), f"rbd/{target}", env=lab.env)
+    record_bad_input("restore of a diff whose parent is another image's backup", result, images.ours() == before)
+    assert_one_line_error(result, 1, "cannot apply to", f"a backup of rbd/{ours}")
+    assert images.ours() == before
+    assert other_full.path.exists()
+
+
+def test_diff_file_swapped_for_another_images_diff(storage, images, lab, tmp_path):
+    ours, _ = four_snapshots(images)
+    theirs, _ = four_snapshots(images, seed=20)
+    backup.backup(storage, f"rbd/{ours}@s1", tmp_path)
+    inc = backup.backup(storage, f"rbd/{ours}@s2", tmp_path, since=f"rbd/{ours}@s1")
+    other = tmp_path / "other"
+    other.mkdir()
+    backup.backup(storage, f"rbd/{theirs}@s1", other)
+    alien = backup.backup(storage, f"rbd/{theirs}@s2", other, since=f"rbd/{theirs}@s1")
+    inc.path.write_bytes(alien.path.read_bytes())
+    data = json.loads(inc.manifest.read_text())
+    data["file_size"] = alien.file_size                 # even with a consistent size, the content is caught
+    inc.manifest.write_text(json.dumps(data))
+    target = images.name()
+    before = images.ours()
+    result = virtrbd("restore", str(inc.path), f"rbd/{target}", env=lab.env)
+    record_bad_input("restore of another image's diff under our diff's name", result, images.ours() == before)
+    assert_one_line_error(result, 1, "checksum mismatch")
+    assert images.ours() == before
+    assert content_of(storage, f"rbd/{ours}@s2")       # the source is untouched
