@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError, VirtrbdError
-from . import config_cmd, demo, hook_cmd, images, lab, layering, snapshots, xml_cmd
+from . import backup_cmd, config_cmd, demo, hook_cmd, images, lab, layering, snapshots, xml_cmd
 from .common import Parser, divert_native_stderr
 
 log = logging.getLogger("virtrbd")
@@ -34,6 +34,7 @@ def build_parser() -> Parser:
     demo.add_parser(commands)
     xml_cmd.add_parser(commands)
     hook_cmd.add_parser(commands)
+    backup_cmd.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,210 @@
+"""``virtrbd backup|restore|verify``: snapshots to secondary storage and back.
+
+Every input (specs, destination, manifests, the backup files' structure) is
+checked before connecting to the cluster.  Ctrl-C, SIGTERM and SIGHUP stop an
+operation at a safe point; it removes its temporary file (or image) and the
+command exits 130.
+Progress, with rate and ETA, is drawn on stderr only when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..units import format_size
+from .common import emit_json, size_arg
+
+
+def add_parser(subparsers) -> None:
+    backup = subparsers.add_parser(
+        "backup", help="back up a snapshot to a directory: RAW, QCOW2, or incremental (rbd diff)",
+        description="Write POOL/IMAGE@SNAP into DEST (a directory, e.g. an NFS mount) as a sparse RAW file or a "
+                    "QCOW2 file, or with --since the changes from an older snapshot as an 'rbd diff v1' stream "
+                    "(rbd import-diff applies it).  A JSON manifest is written beside the file.")
+    backup.add_argument("snapshot", metavar="POOL/IMAGE@SNAP")
+    backup.add_argument("dest", metavar="DEST", help="destination directory (must exist)")
+    backup.add_argument("--format", choices=["raw", "qcow2"], help="full backup format (default raw)")
+    backup.add_argument("--since", metavar="POOL/IMAGE@OLDER",
+                        help="incremental: only what changed since this older snapshot, whose backup is in DEST")
+    backup.add_argument("--cluster-size", type=size_arg, metavar="SIZE",
+                        help="QCOW2 cluster size, 4K..2M (default 64K)")
+    backup.add_argument("--json", action="store_true", help="print a JSON summary")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = subparsers.add_parser(
+        "restore", help="restore a backup (full, or a chain of incrementals) into a new image",
+        description="Restore SRC (a backup file or its manifest; for an incremental, the chain down to its full "
+                    "backup is followed) into POOL/IMAGE.  The image is built under a temporary name and renamed "
+                    "once every checksum matched.")
+    restore.add_argument("src", metavar="SRC", help="backup file (or its .manifest.json)")
+    restore.add_argument("target", metavar="POOL/IMAGE")
+    restore.add_argument("--force", action="store_true",
+                         help="replace an existing image (only if it has no snapshots and is not in use)")
+    restore.add_argument("--snapshot", action="store_true",
+                         help="also create the backup's snapshot on the new image (so rbd import-diff applies "
+                              "later incrementals)")
+    restore.add_argument("--json", action="store_true", help="print a JSON summary")
+    restore.set_defaults(func=cmd_restore)
+
+    verify = subparsers.add_parser(
+        "verify", help="recompute a backup's checksum; optionally compare it with a live snapshot",
+        description="Check that SRC is intact: its size, structure and checksum match its manifest.  With "
+                    "--against, also compare its content with a snapshot in the cluster.")
+    verify.add_argument("src", metavar="SRC", help="backup file (or its .manifest.json)")
+    verify.add_argument("--against", metavar="POOL/IMAGE@SNAP", help="compare with this snapshot")
+    verify.add_argument("--json", action="store_true", help="print a JSON summary")
+    verify.set_defaults(func=cmd_verify)
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+def cmd_backup(args) -> int:
+    from ..backup import backup, plan_backup
+    bound_memory()
+    from ..storage import Storage
+    storage = Storage(args.config)
+    plan = plan_backup(storage, args.snapshot, args.dest, format=args.format, since=args.since,
+                       cluster_size=args.cluster_size)
+    with storage, interruptible():
+        result = backup(storage, plan, progress=terminal_progress(f"backup {plan.spec}"))
+    if args.json:
+        emit_json(_summary(result, rate_bytes_per_s=round(result.rate)))
+    else:
+        what = f"changes since @{result.from_snapshot}" if result.from_snapshot else format_size(result.size)
+        print(f"backed up {result.image} ({what}, {format_size(result.data_bytes)} of data) to {result.path} "
+              f"[{result.format}, {format_size(result.file_size)}] in {result.seconds:.2f} s")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from ..backup import plan_restore, restore
+    from ..storage import Storage
+    storage = Storage(args.config)
+    target = storage.spec(args.target, snapshot=False)
+    plan = plan_restore(args.src)
+    with storage, interruptible():
+        result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
+                         progress=terminal_progress(f"restore {target}"))
+    if args.json:
+        emit_json(_summary(result))
+    else:
+        steps = f"{len(result.chain)} backups" if len(result.chain) > 1 else "1 backup"
+        print(f"restored {result.image} from {steps} (@{result.snapshot}, {format_size(result.size)}, "
+              f"{format_size(result.written_bytes)} written) in {result.seconds:.2f} s"
+              + (" — replaced the old image" if result.replaced else ""))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from ..backup import verify
+    progress = terminal_progress(f"verify {Path(args.src).name}")
+    if args.against is None:
+        with interruptible():
+            result = verify(args.src, progress=progress)
+    else:
+        from ..storage import Storage
+        bound_memory()
+        storage = Storage(args.config)
+        against = storage.spec(args.against, snapshot=True)
+        from ..backup import manifest
+        manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
+        with storage, interruptible():
+            result = verify(args.src, against=against, storage=storage, progress=progress)
+    if args.json:
+        emit_json(_summary(result))
+    else:
+        also = f", identical to {result.against}" if result.against else ""
+        print(f"OK {result.file}: {result.kind} backup of {result.image}, checksum matches{also}")
+    return 0
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+def bound_memory() -> None:
+    """For commands that read snapshots: a peak RSS that does not depend on thread timing
+    (see engine.return_large_buffers_to_the_system)."""
+    from ..backup.engine import return_large_buffers_to_the_system
+    return_large_buffers_to_the_system()
+
+
+def _summary(result, **extra) -> dict:
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+    data.update(extra)
+    if "seconds" in data:
+        data["seconds"] = round(data["seconds"], 3)
+    data["peak_rss_bytes"] = peak_rss()
+    return data
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory (VmHWM).
+
+    Not ``getrusage``: a process started by fork/exec inherits its parent's
+    high-water mark in ``ru_maxrss``, while VmHWM belongs to the address space
+    and starts afresh at exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ask the operation to stop at its next safe point; it cleans up (temp
+    file, temp image) and the command exits 130.  A second signal interrupts at once."""
+    from ..backup.stream import CANCEL
+
+    def stop(signum, _frame):
+        if CANCEL.is_set():
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        CANCEL.set()
+
+    CANCEL.clear()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class TerminalProgress:
+    """One line on stderr, redrawn at most 5 times a second: percent, amount, rate, ETA."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._finished = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if self._finished or (not final and now - self._last < 0.2):
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = done / elapsed
+        percent = 100 * done // total if total else 100
+        eta = f", ETA {(total - done) / rate:.0f} s" if rate and not final else ""
+        line = f"\r{self.label}: {percent:3d}% {format_size(done)} of {format_size(total)}, " \
+               f"{format_size(rate)}/s{eta}   "
+        self.stream.write(line + ("\n" if final else ""))
+        self.stream.flush()
+        self._finished = final
+
+
+def terminal_progress(label: str) -> TerminalProgress | None:
+    return TerminalProgress(label) if sys.stderr.isatty() else None
