@@ -41,8 +41,8 @@ from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Reader, Qcow2Writer
 from .raw import RawReader, RawWriter
 from .rbddiff import DiffReader, DiffWriter
-from .stream import (BLOCK, CHUNK, Granules, Job, MiB, ReadWindow, check_cancel, is_zero, read_chunks,
-                     split_at, wait_until)
+from .stream import (BLOCK, CHUNK, Granules, Job, MiB, ReadWindow, check_cancel, is_zero, nonzero_runs,
+                     read_chunks, split_at, wait_until)
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +468,18 @@ def write_incremental_backup(source, info: ImageInfo, plan: BackupPlan, *, progr
                     diff.zero(offset, length)
                     continue
                 data = piece.results[0]
-                if is_zero(data):
-                    diff.zero(offset, length)
-                else:
-                    diff.data(offset, data)
+                # librbd reports changes by whole extents it knows of (an object that did not exist
+                # before comes whole); the data in them is sent, the zero stretches only as 'z'
+                # records: correct whatever the older snapshot held, and the file stays close to
+                # the bytes that really changed
+                cursor = 0
+                for run_start, run_end in nonzero_runs(data):
+                    if run_start > cursor:
+                        diff.zero(offset + cursor, run_start - cursor)
+                    diff.data(offset + run_start, data, run_start, run_end)
+                    cursor = run_end
+                if cursor < length:
+                    diff.zero(offset + cursor, length - cursor)
                 data_bytes += length
                 if progress:
                     progress(offset + length, size)

@@ -190,3 +190,51 @@ def test_a_wait_for_a_slow_read_notices_cancellation():
     with pytest.raises(Cancelled), cancellable(event):
         list(window.run([Job(key=i, ranges=[(i * 10, 10)]) for i in range(3)]))
     assert time.monotonic() - started < 2          # noticed within a poll, then waited for the read in flight
+
+
+def _runs_by_hand(data: bytes, gap: int) -> list[tuple[int, int]]:
+    """The definition, byte by byte: non-zero runs, zero stretches shorter than ``gap`` inside them."""
+    runs, i, n = [], 0, len(data)
+    while i < n:
+        while i < n and data[i] == 0:
+            i += 1
+        if i >= n:
+            break
+        start, last, j = i, i, i
+        while j < n:
+            if data[j]:
+                last, j = j, j + 1
+                continue
+            k = j
+            while k < n and data[k] == 0:
+                k += 1
+            if k - j >= gap or k >= n:
+                break
+            j = k
+        runs.append((start, last + 1))
+        i = last + 1
+    return runs
+
+
+def test_nonzero_runs_match_their_definition():
+    import random
+    from virtrbd.backup.stream import nonzero_runs
+    rng = random.Random(7)
+    for _ in range(1500):
+        data = bytearray(rng.randint(0, 3000))
+        for _ in range(rng.randint(0, 6)):
+            at = rng.randint(0, len(data))
+            for x in range(at, min(len(data), at + rng.randint(0, 400))):
+                data[x] = rng.randint(0, 255)
+        data = bytes(data)
+        assert list(nonzero_runs(data, gap=64)) == _runs_by_hand(data, 64)
+        if len(data) > 200:   # a window of the buffer: offsets stay the buffer's own
+            inner = _runs_by_hand(data[100:len(data) - 100], 64)
+            assert list(nonzero_runs(data, 100, len(data) - 100, gap=64)) == [(a + 100, b + 100) for a, b in inner]
+
+
+def test_nonzero_runs_of_empty_and_full_buffers():
+    from virtrbd.backup.stream import nonzero_runs
+    assert list(nonzero_runs(bytes(1 << 20))) == []
+    assert list(nonzero_runs(b"\x01" * 4096)) == [(0, 4096)]
+    assert list(nonzero_runs(bytearray(b"\0\0ab\0\0"))) == [(2, 4)]
