@@ -20,6 +20,8 @@ import collections
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import google_crc32c
+
 from .stream import CHUNK, is_zero, zeros
 
 ALGORITHM = "sha256-of-4MiB-chunk-sha256"
@@ -90,6 +92,62 @@ class ContentDigest:
         self._zeros_until(self.count)
         return self._outer.hexdigest()
 
+
+
+class DataCRC:
+    """CRC-32C over the index (8 bytes, little-endian) and the bytes of every chunk that holds data, in order.
+
+    Recorded beside the SHA-256 value (``checksum.data_crc32c``) so that a
+    restore can check every byte it writes almost for free: SHA-256 runs at
+    ~1.7 GB/s here and cost a restore its race with ``rbd import`` (which checks
+    nothing) on a two-core machine, CRC-32C with the CPU's own instruction at
+    ~20 GB/s.  What a restore guards against is a file damaged on secondary
+    storage, which a CRC catches; ``verify`` still recomputes the SHA-256.
+    Chunks of zeros (holes) add nothing, so data turning into zeros, or zeros
+    into data, changes the value.
+    """
+
+    def __init__(self) -> None:
+        self.crc = 0
+
+    def add(self, index: int, data: bytes | bytearray | None) -> None:
+        if data is None or is_zero(data):
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)                        # the C extension takes bytes only (a copy at ~10 GB/s)
+        self.crc = google_crc32c.extend(google_crc32c.extend(self.crc, index.to_bytes(8, "little")), data)
+
+    def hexdigest(self) -> str:
+        return f"{self.crc:08x}"
+
+
+class BackgroundCRC:
+    """A ``DataCRC`` computed on a worker thread, in chunk order, at most ``pending`` chunks behind.
+
+    A restore spends most of its time waiting for writes to land; the CRC runs
+    in that time instead of before the next write is sent (profiled: 0.43 s of
+    CRC on the restore's own thread for 2 GiB, beside 2.5 s of waiting).
+    """
+
+    def __init__(self, *, pending: int = 2):
+        self.crc = DataCRC()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-crc")
+        self._queue: collections.deque[Future] = collections.deque()
+        self._pending = pending
+
+    def add(self, index: int, data: bytes | bytearray | None) -> None:
+        self._queue.append(self._pool.submit(self.crc.add, index, data))   # one worker keeps the order
+        while len(self._queue) > self._pending:
+            self._queue.popleft().result()
+
+    def hexdigest(self) -> str:
+        while self._queue:
+            self._queue.popleft().result()
+        return self.crc.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queue.clear()
 
 
 class BackgroundDigest:

@@ -35,7 +35,7 @@ from ..errors import (AlreadyExistsError, BackupError, BusyError, CorruptBackupE
 from ..spec import ImageSpec, check_name
 from . import manifest as manifests
 from .checksum import ALGORITHM as CONTENT_ALGORITHM
-from .checksum import BackgroundDigest, ContentDigest
+from .checksum import BackgroundCRC, BackgroundDigest, ContentDigest, DataCRC
 from .files import AtomicFile, BlockWriter, fsync_directory, remove_stale_temps
 from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Reader, Qcow2Writer
@@ -361,6 +361,7 @@ def write_full_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Pr
     size = info.size
     data_bytes = 0
     digest = ContentDigest(size)
+    crc = DataCRC()
     with AtomicFile(final, direct=direct_io) as out:
         blocks = BlockWriter(out.fd, direct=out.direct, buffers=3, threads=2)
         try:
@@ -373,6 +374,7 @@ def write_full_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Pr
                 for chunk in chunks:
                     check_cancel()
                     digest.add(chunk.index, chunk.data)
+                    crc.add(chunk.index, chunk.data)
                     for start, end in chunk.extents:
                         writer.write(start, chunk.data, start - chunk.offset, end - chunk.offset)
                         data_bytes += end - start
@@ -387,7 +389,7 @@ def write_full_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Pr
             kind="full", format=plan.format, file=final.name, file_size=file_size, image=str(spec.image_spec),
             image_id=info.image_id, snapshot=spec.snapshot, snapshot_id=info.snapshot_id, size=size,
             object_size=info.object_size, checksum={"algorithm": CONTENT_ALGORITHM, "chunk_size": CHUNK,
-                                                    "value": digest.hexdigest()},
+                                                    "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
             stats={"data_bytes": data_bytes, "direct_io": out.direct})
@@ -667,18 +669,33 @@ def _open_full(m: Manifest):
 
 
 def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
+    """Write a full backup's data; every chunk is checked against the manifest before the image is published.
+
+    The manifest's CRC-32C of the data is what is checked when it has one (at
+    CRC speed); older manifests get their SHA-256 recomputed.
+    """
     granules = Granules(BLOCK, sink.write)      # zero blocks are not written: a sparse image
-    with _open_full(m) as reader, BackgroundDigest(m.size) as digest:
-        for offset, data, extents in _full_chunks(m, reader):
-            check_cancel()
-            digest.add(offset // CHUNK, data)
-            for start, end in extents:
-                granules.write(start, data, start - offset, end - offset)
-            if progress:
-                progress(done + offset + len(data), total)
-        granules.finish()
-        value = digest.hexdigest()
-    _check_checksum(m, value)
+    crc_wanted = m.checksum.get("data_crc32c")
+    check = BackgroundCRC() if crc_wanted else BackgroundDigest(m.size)
+    try:
+        with _open_full(m) as reader:
+            for offset, data, extents in _full_chunks(m, reader):
+                check_cancel()
+                check.add(offset // CHUNK, data)
+                for start, end in extents:
+                    granules.write(start, data, start - offset, end - offset)
+                if progress:
+                    progress(done + offset + len(data), total)
+            granules.finish()
+            value = check.hexdigest()
+    finally:
+        check.close()
+    if crc_wanted:
+        if value != crc_wanted:
+            raise CorruptBackupError(f"{m.data_path}: its data does not match the manifest (CRC-32C {value}, "
+                                     f"the manifest says {crc_wanted}): corrupt backup")
+    else:
+        _check_checksum(m, value)
     return done + m.size
 
 

@@ -22,8 +22,9 @@ Manifest fields (version 1)::
     snapshot, snapshot_id, size, object_size
     from_snapshot    incremental: the older snapshot
     parent           incremental: {"file": backup file of from_snapshot, "checksum": its checksum value}
-    checksum         {"algorithm", "value", "chunk_size"?}
-                       full: "sha256-of-4MiB-chunk-sha256" of the image's logical content
+    checksum         {"algorithm", "value", "chunk_size"?, "data_crc32c"?}
+                       full: "sha256-of-4MiB-chunk-sha256" of the image's logical content, and
+                       data_crc32c, the CRC-32C a restore checks (checksum.DataCRC)
                        incremental: "sha256" of the diff stream (the file's bytes: its logical content)
     cluster_size     qcow2 only
     created, tool    UTC time (ISO 8601), "virtrbd X.Y.Z"
@@ -182,6 +183,9 @@ def _check(m: Manifest, bad) -> None:
     value = m.checksum.get("value")
     if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         bad("checksum value should be 64 lowercase hex digits")
+    crc = m.checksum.get("data_crc32c")
+    if crc is not None and (not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdef" for c in crc)):
+        bad("checksum data_crc32c should be 8 lowercase hex digits")
     if m.kind == "full":
         if m.format not in FORMATS:
             bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")

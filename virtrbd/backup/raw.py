@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
+import threading
 from typing import Iterator
 
 from ..errors import CorruptBackupError
@@ -89,8 +91,53 @@ class RawReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def chunks(self, chunk_size: int = CHUNK) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
-        """``(offset, data, extents)`` for each chunk holding data; ``extents`` are the data regions in it."""
+    def chunks(self, chunk_size: int = CHUNK, ahead: int = 4) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
+        """``(offset, data, extents)`` for each chunk holding data; ``extents`` are the data regions in it.
+
+        A reader thread keeps up to ``ahead`` chunks read in advance (``pread``
+        lets the interpreter go while it waits): holes between data break the
+        kernel's sequential read-ahead, and reads would otherwise wait on the
+        disk one after the other while nothing else happens.
+        """
+        chunks: queue.Queue = queue.Queue(maxsize=ahead)
+        stop = threading.Event()
+
+        def read_ahead() -> None:
+            try:
+                for first, chunk_end, inside in self._layout(chunk_size):
+                    item = (first, self._read(first, chunk_end - first), inside)
+                    while not stop.is_set():
+                        try:
+                            chunks.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                chunks.put(None)
+            except BaseException as exc:      # handed to the consumer, raised there
+                chunks.put(exc)
+
+        reader = threading.Thread(target=read_ahead, name="virtrbd-raw-read", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while reader.is_alive():          # unblock a reader waiting on a full queue
+                try:
+                    chunks.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+
+    def _layout(self, chunk_size: int) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+        """``(first, end, extents)`` of each chunk that holds data, from the file's data/hole map."""
         extents = data_extents(self.fd, self.size)
         current = next(extents, None)
         while current is not None:
@@ -105,7 +152,7 @@ class RawReader:
                     current = (chunk_end, end - chunk_end)
                     break
                 current = next(extents, None)
-            yield first, self._read(first, chunk_end - first), inside
+            yield first, chunk_end, inside
 
     def _read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)

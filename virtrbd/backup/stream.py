@@ -244,25 +244,24 @@ class Granules:
         self._pending = bytearray(self.granule)
 
     def _scan(self, offset: int, data: bytes | bytearray, start: int, end: int) -> None:
+        """Emit the granules of ``data[start:end]`` (``offset`` aligned) that hold a non-zero byte, as runs.
+
+        ``nonzero_runs`` with the granule as the gap finds them at C speed; a run
+        widened to whole granules at most touches the next one, which it then joins.
+        """
         g = self.granule
-        zero = zeros(g)
-        starts_with = data.startswith if isinstance(data, (bytes, bytearray)) else None
-        if starts_with is None:
-            data = bytes(memoryview(data)[start:end])
-            offset, start, end = offset, 0, end - start
-            starts_with = data.startswith
-        if starts_with(zeros(end - start), start):      # all zeros (allocated but never written)
-            return
-        run_from = None
-        for pos in range(start, end, g):
-            if starts_with(zero, pos):
-                if run_from is not None:
-                    self._emit(offset + run_from - start, data, run_from, pos)
-                    run_from = None
-            elif run_from is None:
-                run_from = pos
+        run_from = run_to = None
+        for first, last in nonzero_runs(data, start, end, gap=g):
+            first = start + (first - start) // g * g
+            last = min(end, start + -(-(last - start) // g) * g)
+            if run_to is not None and first <= run_to:
+                run_to = last
+                continue
+            if run_from is not None:
+                self._emit(offset + run_from - start, data, run_from, run_to)
+            run_from, run_to = first, last
         if run_from is not None:
-            self._emit(offset + run_from - start, data, run_from, end)
+            self._emit(offset + run_from - start, data, run_from, run_to)
 
 
 # --- reads in flight, results in order ------------------------------------------------------------------

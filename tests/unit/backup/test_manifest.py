@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
+import google_crc32c
 import pytest
 
 from virtrbd.backup import manifest as manifests
@@ -28,7 +29,9 @@ def test_a_backup_has_a_private_manifest_describing_it(make_full, tmp_path):
     assert stat.S_IMODE(result.manifest.stat().st_mode) == 0o600
     m = manifests.load(result.manifest)
     assert (m.kind, m.format, m.image, m.snapshot, m.size, m.file_size) == ("full", "raw", "rbd/img", "s1", 5000, 5000)
-    assert m.checksum == {"algorithm": "sha256-of-4MiB-chunk-sha256", "chunk_size": 4 << 20, "value": result.checksum}
+    crc = google_crc32c.extend(google_crc32c.value((0).to_bytes(8, "little")), b"x" * 5000)  # index, then bytes
+    assert m.checksum == {"algorithm": "sha256-of-4MiB-chunk-sha256", "chunk_size": 4 << 20, "value": result.checksum,
+                          "data_crc32c": f"{crc:08x}"}
     assert m.data_path == result.path
     assert manifests.resolve(result.path).file == result.path.name
     assert manifests.resolve(result.manifest).file == result.path.name
@@ -45,6 +48,8 @@ def edit(path, **changes):
     ({"extra": 1}, "unknown fields"),
     ({"manifest_version": 2}, "manifest version 2"),
     ({"kind": "weird"}, "unknown kind"),
+    ({"checksum": {"algorithm": "sha256-of-4MiB-chunk-sha256", "value": "0" * 64, "data_crc32c": "xyz"}},
+     "data_crc32c should be 8 lowercase hex digits"),
     ({"format": "vmdk"}, "not a full-backup format"),
     ({"file": "../x.raw"}, "plain name"),
     ({"file": "other.raw"}, "describes 'other.raw'"),
