@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .. import config as config_module
-from ..storage import Storage
 from .common import emit_json
 
 
@@ -18,6 +17,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_check(args) -> int:
+    from ..storage import Storage
     with Storage(args.config) as storage:
         info = storage.check()
         path = storage.config.path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..storage import Storage
 from ..units import format_size
 from .common import emit_json, size_arg
 
@@ -39,6 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_ls(args) -> int:
+    from ..storage import Storage
     with Storage(args.config) as storage:
         images = storage.list_images(args.pool)
     if args.json:
@@ -49,6 +49,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_create(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.image, snapshot=False)  # a bad name fails before any connection
     with storage:
@@ -58,6 +59,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_resize(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.image, snapshot=False)
     with storage:
@@ -67,6 +69,7 @@ def cmd_resize(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.image, snapshot=False)
     with storage:
@@ -89,6 +92,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_rm(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.image, snapshot=False)
     with storage:

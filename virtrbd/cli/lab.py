@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..lab import CephSpec, Lab
+from ..lab.ceph_cluster import CephSpec
 from ..units import format_size
 from .common import emit_json, size_arg
 
@@ -67,6 +67,7 @@ def _port(text: str) -> int:
 
 
 def cmd_up(args) -> int:
+    from ..lab import Lab
     lab = Lab(args.dir)
     spec = CephSpec(port=args.port, osds=args.osds, store=args.store, store_bytes=args.store_size,
                     mgr=not args.no_mgr)
@@ -90,12 +91,14 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
+    from ..lab import Lab
     stopped = Lab(args.dir).down()
     print(f"lab down ({len(stopped)} process(es) stopped)" if stopped else "lab down (nothing was running)")
     return 0
 
 
 def cmd_status(args) -> int:
+    from ..lab import Lab
     status = Lab(args.dir).status()
     if args.json:
         emit_json(status)
@@ -129,13 +132,14 @@ def _describe_backend(backend: dict) -> str:
 
 
 def cmd_env(args) -> int:
+    from ..lab import Lab
     for line in Lab(args.dir).env_lines():
         print(line)
     return 0
 
 
 def cmd_fault(args) -> int:
-    from ..lab import faults
+    from ..lab import Lab, faults
     lab = Lab(args.dir)
     names = " ".join(args.daemons)
     if args.fault == "start":

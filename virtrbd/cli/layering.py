@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from ..storage import Storage
 from .common import emit_json, size_arg, terminal_progress
 
 
@@ -38,6 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_golden_create(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.spec)
     with storage:
@@ -47,6 +47,7 @@ def cmd_golden_create(args) -> int:
 
 
 def cmd_clone(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     parent = storage.spec(args.parent, snapshot=True)
     children = [storage.spec(child, snapshot=False) for child in args.children]
@@ -72,6 +73,7 @@ def cmd_clone(args) -> int:
 
 
 def cmd_children(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.spec)
     with storage:
@@ -85,6 +87,7 @@ def cmd_children(args) -> int:
 
 
 def cmd_flatten(args) -> int:
+    from ..storage import Storage
     storage = Storage(args.config)
     spec = storage.spec(args.spec, snapshot=False)
     with storage:

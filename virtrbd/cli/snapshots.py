@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..storage import Storage
 from ..units import format_size
 from .common import emit_json, terminal_progress
 
@@ -30,6 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def _open(args, snapshot: bool):
+    from ..storage import Storage
     storage = Storage(args.config)
     return storage, storage.spec(args.spec, snapshot=snapshot)
 

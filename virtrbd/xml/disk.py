@@ -23,13 +23,9 @@ from ..errors import InvalidSpecError, InvalidXMLError
 from ..monitor import Monitor
 from ..spec import ImageSpec
 from . import nodes, safe, templates
+from .choices import BUSES, CACHE_MODES, DISCARD_MODES, IO_MODES
 from .common import SecretRef, check_choice, fill_host, read_hosts
 
-# The values libvirt's schema (domaincommon.rng) allows; checked early for a one-line error.
-BUSES = ("virtio", "scsi", "sata", "ide", "usb", "sd", "fdc", "xen")
-CACHE_MODES = ("default", "none", "writeback", "writethrough", "directsync", "unsafe")
-DISCARD_MODES = ("unmap", "ignore")
-IO_MODES = ("threads", "native", "io_uring")
 _LIMITS = ("bytes_sec", "iops_sec", "bytes_sec_max", "iops_sec_max", "bytes_sec_max_length", "iops_sec_max_length")
 #: every numeric ``<iotune>`` element, in the order they are written
 IOTUNE_NAMES = tuple(f"{side}_{limit}" for limit in _LIMITS for side in ("total", "read", "write")) + ("size_iops_sec",)

@@ -1,0 +1,307 @@
+"""The guided tour behind ``make demo``.
+
+The storage work goes through the product as a user drives it: the
+``virtrbd`` command for the golden image, snapshots, backups, restore and
+verification (their ``--json`` output feeds the report), libvirt for domains,
+and the qemu hook — installed here — for every clone.  Each step checks what
+it claims before it reports OK: an image that should exist is opened, a clone
+that should be gone is looked for, a restored image is compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from ..errors import VirtrbdError
+from ..lab import Lab
+from ..units import format_size
+from .report import Report, Step
+from .settings import DemoSettings
+
+MiB = 1 << 20
+GiB = 1 << 30
+PREFIX = "demo"
+
+
+class DemoFailure(VirtrbdError):
+    """A step found the system not in the state it should be in."""
+
+
+class Tour:
+    def __init__(self, lab: Lab, settings: DemoSettings, progress: Callable[[str], None]):
+        self.lab = lab
+        self.settings = settings
+        self.progress = progress
+        self.report = Report()
+        self.backups = lab.root / "secondary-storage"
+        self.started_lab = False
+        self.installed_hook = False
+
+    # --- the frame ---------------------------------------------------------------------
+
+    def step(self, name: str, action: Callable[[Step], str]) -> None:
+        """Run one step; a failure ends the tour (later steps depend on it) after it is reported."""
+        self.progress(f"… {name}")
+        step = Step(name)
+        started = time.monotonic()
+        try:
+            step.detail = action(step)
+            step.ok = True
+        except (VirtrbdError, OSError) as exc:
+            step.detail = " ".join(str(exc).split())
+        except Exception as exc:  # libvirt's own errors: report them like any other failure
+            if type(exc).__module__ != "libvirt":
+                raise
+            step.detail = " ".join(str(exc).split())
+        finally:
+            step.seconds = time.monotonic() - started
+            self.report.steps.append(step)
+        if not step.ok:
+            raise _Stop()
+
+    def cli(self, *args: str) -> dict:
+        """Run the product's own command (``--json``) against the lab; its JSON summary, or a DemoFailure."""
+        command = [sys.executable, "-m", "virtrbd", "--config", str(self.lab.conf_file), *args, "--json"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DemoFailure(f"virtrbd {' '.join(args)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+        return json.loads(done.stdout)
+
+    def run(self) -> Report:
+        import libvirt
+
+        from ..storage import Storage
+        try:
+            self.step("lab up: Ceph + libvirtd on 127.0.0.1", self.lab_up)
+            with Storage(self.lab.conf_file) as storage:
+                self.storage = storage
+                self.conn = libvirt.open(storage.config.libvirt.uri)
+                try:
+                    self._tour()
+                finally:
+                    if not self.settings.keep:
+                        self.step("clean up domains, images and backups", self.clean_up)
+                    self.conn.close()
+        except _Stop:
+            pass
+        finally:
+            if not self.settings.keep:
+                self._finish()
+        return self.report
+
+    def _tour(self) -> None:
+        s = self.settings
+        self.step("install the qemu hook (virtrbd hook install)", self.install_hook)
+        self.step("golden image: data, protected snapshot", self.golden)
+        self.step(f"define {s.domains} domains with clone-on-boot disks", self.define_domains)
+        self.step(f"start {s.batch} domains: the hook clones at boot", self.start_batch)
+        self.step("QEMU reads every clone (firmware boots)", self.qemu_reads)
+        self.step("stop them: ephemeral clones go, persistent stay", self.stop_batch)
+        self.step("snapshot a persistent clone twice", self.snapshots)
+        self.step("backup RAW (sparse)", lambda step: self.backup(step, "raw"))
+        self.step("backup QCOW2 (written by virtrbd)", lambda step: self.backup(step, "qcow2"))
+        self.step("backup incremental (rbd diff)", lambda step: self.backup(step, "diff"))
+        self.step("restore full + incremental, compare", self.restore)
+        self.step("verify QCOW2 against the live snapshot", self.verify)
+
+    def _finish(self) -> None:
+        if self.installed_hook:
+            from ..hook_install import uninstall
+            uninstall()
+        if self.started_lab:
+            started = time.monotonic()
+            stopped = self.lab.down()
+            self.report.steps.append(Step("lab down", time.monotonic() - started, True,
+                                          f"{len(stopped)} processes stopped, nothing left running"))
+
+    # --- the steps ---------------------------------------------------------------------
+
+    def lab_up(self, step: Step) -> str:
+        self.started_lab = self.lab.up(with_libvirt=True)
+        status = self.lab.status()
+        self.domain_type = status["libvirt"]["domain_type"]
+        return (f"{'started' if self.started_lab else 'reused'}: monitor {status['monitor']}, "
+                f"libvirt pool {status['libvirt']['pool']}, domains run as {self.domain_type}")
+
+    def install_hook(self, step: Step) -> str:
+        from ..hook_install import install, status
+        self.installed_hook = not status().installed
+        path = install(self.lab.conf_file)
+        if not status().installed:
+            raise DemoFailure(f"{path} is not installed")
+        return f"{path}; libvirtd told to reload its hooks"
+
+    def golden(self, step: Step) -> str:
+        image = f"{PREFIX}-golden"
+        self.storage.create_image(image, self.settings.golden_size)
+        from ..lab.domains import BOOT_SECTOR
+        chunk = os.urandom(MiB)
+        with self.storage.cluster.image(self.storage.config.ceph.pool, image) as img:
+            img.write(BOOT_SECTOR, 0)
+            stride = self.settings.golden_size // (self.settings.golden_data // MiB)
+            for offset in range(MiB, self.settings.golden_size, stride):
+                img.write(chunk, offset)
+        self.golden_spec = str(self.storage.make_golden(image))
+        snap = self.storage.list_snapshots(image)[0]
+        if not snap.protected:
+            raise DemoFailure(f"{self.golden_spec} is not protected")
+        return (f"{self.golden_spec}: {format_size(self.settings.golden_size)} virtual, "
+                f"{format_size(self.settings.golden_data)} written, protected")
+
+    def define_domains(self, step: Step) -> str:
+        from ..lab.domains import domain_xml
+        self.names = [f"{PREFIX}-vm{i:03d}" for i in range(self.settings.domains)]
+        for i, name in enumerate(self.names):
+            xml = domain_xml(self.storage.config, name, f"{self.storage.config.ceph.pool}/{name}-disk",
+                             domain_type=self.domain_type, clone_of=self.golden_spec, ephemeral=self._ephemeral(i))
+            self.conn.defineXML(xml)
+        defined = {d.name() for d in self.conn.listAllDomains()} & set(self.names)
+        if len(defined) != len(self.names):
+            raise DemoFailure(f"{len(defined)} of {len(self.names)} domains defined")
+        made = [n for n in self.names if self.storage.image_exists(f"{n}-disk")]
+        if made:
+            raise DemoFailure(f"{len(made)} disks exist before any start: {', '.join(made[:3])}")
+        return (f"{len(defined)} domains ({len(defined) - len(defined) // 2} ephemeral, "
+                f"{len(defined) // 2} persistent); no disk exists yet: copy-on-write clones come at boot")
+
+    def start_batch(self, step: Step) -> str:
+        self.batch = [self.conn.lookupByName(n) for n in self.names[:self.settings.batch]]
+        started = time.monotonic()
+        with ThreadPoolExecutor(self.settings.parallel) as pool:
+            list(pool.map(lambda dom: dom.create(), self.batch))
+        elapsed = time.monotonic() - started
+        from ..hook import OWNER_KEY
+        for dom in self.batch:
+            with self.storage.cluster.image(self.storage.config.ceph.pool, f"{dom.name()}-disk",
+                                            read_only=True) as img:
+                owner = json.loads(img.metadata_get(OWNER_KEY))
+                if owner["domain"] != dom.UUIDString() or not img.parent_info():
+                    raise DemoFailure(f"{dom.name()}-disk is not the hook's clone for {dom.name()}")
+        step.figures = {"domains": len(self.batch), "seconds": round(elapsed, 3),
+                        "starts_per_s": round(len(self.batch) / elapsed, 2)}
+        return (f"{len(self.batch)} domains running, {len(self.batch)} clones made by the hook: "
+                f"{len(self.batch) / elapsed:.1f} starts/s with {self.settings.parallel} in flight")
+
+    def qemu_reads(self, step: Step) -> str:
+        from ..lab.domains import wait_for_reads
+        reads = wait_for_reads(self.batch, timeout=120)
+        silent = [name for name, count in reads.items() if count == 0]
+        if silent:
+            raise DemoFailure(f"QEMU never read the disk of {', '.join(silent)}")
+        return f"every one of {len(reads)} guests read its clone ({sum(reads.values())} read requests in all)"
+
+    def stop_batch(self, step: Step) -> str:
+        with ThreadPoolExecutor(self.settings.parallel) as pool:
+            list(pool.map(lambda dom: dom.destroy(), self.batch))
+        kept, gone = [], []
+        for i, dom in enumerate(self.batch):
+            exists = self.storage.image_exists(f"{dom.name()}-disk")
+            if exists == self._ephemeral(i):
+                raise DemoFailure(f"{dom.name()}-disk {'still exists' if exists else 'is gone'}")
+            (kept if exists else gone).append(dom.name())
+        self.persistent = f"{kept[0]}-disk"
+        return f"{len(gone)} ephemeral clones removed by the hook, {len(kept)} persistent clones kept"
+
+    def snapshots(self, step: Step) -> str:
+        image = self.persistent
+        pool = self.storage.config.ceph.pool
+        chunk = os.urandom(MiB)
+        with self.storage.cluster.image(pool, image) as img:
+            for offset in range(0, 32 * MiB, MiB):
+                img.write(chunk, 256 * MiB + offset)
+        self.snap1 = str(self.storage.create_snapshot(f"{pool}/{image}@{PREFIX}-1"))
+        # then 1 % of the image changes, in 4 KiB writes scattered over all of it
+        blocks = self.settings.golden_size // 100 // 4096
+        stride = self.settings.golden_size // 4096 // blocks
+        with self.storage.cluster.image(pool, image) as img:
+            for block in range(blocks):
+                img.write(chunk[:4096], block * stride * 4096)
+        self.snap2 = str(self.storage.create_snapshot(f"{pool}/{image}@{PREFIX}-2"))
+        names = [s.name for s in self.storage.list_snapshots(image)]
+        if names != [f"{PREFIX}-1", f"{PREFIX}-2"]:
+            raise DemoFailure(f"{image} has snapshots {names}")
+        return f"{self.snap1} (+32 MiB of data), then {self.snap2} ({blocks} scattered 4 KiB writes: 1 %)"
+
+    def backup(self, step: Step, kind: str) -> str:
+        self.backups.mkdir(parents=True, exist_ok=True)
+        if kind == "diff":
+            result = self.cli("backup", self.snap2, str(self.backups), "--since", self.snap1)
+            self.incremental = result["path"]
+        else:
+            result = self.cli("backup", self.snap1, str(self.backups), "--format", kind)
+            if kind == "qcow2":
+                self.qcow2 = result["path"]
+        size, file_size, seconds = result["size"], result["file_size"], result["seconds"]
+        data = result["data_bytes"]
+        on_disk = os.stat(result["path"]).st_blocks * 512       # what the sparse file really takes
+        step.figures = {"seconds": seconds, "data_bytes": data, "file_size": file_size, "on_disk": on_disk,
+                        "image_size": size, "MB_per_s": round(data / seconds / 1e6, 1) if seconds else 0}
+        return (f"{Path(result['path']).name}: {format_size(on_disk)} on disk for a {format_size(size)} image "
+                f"({format_size(data)} read) at {data / seconds / 1e6:.0f} MB/s")
+
+    def restore(self, step: Step) -> str:
+        target = f"{self.storage.config.ceph.pool}/{PREFIX}-restored"
+        result = self.cli("restore", self.incremental, target)
+        restored, original = self._digest(target), self._digest(self.snap2)
+        if restored != original:
+            raise DemoFailure(f"{target} differs from {self.snap2}")
+        step.figures = {"seconds": result["seconds"], "sha256": restored}
+        return (f"{target} from {len(result['chain'])} files: SHA-256 {restored[:16]}… equals {self.snap2}")
+
+    def verify(self, step: Step) -> str:
+        result = self.cli("verify", self.qcow2, "--against", self.snap1)
+        step.figures = {"seconds": result["seconds"], "checked_bytes": result["checked_bytes"]}
+        return (f"{Path(self.qcow2).name}: checksum matches its manifest and {self.snap1} "
+                f"({format_size(result['checked_bytes'])} compared)")
+
+    def clean_up(self, step: Step) -> str:
+        from ..lab.domains import remove_domain
+        for name in getattr(self, "names", []):
+            remove_domain(self.conn, name)
+        removed = 0
+        for image in self.storage.list_images():
+            if image.startswith(f"{PREFIX}-") and image != f"{PREFIX}-golden":
+                self.storage.remove_image(image, with_snapshots=True, flatten_children=True)
+                removed += 1
+        if self.storage.image_exists(f"{PREFIX}-golden"):
+            self.storage.remove_image(f"{PREFIX}-golden", with_snapshots=True, flatten_children=True)
+            removed += 1
+        shutil.rmtree(self.backups, ignore_errors=True)
+        return f"{len(getattr(self, 'names', []))} domains undefined, {removed} images removed"
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _ephemeral(index: int) -> bool:
+        return index % 2 == 0
+
+    def _digest(self, spec: str) -> str:
+        pool, _, rest = spec.partition("/")
+        image, _, snap = rest.partition("@")
+        digest = hashlib.sha256()
+        with self.storage.cluster.image(pool, image, snapshot=snap or None, read_only=True) as img:
+            size = img.size()
+            for offset in range(0, size, 4 * MiB):
+                digest.update(img.read(offset, min(4 * MiB, size - offset)))
+        return digest.hexdigest()
+
+
+class _Stop(Exception):
+    """A step failed: the tour stops, the report keeps the failure."""
+
+
+def run(lab: Lab, settings: DemoSettings, *, report_path: Path | None,
+        progress: Callable[[str], None]) -> Report:
+    report = Tour(lab, settings, progress).run()
+    if report_path is not None:
+        report_path.write_text(report.table() + "\n")
+    return report
