@@ -42,6 +42,7 @@ from .engine import (BackupPlan, BackupResult, Progress, RestorePlan, RestoreRes
                      run_backup, run_restore, run_verify)
 from .manifest import DIFF_FORMAT, FORMATS, Manifest
 from .qcow2 import DEFAULT_CLUSTER_SIZE, cluster_bits_for
+from .via_libvirt import libvirt_target
 from .stream import Cancelled, cancel, cancellable
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
@@ -109,9 +110,10 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
     """
     plan = src if isinstance(src, RestorePlan) else plan_restore(src)
     spec = storage.spec(target, snapshot=False)
-    with cancellable(cancel):
+    # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
+    with cancellable(cancel), libvirt_target(storage.config) as libvirt:
         return run_restore(storage.cluster, plan, spec, force=force, create_snapshot=create_snapshot,
-                           progress=progress)
+                           progress=progress, libvirt=libvirt)
 
 
 def verify(src: os.PathLike | str, *, against: str | ImageSpec | None = None, storage=None,

@@ -41,6 +41,7 @@ from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Reader, Qcow2Writer
 from .raw import RawReader, RawWriter
 from .rbddiff import DiffReader, DiffWriter
+from .via_libvirt import DEFAULT_OBJECT_SIZE, LibvirtSink, LibvirtTarget, can_upload, create_volume
 from .stream import (BLOCK, CHUNK, Granules, Job, MiB, ReadWindow, check_cancel, is_zero, nonzero_runs,
                      read_chunks, split_at, wait_until)
 
@@ -114,6 +115,7 @@ class RestoreResult:
     seconds: float
     replaced: bool = False
     created_snapshot: str | None = None
+    path: str = "librbd"        # how the data went in: "libvirt" (volume upload) or "librbd"
 
 
 @dataclass
@@ -592,7 +594,9 @@ def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
 
 
 def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force: bool = False,
-                create_snapshot: bool = False, progress: Progress | None = None) -> RestoreResult:
+                create_snapshot: bool = False, progress: Progress | None = None,
+                libvirt: LibvirtTarget | None = None) -> RestoreResult:
+    """Restore ``plan`` into ``target``; through libvirt's volume upload when ``libvirt`` can take it."""
     started = time.monotonic()
     base = plan.links[0]
     exists = _image_exists(cluster, target)
@@ -604,12 +608,22 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False
     try:
-        with cluster.ioctx(target.pool) as ioctx, translated(f"creating image {target.pool}/{temp}"):
-            options = {"order": order} if order else {}
-            cluster.rbd.RBD().create(ioctx, temp, base.size, old_format=False, **options)
-            created = True
+        uploading = (libvirt is not None and target.pool == libvirt.ceph_pool
+                     and base.object_size == DEFAULT_OBJECT_SIZE and can_upload(libvirt))
+        if uploading:
+            created = True                       # from here on, a failure removes it
+            create_volume(libvirt, temp, base.size)
+        else:
+            with cluster.ioctx(target.pool) as ioctx, translated(f"creating image {target.pool}/{temp}"):
+                options = {"order": order} if order else {}
+                cluster.rbd.RBD().create(ioctx, temp, base.size, old_format=False, **options)
+                created = True
         with cluster.image(target.pool, temp) as image:
-            sink = RbdSink(image, f"{target.pool}/{temp}")
+            if uploading:
+                sink = LibvirtSink(libvirt, temp, base.size,
+                                   resize=lambda size: _resize(image, f"{target.pool}/{temp}", size))
+            else:
+                sink = RbdSink(image, f"{target.pool}/{temp}")
             try:
                 restore_chain(plan, sink, progress=progress)
             finally:
@@ -642,7 +656,13 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
     return RestoreResult(image=str(target), chain=[str(m.data_path) for m in plan.links],
                          snapshot=plan.newest.snapshot, size=plan.newest.size, written_bytes=sink.written_bytes,
                          seconds=time.monotonic() - started, replaced=exists,
-                         created_snapshot=plan.newest.snapshot if create_snapshot else None)
+                         created_snapshot=plan.newest.snapshot if create_snapshot else None,
+                         path="libvirt" if uploading else "librbd")
+
+
+def _resize(image, what: str, size: int) -> None:
+    with translated(f"resizing {what} to {size} bytes"):
+        image.resize(size, allow_shrink=True)
 
 
 def restore_chain(plan: RestorePlan, sink, *, progress: Progress | None = None) -> None:

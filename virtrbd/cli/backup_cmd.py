@@ -96,7 +96,7 @@ def cmd_restore(args) -> int:
     else:
         steps = f"{len(result.chain)} backups" if len(result.chain) > 1 else "1 backup"
         print(f"restored {result.image} from {steps} (@{result.snapshot}, {format_size(result.size)}, "
-              f"{format_size(result.written_bytes)} written) in {result.seconds:.2f} s"
+              f"{format_size(result.written_bytes)} written through {result.path}) in {result.seconds:.2f} s"
               + (" — replaced the old image" if result.replaced else ""))
     return 0
 
