@@ -204,6 +204,28 @@ class Storage:
         return self.layering.info(self.spec(image, snapshot=False))
 
 
+    # --- backups to secondary storage ---------------------------------------------------------
+
+    def backup(self, snapshot: str | ImageSpec, dest_dir: str | os.PathLike[str], *, format: str | None = None,
+               since: str | ImageSpec | None = None, progress: Progress | None = None):
+        """Back up POOL/IMAGE@SNAP into ``dest_dir``: RAW (sparse) or QCOW2, or with ``since`` (an older
+        snapshot) an incremental rbd diff; atomic, with a manifest.  See ``virtrbd.backup``."""
+        from . import backup
+        return backup.backup(self, snapshot, dest_dir, format=format, since=since, progress=progress)
+
+    def restore(self, src: str | os.PathLike[str], target: str | ImageSpec, *, force: bool = False,
+                progress: Progress | None = None):
+        """Restore a backup (or a chain ending in an incremental) into a new image, every byte checked
+        before the image is published; through libvirt's volume upload where the daemon can."""
+        from . import backup
+        return backup.restore(self, src, target, force=force, progress=progress)
+
+    def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None):
+        """Recompute a backup's SHA-256 against its manifest; ``against`` also compares with a live snapshot."""
+        from . import backup
+        return backup.verify(src, against=against, storage=self)
+
+
 def _check_size(size: int) -> None:
     if not isinstance(size, int) or size <= 0:
         raise UsageError(f"invalid size {size!r}: a positive number of bytes")

@@ -150,3 +150,13 @@ def test_a_clone_is_backed_up_with_its_parents_data(storage, images, tmp_path):
     backup.restore(storage, result.path, f"rbd/{target}")
     assert LEDGER.restore("qcow2 backup of a clone",
                           sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{child}@s1"))
+
+
+def test_the_storage_api_backs_up_restores_and_verifies(storage, images, tmp_path):
+    name = images.create(6 * MiB + 1, scattered_writes(6 * MiB + 1, seed=77))
+    result = storage.backup(f"rbd/{name}@s1", tmp_path, format="qcow2")
+    assert storage.verify(result.path, against=f"rbd/{name}@s1").against == f"rbd/{name}@s1"
+    target = images.name()
+    storage.restore(result.path, target)
+    same = sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s1")
+    assert LEDGER.restore("Storage.backup/restore, QCOW2, 6 MiB + 1", same)
