@@ -44,6 +44,7 @@ class Tour:
         self.report = Report()
         self.backups = lab.root / "secondary-storage"
         self.started_lab = False
+        self.previous_hook: str | None = None     # an installation of the hook found before the demo
         self.installed_hook = False
 
     # --- the frame ---------------------------------------------------------------------
@@ -115,8 +116,12 @@ class Tour:
 
     def _finish(self) -> None:
         if self.installed_hook:
-            from ..hook_install import uninstall
-            uninstall()
+            from ..hook_install import notify_libvirtd, script_path, uninstall
+            if self.previous_hook is None:
+                uninstall()
+            else:                              # put back what was installed before, as it was
+                script_path().write_text(self.previous_hook)
+                notify_libvirtd()
         if self.started_lab:
             started = time.monotonic()
             stopped = self.lab.down()
@@ -133,9 +138,11 @@ class Tour:
                 f"libvirt pool {status['libvirt']['pool']}, domains run as {self.domain_type}")
 
     def install_hook(self, step: Step) -> str:
-        from ..hook_install import install, status
-        self.installed_hook = not status().installed
+        from ..hook_install import install, script_path, status
+        if script_path().exists():
+            self.previous_hook = script_path().read_text()
         path = install(self.lab.conf_file)
+        self.installed_hook = True
         if not status().installed:
             raise DemoFailure(f"{path} is not installed")
         return f"{path}; libvirtd told to reload its hooks"
