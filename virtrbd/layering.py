@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Callable, Iterator
 
 from . import errors
-from .ceph import Cluster, is_ceph_error, translated
+from .ceph import Cluster, translated
 from .spec import ImageSpec
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,7 @@ class Layering:
     def remove_snapshot(self, snap: ImageSpec, *, force: bool = False) -> None:
         """Remove a snapshot nothing depends on; a protected one only with ``force`` (it is unprotected first)."""
         with self.cluster.image(snap.pool, snap.image) as image:
-            snap_id = self._snap_id(snap, image)
-            dependents = self._children_at(snap, image, snap_id)
-            if dependents:
-                raise errors.HasDependentsError(f"snapshot {snap}: has clones: {_names(dependents)}; "
-                                                f"flatten or remove them first")
+            self._refuse_with_clones(snap, image)
             with translated(f"removing snapshot {snap}"):
                 if image.is_protected_snap(snap.snapshot):
                     if not force:
@@ -204,11 +200,7 @@ class Layering:
     def unprotect_snapshot(self, snap: ImageSpec) -> bool:
         """Unprotect a snapshot no clone depends on; False when it was not protected."""
         with self.cluster.image(snap.pool, snap.image) as image:
-            snap_id = self._snap_id(snap, image)
-            dependents = self._children_at(snap, image, snap_id)
-            if dependents:
-                raise errors.HasDependentsError(f"snapshot {snap}: has clones: {_names(dependents)}; "
-                                                f"flatten or remove them first")
+            self._refuse_with_clones(snap, image)
             with translated(f"unprotecting snapshot {snap}"):
                 if not image.is_protected_snap(snap.snapshot):
                     return False
@@ -507,6 +499,13 @@ class Layering:
                 image.set_snap(None)
         return [Dependent(ImageSpec(c["pool"], c["image"]), name, bool(c.get("trash")), c.get("id", ""))
                 for c in found]
+
+    def _refuse_with_clones(self, snap: ImageSpec, image) -> None:
+        """A HasDependentsError naming every clone of the snapshot, if it has any (missing: NotFoundError)."""
+        dependents = self._children_at(snap, image, self._snap_id(snap, image))
+        if dependents:
+            raise errors.HasDependentsError(f"snapshot {snap}: has clones: {_names(dependents)}; "
+                                            f"flatten or remove them first")
 
     def _snap_id(self, snap: ImageSpec, image) -> int:
         with translated(f"snapshot {snap}"):

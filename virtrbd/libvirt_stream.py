@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import BinaryIO
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator
 
 from . import errors
 from .libvirt_host import Host
@@ -58,12 +59,10 @@ def upload_volume(host: Host, pool: str, name: str, source: BinaryIO, offset: in
     backend flushes the image before it finishes the stream).
     """
     _check_range(offset, length)
-    lv = host.libvirt
     vol = _volume(host, pool, name)
     what = f"uploading to volume {name} of storage pool {pool}"
-    stream = _new_stream(host, what)
     sent = 0
-    try:
+    with _streaming(host, what) as stream:
         vol.upload(stream, offset, length or 0, 0)
         while length is None or sent < length:
             want = CHUNK if length is None else min(CHUNK, length - sent)
@@ -79,13 +78,6 @@ def upload_volume(host: Host, pool: str, name: str, source: BinaryIO, offset: in
             sent += len(data)
         if length is not None and sent < length:
             raise errors.UsageError(f"{what}: the source ended after {sent} of the {length} bytes to upload")
-        stream.finish()
-    except lv.libvirtError as exc:
-        _abort(stream)
-        raise _translate(lv, exc, what) from None
-    except BaseException:
-        _abort(stream)
-        raise
     log.info("uploaded %d bytes to volume %s of storage pool %s at offset %d", sent, name, pool, offset)
     return sent
 
@@ -98,12 +90,10 @@ def download_volume(host: Host, pool: str, name: str, sink: BinaryIO, offset: in
     the volume (compare the count with what you asked for if that matters).
     """
     _check_range(offset, length)
-    lv = host.libvirt
     vol = _volume(host, pool, name)
     what = f"downloading volume {name} of storage pool {pool}"
-    stream = _new_stream(host, what)
     received = 0
-    try:
+    with _streaming(host, what) as stream:
         vol.download(stream, offset, length or 0, 0)
         while True:
             data = stream.recv(CHUNK)
@@ -113,6 +103,19 @@ def download_volume(host: Host, pool: str, name: str, sink: BinaryIO, offset: in
                 break
             sink.write(data)
             received += len(data)
+    log.info("downloaded %d bytes of volume %s of storage pool %s from offset %d", received, name, pool, offset)
+    return received
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+@contextmanager
+def _streaming(host: Host, what: str) -> Iterator:
+    """A new stream, finished when the block ends; aborted (and libvirt's error translated) when it fails."""
+    lv = host.libvirt
+    stream = _new_stream(host, what)
+    try:
+        yield stream
         stream.finish()
     except lv.libvirtError as exc:
         _abort(stream)
@@ -120,11 +123,7 @@ def download_volume(host: Host, pool: str, name: str, sink: BinaryIO, offset: in
     except BaseException:
         _abort(stream)
         raise
-    log.info("downloaded %d bytes of volume %s of storage pool %s from offset %d", received, name, pool, offset)
-    return received
 
-
-# --- helpers ---------------------------------------------------------------------------------
 
 def _check_range(offset: int, length: int | None) -> None:
     if offset < 0:

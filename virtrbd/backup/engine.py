@@ -43,7 +43,7 @@ from .raw import RawReader, RawWriter
 from .rbddiff import DiffReader, DiffWriter
 from .via_libvirt import DEFAULT_OBJECT_SIZE, LibvirtSink, LibvirtTarget, can_upload, create_volume
 from .stream import (BLOCK, CHUNK, Granules, Job, MiB, ReadWindow, check_cancel, is_zero, nonzero_runs,
-                     read_chunks, split_at, wait_until)
+                     read_chunks, split_at, wait_until, within)
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,11 @@ class RbdSink:
 
     def resize(self, size: int) -> None:
         self.drain()
-        with translated(f"resizing {self.what} to {size} bytes"):
-            self.image.resize(size, allow_shrink=True)
+        _resize(self.image, self.what, size)
         self.size = size
 
     def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
-        end = len(data) if end is None else end
-        end = min(end, start + max(0, self.size - offset))       # a padded last granule stops at the end
+        end = within(self.size, offset, start, len(data) if end is None else end)
         length = end - start
         if length <= 0:
             return

@@ -93,6 +93,12 @@ def nonzero_runs(data: bytes | bytearray, start: int = 0, end: int | None = None
         pos = last if found < 0 else found
 
 
+def within(size: int, offset: int, start: int, end: int) -> int:
+    """``end`` cut so that ``data[start:end]`` written at ``offset`` stops at ``size`` (a padded last
+    granule of the image must not grow it)."""
+    return min(end, start + max(0, size - offset))
+
+
 def split_at(offset: int, length: int, boundary: int) -> Iterator[tuple[int, int]]:
     """``(offset, length)`` cut so that no piece crosses a multiple of ``boundary``."""
     end = offset + length

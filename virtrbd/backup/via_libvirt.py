@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..errors import VirtrbdError
-from .stream import CHUNK, zeros
+from .stream import CHUNK, within, zeros
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ class LibvirtSink:
 
     def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
         from ..libvirt_stream import upload_volume
-        end = len(data) if end is None else end
-        end = min(end, start + max(0, self.size - offset))      # a padded last granule stops at the end
+        end = within(self.size, offset, start, len(data) if end is None else end)
         length = end - start
         if length <= 0:
             return
