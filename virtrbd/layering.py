@@ -324,12 +324,12 @@ class Layering:
         try:
             with self.cluster.image(child.pool, child.image, read_only=True) as image:
                 chain = self._parent_chain(image)
-                remains = not chain and self._is_empty_remains(child, image)
+                kept = None if chain else self._why_not_remains(child, image)
         except errors.NotFoundError as exc:
             if not str(exc).startswith(f"image {child}:"):
                 raise
-            chain, remains = [], True     # named in the pool's directory, but no image behind the name
-        if remains:
+            chain, kept = [], None         # named in the pool's directory, but no image behind the name
+        if not chain and kept is None:
             # a clone cut short before librbd attached the parent, and not rolled back (the cluster
             # was gone): no data, no snapshots, nobody using it — replace it with the clone asked for
             log.warning("image %s: the empty remains of an interrupted clone; making the clone again", child)
@@ -343,19 +343,24 @@ class Layering:
         if (chain and chain[0] == parent) or (flattened and not chain):
             return CloneResult(image=child, parent=parent, depth=len(chain), flattened=not chain,
                                note="existed already", existed=True)
-        other = f" (its parent is {chain[0]})" if chain else ""
-        raise errors.AlreadyExistsError(f"image {child}: already exists but is not a clone of {parent}{other}",
+        why = f" (its parent is {chain[0]})" if chain else f" ({kept})"
+        raise errors.AlreadyExistsError(f"image {child}: already exists but is not a clone of {parent}{why}",
                                         errno=17)
 
-    def _is_empty_remains(self, spec: ImageSpec, image) -> bool:
-        """No parent, no snapshots, no clients, and not one byte of data of its own."""
+    def _why_not_remains(self, spec: ImageSpec, image) -> str | None:
+        """None for the empty remains of an interrupted clone (no snapshot, no client, not a byte of
+        its own); otherwise what makes the image something to keep."""
         with translated(f"inspecting {spec}"):
-            if list(image.list_snaps()) or list(image.watchers_list()):
-                return False
+            if list(image.list_snaps()):
+                return "it has snapshots"
+            watchers = list(image.watchers_list())
+            if watchers:
+                # an interrupted clone's own watch lingers until the OSDs expire it (30 s by default)
+                return f"a client has it open: {', '.join(w['addr'] for w in watchers)}"
             extents = []
             image.diff_iterate(0, image.size(), None, lambda offset, length, exists: extents.append(exists),
                                include_parent=False, whole_object=True)
-        return not any(extents)
+        return "it holds data of its own" if any(extents) else None
 
     def clone_many(self, parent: ImageSpec, children: list[ImageSpec], *, size: int | None = None,
                    flatten: bool = False, exist_ok: bool = False, workers: int = 8) -> list[CloneResult]:

@@ -287,7 +287,8 @@ def test_exist_ok_reports_an_existing_clone_of_the_same_parent(layering, image, 
 
 def test_exist_ok_still_refuses_an_image_that_is_not_this_clone(layering, image, fake_rbd):
     rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
-    with pytest.raises(errors.AlreadyExistsError, match=r"already exists but is not a clone of rbd/gold@golden$"):
+    with pytest.raises(errors.AlreadyExistsError,
+                       match=r"already exists but is not a clone of rbd/gold@golden \(it has snapshots\)$"):
         layering.clone(G, CHILD, exist_ok=True)
     with pytest.raises(errors.AlreadyExistsError, match=r"rbd/child: already exists$"):
         layering.clone(G, CHILD)
@@ -359,6 +360,15 @@ def test_exist_ok_never_replaces_an_image_with_data(layering, image, fake_rbd):
     rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
     image.list_snaps.return_value = []
     image.diff_iterate.side_effect = lambda offset, length, snap, cb, **kw: cb(0, 4 << 20, True)
-    with pytest.raises(errors.AlreadyExistsError, match="is not a clone of"):
+    with pytest.raises(errors.AlreadyExistsError, match=r"is not a clone of .* \(it holds data of its own\)"):
+        layering.clone(G, CHILD, exist_ok=True)
+    rbd_api(fake_rbd).remove.assert_not_called()
+
+
+def test_exist_ok_keeps_an_empty_image_a_client_has_open(layering, image, fake_rbd):
+    rbd_api(fake_rbd).clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    image.list_snaps.return_value = []
+    image.watchers_list.return_value = [{"addr": "10.0.0.7:0/42", "id": 1, "cookie": 1}]
+    with pytest.raises(errors.AlreadyExistsError, match=r"a client has it open: 10.0.0.7:0/42"):
         layering.clone(G, CHILD, exist_ok=True)
     rbd_api(fake_rbd).remove.assert_not_called()

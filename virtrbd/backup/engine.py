@@ -710,8 +710,8 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
         check.close()
     if crc_wanted:
         if value != crc_wanted:
-            raise CorruptBackupError(f"{m.data_path}: its data does not match the manifest (CRC-32C {value}, "
-                                     f"the manifest says {crc_wanted}): corrupt backup")
+            raise CorruptBackupError(f"{m.data_path}: checksum mismatch: its data has CRC-32C {value}, "
+                                     f"the manifest says {crc_wanted} (corrupt backup)")
     else:
         _check_checksum(m, value)
     return done + m.size

@@ -29,6 +29,7 @@ Manifest fields (version 1)::
     cluster_size     qcow2 only
     created, tool    UTC time (ISO 8601), "virtrbd X.Y.Z"
     stats            bytes read, data bytes, seconds (informational)
+    seal             CRC-32C of all the other fields (canonical JSON): a damaged manifest is refused
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import google_crc32c
 
 from ..errors import CorruptBackupError, UsageError
 from ..spec import ImageSpec
@@ -80,6 +83,7 @@ class Manifest:
     cluster_size: int | None = None
     stats: dict = field(default_factory=dict)
     manifest_version: int = 1
+    seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
     # where it was loaded from (not stored)
     path: Path | None = field(default=None, repr=False, compare=False)
@@ -100,6 +104,7 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
+        data["seal"] = seal_of(data)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def save(self, data_path: Path) -> Path:
@@ -118,7 +123,7 @@ _FIELDS = {
     "image_id": str, "snapshot": str, "snapshot_id": int, "size": int, "object_size": int, "checksum": dict,
     "created": str, "tool": str,
 }
-_OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict}
+_OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -160,7 +165,20 @@ def load(path: os.PathLike | str) -> Manifest:
     manifest = Manifest(**data)
     manifest.path = path
     _check(manifest, bad)
+    if manifest.seal is not None and manifest.seal != seal_of(data):
+        bad("the manifest is damaged: its fields do not match its seal (CRC-32C)")
     return manifest
+
+
+def seal_of(data: dict) -> str:
+    """CRC-32C of every field but the seal, in a canonical form.
+
+    A restore checks the data against the manifest's CRC-32C, not its SHA-256
+    (see checksum.DataCRC); the seal makes sure the manifest it believes is the
+    one written, so a damaged checksum field cannot pass unnoticed.
+    """
+    body = {key: value for key, value in data.items() if key != "seal"}
+    return f"{google_crc32c.value(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
 
 
 def _check(m: Manifest, bad) -> None:

@@ -38,9 +38,20 @@ def test_a_backup_has_a_private_manifest_describing_it(make_full, tmp_path):
 
 
 def edit(path, **changes):
+    """A manifest as another, genuine backup would have it: changed, and sealed again."""
     data = json.loads(path.read_text())
     data.update(changes)
+    data["seal"] = manifests.seal_of(data)
     path.write_text(json.dumps(data))
+
+
+def test_a_manifest_changed_after_it_was_written_is_refused(make_full):
+    result = make_full(b"x" * 5000)
+    data = json.loads(result.manifest.read_text())
+    data["checksum"]["value"] = "0" * 64               # still well-formed: only the seal can tell
+    result.manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptBackupError, match="the manifest is damaged: its fields do not match its seal"):
+        manifests.load(result.manifest)
 
 
 @pytest.mark.parametrize("changes, words", [
