@@ -80,6 +80,27 @@ def test_granules_skip_zero_granules_and_leave_holes():
     assert runs == [(BLOCK, BLOCK), (5 * BLOCK, BLOCK)]
 
 
+def test_granules_emit_maximal_runs():
+    """A zero stretch that fills no aligned granule does not cut a run; one that does, does."""
+    data = b"\1" * 100 + bytes(BLOCK) + b"\2" * (2 * BLOCK - 100) + bytes(BLOCK) + b"\3"
+    _image, runs = _assemble(len(data), [(0, data)], BLOCK)
+    assert runs == [(0, 3 * BLOCK), (4 * BLOCK, BLOCK)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zero_granules_match_their_definition(seed):
+    from virtrbd.backup.stream import zero_granules
+    rng = random.Random(seed)
+    g = rng.choice([512, BLOCK])
+    pieces = [rng.choice([bytes(g), b"\0" * (g - 1) + b"\1", b"\1" + bytes(g - 1), rng.randbytes(g)])
+              for _ in range(200)]
+    data = b"".join(pieces)
+    expected = [i for i, piece in enumerate(pieces) if piece == bytes(g)]
+    assert zero_granules(data, 0, len(data), g) == expected
+    assert zero_granules(bytearray(data), g, len(data), g) == [i - 1 for i in expected if i]
+    assert zero_granules(memoryview(data), 0, len(data), g) == expected
+
+
 def test_granules_merge_partial_writes_into_one_granule():
     _image, runs = _assemble(BLOCK, [(0, b"a" * 100), (100, b"b" * 100), (4000, b"c" * 96)], BLOCK)
     assert runs == [(0, BLOCK)]
