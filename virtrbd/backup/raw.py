@@ -91,7 +91,7 @@ class RawReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def chunks(self, chunk_size: int = CHUNK, ahead: int = 4) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
+    def chunks(self, chunk_size: int = CHUNK, ahead: int = 2) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
         """``(offset, data, extents)`` for each chunk holding data; ``extents`` are the data regions in it.
 
         A reader thread keeps up to ``ahead`` chunks read in advance (``pread``
