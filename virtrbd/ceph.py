@@ -33,6 +33,10 @@ from .keyring import CephKey, read_key
 from .monitor import Monitor, mon_host
 
 log = logging.getLogger(__name__)
+#: ``LIBRADOS_OP_FLAG_FADVISE_NOCACHE`` (librados.h; part of its ABI): data read or written once, by a
+#: backup or a restore, should not push what the running guests use out of the OSDs' caches.
+#: Spelled here so that modules above this one need not import the bindings.
+FADVISE_NOCACHE = 0x40
 
 #: what each errno means to a user, in the words a message uses after the object's name
 _CAUSES = {

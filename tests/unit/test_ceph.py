@@ -180,3 +180,7 @@ def test_a_timed_out_operation_gets_the_next_one_a_fresh_connection(conf, fake_r
     cluster.close()
     first.shutdown.assert_called_once_with()
     second.shutdown.assert_called_once_with()
+
+
+def test_the_nocache_hint_is_librados_own():
+    assert ceph.FADVISE_NOCACHE == rados.LIBRADOS_OP_FLAG_FADVISE_NOCACHE

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..ceph import Cluster, translate, translated
+from ..ceph import FADVISE_NOCACHE, Cluster, translate, translated
 from ..errors import (AlreadyExistsError, BackupError, BusyError, CorruptBackupError, HasSnapshotsError,
                       NotFoundError, UsageError, VirtrbdError)
 from ..spec import ImageSpec, check_name
@@ -164,7 +164,7 @@ def _errno_error(ret: int, what: str) -> VirtrbdError:
 
 
 class RbdSource:
-    """An open RBD image (snapshot) as a ``stream.Source``."""
+    """An open RBD image (snapshot) as a ``stream.Source``; reads carry the ``NOCACHE`` hint (read once)."""
 
     def __init__(self, image, what: str):
         self.image = image
@@ -199,11 +199,16 @@ class RbdSource:
                 done(data, None)
 
         with translated(what):
-            self.image.aio_read(offset, length, complete)
+            self.image.aio_read(offset, length, complete, FADVISE_NOCACHE)
 
 
 class RbdSink:
-    """An open, writable RBD image as a ``stream.Sink``: bounded asynchronous writes."""
+    """An open, writable RBD image as a ``stream.Sink``: bounded asynchronous writes.
+
+    Writes carry the ``NOCACHE`` hint, as ``rbd import``'s do: a restored image
+    is written once, and keeping it in the OSDs' caches only evicts what the
+    running guests read (and costs the OSDs time: 8 % of a restore's in the lab).
+    """
 
     def __init__(self, image, what: str, *, window_bytes: int = WINDOW_BYTES, max_ops: int = MAX_OPS):
         self.image = image
@@ -234,7 +239,8 @@ class RbdSink:
         else:
             payload = bytes(memoryview(data)[start:end])
         self._reserve(offset, length, length)
-        self._submit(lambda cb: self.image.aio_write(payload, offset, cb), length, f"writing {self.what} at {offset}")
+        self._submit(lambda cb: self.image.aio_write(payload, offset, cb, FADVISE_NOCACHE), length,
+                     f"writing {self.what} at {offset}")
         self.written_bytes += length
 
     def zero(self, offset: int, length: int) -> None:
