@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from virtrbd import Storage, config
+from virtrbd.errors import VirtrbdError
 from virtrbd.keyring import CephKey, read_key
 from virtrbd.lab import Lab
 
@@ -66,6 +67,29 @@ def lab() -> LabHandle:
     LEDGER.key_sightings += scan_for_key(key, lab.root)
     print(f"\nsecret watcher: {watcher.samples} samples of every process, {len(watcher.sightings)} key sightings")
     assert LEDGER.key_sightings == [], f"the client key was seen in: {LEDGER.key_sightings}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lab_survives_the_module(request, lab):
+    """After each module, the shared lab must still be the one the session started, and healthy.
+
+    A module that breaks the lab (or rebuilds it) would otherwise show up as a
+    cascade of unrelated failures in later modules; this names the module and
+    the cause (a dead daemon and its last log line, or the monitor's report).
+    """
+    yield
+    problems = lab.lab.problems()
+    if not problems and not _same_key(lab):
+        problems = ["the lab was rebuilt (its client key changed)"]
+    if problems:
+        pytest.fail(f"the shared lab broke during {request.module.__name__}: " + "; ".join(problems), pytrace=False)
+
+
+def _same_key(lab: LabHandle) -> bool:
+    try:
+        return read_key(lab.config.ceph.keyring, lab.config.ceph.entity).reveal() == lab.key.reveal()
+    except VirtrbdError:
+        return False
 
 
 def scan_for_key(key, lab_root) -> list[str]:

@@ -110,6 +110,8 @@ def cmd_status(args) -> int:
             for daemon in status["daemons"]:
                 state = "running" if daemon["running"] else "stopped" if daemon.get("stopped") else "GONE"
                 print(f"  {daemon['name']:<9} pid {daemon['pid']:<8} {state}")
+            for problem in status["problems"]:
+                print(f"  problem: {problem}")
             if status.get("libvirt"):
                 print(f"  libvirt: pool {status['libvirt']['pool']} ({status['libvirt_state']})")
             if status.get("rbd_backend"):

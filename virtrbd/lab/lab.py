@@ -24,7 +24,7 @@ from typing import Iterator
 
 from .. import config as config_module
 from ..errors import LabError, VirtrbdError
-from . import libvirt_side, processes
+from . import diagnosis, libvirt_side, processes
 from .ceph_cluster import CephCluster, CephSpec
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ class Lab:
         return self._client_works(timeout=3)
 
     def _client_works(self, timeout: float) -> bool:
+        return self._client_error(timeout) is None
+
+    def _client_error(self, timeout: float) -> str | None:
+        """Why the restricted client cannot list the pool within ``timeout``; None when it can."""
         from ..ceph import Cluster
         try:
             conf = config_module.load(self.conf_file)
@@ -98,10 +102,16 @@ class Lab:
                 conf.ceph, client_mount_timeout=timeout, rados_mon_op_timeout=timeout, rados_osd_op_timeout=timeout))
             with Cluster(conf) as cluster, cluster.ioctx(conf.ceph.pool) as ioctx:
                 cluster.rbd.RBD().list(ioctx)
-            return True
+            return None
         except VirtrbdError as exc:
             log.debug("lab health check: %s", exc)
-            return False
+            return str(exc)
+
+    def problems(self) -> list[str]:
+        """What is wrong with the lab, one line each ([] when it is healthy): for a user, or a CI log."""
+        state = self._read_state()
+        client_error = self._client_error(timeout=3) if state.get("ready") and self.conf_file.exists() else None
+        return diagnosis.problems(self, state, client_error)
 
     # --- up / down ---------------------------------------------------------------------
 
@@ -142,6 +152,8 @@ class Lab:
                     return False
                 self._libvirt_up(state, libvirt_patched)
                 return True
+            if state.get("ready"):
+                log.warning("the lab at %s is broken (%s): building a new one", self.root, "; ".join(self.problems()))
             self._down_locked(state)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._check_ports_free(spec)
@@ -337,6 +349,7 @@ class Lab:
         return {
             "root": str(self.root),
             "state": "up" if healthy else "degraded",
+            "problems": [] if healthy else self.problems(),
             "config": str(self.conf_file),
             "monitor": self.ceph_cluster(state).mon_addr,
             "daemons": daemons,

@@ -1,0 +1,83 @@
+"""Lab.problems: a broken lab says which daemon is gone and why, or what the monitor reports."""
+
+import os
+from types import SimpleNamespace
+
+from virtrbd.lab import diagnosis
+from virtrbd.lab.ceph_cluster import CephSpec
+
+GONE_PID = 2 ** 22 + 1       # above any pid_max: never a live process
+
+
+def fake_lab(tmp_path):
+    logs = tmp_path / "ceph" / "log"
+    logs.mkdir(parents=True)
+    cluster = SimpleNamespace(logs=logs, spec=CephSpec())
+    return SimpleNamespace(root=tmp_path, ceph_cluster=lambda state: cluster), logs
+
+
+def record(name, pid, **extra):
+    return {"name": name, "pid": pid, "marker": "", **extra}   # "" is in every command line: a live pid is ours
+
+
+def test_a_healthy_lab_has_no_problems(tmp_path):
+    lab, _ = fake_lab(tmp_path)
+    state = {"ready": True, "daemons": [record("mon.a", os.getpid()), record("osd.0", os.getpid())]}
+    assert diagnosis.problems(lab, state, None) == []
+
+
+def test_a_dead_daemon_is_named_with_the_last_telling_line_of_its_log(tmp_path):
+    lab, logs = fake_lab(tmp_path)
+    (logs / "ceph-osd.0.log").write_text("osd.0 booted\n"
+                                         "./src/os/memstore/MemStore.cc: 123: FAILED ceph_assert(r == 0)\n"
+                                         "tick\n")
+    state = {"ready": True, "daemons": [record("mon.a", os.getpid()), record("osd.0", GONE_PID)]}
+    found = diagnosis.problems(lab, state, "listing pool rbd: timed out")
+    assert found[0] == (f"osd.0 (pid {GONE_PID}) is gone; ceph-osd.0.log ends with: "
+                        "./src/os/memstore/MemStore.cc: 123: FAILED ceph_assert(r == 0)")
+    # the client's failure follows from the dead daemon: no need to ask the monitor
+    assert found[1:] == ["client.virt cannot list pool rbd: listing pool rbd: timed out"]
+
+
+def test_a_daemon_gone_without_a_word_points_outside(tmp_path):
+    lab, logs = fake_lab(tmp_path)
+    (logs / "osd.0.stdout").write_text("starting osd.0 at - osd_data /x\n")
+    state = {"ready": True, "daemons": [record("osd.0", GONE_PID)]}
+    assert diagnosis.problems(lab, state, None) == [
+        f"osd.0 (pid {GONE_PID}) is gone; its logs give no reason (killed from outside? the kernel's OOM killer?)"]
+
+
+def test_a_daemon_stopped_on_purpose_is_reported_as_such(tmp_path):
+    lab, _ = fake_lab(tmp_path)
+    state = {"ready": True, "daemons": [record("osd.1", GONE_PID, stopped=True)]}
+    assert diagnosis.problems(lab, state, None) == [
+        "osd.1 was stopped on purpose ('virtrbd lab start osd.1')"]
+
+
+def test_every_daemon_up_but_no_io_asks_the_monitor(tmp_path, mocker):
+    lab, _ = fake_lab(tmp_path)
+    health = mocker.patch.object(diagnosis, "ceph_health", return_value=["ceph health: OSD_FULL: 1 full osd(s)"])
+    state = {"ready": True, "daemons": [record("osd.0", os.getpid())]}
+    assert diagnosis.problems(lab, state, "creating image rbd/x: timed out") == [
+        "client.virt cannot list pool rbd: creating image rbd/x: timed out", "ceph health: OSD_FULL: 1 full osd(s)"]
+    health.assert_called_once()
+
+
+def test_the_monitor_health_report_becomes_one_line_per_check(mocker):
+    import json
+    handle = mocker.MagicMock()
+    handle.mon_command.return_value = (0, json.dumps({"status": "HEALTH_ERR", "checks": {
+        "OSD_DOWN": {"summary": {"message": "1 osds down"}},
+        "PG_AVAILABILITY": {"summary": {"message": "Reduced data availability: 8 pgs inactive"}}}}).encode(), "")
+    mocker.patch("rados.Rados", return_value=handle)
+    cluster = SimpleNamespace(conf="/nonexistent/ceph.conf")
+    assert diagnosis.ceph_health(cluster) == [
+        "ceph health: OSD_DOWN: 1 osds down",
+        "ceph health: PG_AVAILABILITY: Reduced data availability: 8 pgs inactive"]
+    handle.shutdown.assert_called_once()
+
+
+def test_states_without_a_finished_lab(tmp_path):
+    lab, _ = fake_lab(tmp_path)
+    assert diagnosis.problems(lab, {}, None) == [f"no lab at {tmp_path}"]
+    assert diagnosis.problems(lab, {"ready": False}, None) == [f"the lab at {tmp_path} never finished coming up"]

@@ -1,0 +1,74 @@
+"""Why a lab is not healthy, in words: which daemon is gone and what it said last, or what Ceph reports.
+
+``Lab.is_healthy`` answers yes or no; when the answer is no, an operator (or a
+CI log read after the machine is gone) needs the reason.  Everything here only
+reads: the lab's record, /proc, the daemons' logs and, when every daemon runs,
+the monitor's health report through an admin connection with short timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import processes
+
+#: lines of a daemon's own log that tell why it ended
+_LAST_WORDS = ("abort", "assert", "caught signal", "terminate", "fatal", "error", "no space", "oom")
+
+
+def problems(lab, state: dict, client_error: str | None) -> list[str]:
+    """One line per thing that is wrong with the lab; [] when nothing is."""
+    if not state:
+        return [f"no lab at {lab.root}"]
+    if not state.get("ready"):
+        return [f"the lab at {lab.root} never finished coming up"]
+    found = []
+    cluster = lab.ceph_cluster(state)
+    for record in state.get("daemons", []):
+        daemon = processes.Daemon(record["name"], record["pid"], record["marker"])
+        if record.get("stopped"):
+            found.append(f"{daemon.name} was stopped on purpose ('virtrbd lab start {daemon.name}')")
+        elif not processes.is_ours(daemon):
+            found.append(f"{daemon.name} (pid {daemon.pid}) is gone{_last_words(cluster.logs, daemon.name)}")
+    if client_error is not None:
+        found.append(f"client.{cluster.spec.client_id} cannot list pool {cluster.spec.pool}: {client_error}")
+        if not found[:-1]:
+            found += ceph_health(cluster)
+    return found
+
+
+def _last_words(logs: Path, name: str) -> str:
+    """What a daemon wrote last that looks like a reason for ending, from its stdout or its Ceph log."""
+    for path in (logs / f"{name}.stdout", logs / f"ceph-{name}.log"):
+        try:
+            lines = path.read_text(errors="replace").splitlines()[-400:]
+        except OSError:
+            continue
+        telling = [line.strip() for line in lines if any(word in line.lower() for word in _LAST_WORDS)]
+        if telling:
+            return f"; {path.name} ends with: {telling[-1][:300]}"
+    return "; its logs give no reason (killed from outside? the kernel's OOM killer?)"
+
+
+def ceph_health(cluster, timeout: float = 5) -> list[str]:
+    """The monitor's health checks (e.g. OSD_DOWN, PG_AVAILABILITY, OSD_FULL), one line each."""
+    import rados
+
+    from ..errors import LabError
+    from .ceph_cluster import mon_command
+
+    handle = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
+    for option in ("client_mount_timeout", "rados_mon_op_timeout", "rados_osd_op_timeout"):
+        handle.conf_set(option, str(timeout))
+    try:
+        handle.connect()
+        report = json.loads(mon_command(handle, prefix="health", detail="detail", format="json"))
+    except (rados.Error, LabError, ValueError) as exc:
+        return [f"the monitor does not answer the admin either: {exc}"]
+    finally:
+        handle.shutdown()
+    checks = report.get("checks", {})
+    if not checks:
+        return [f"the monitor reports {report.get('status', 'nothing')}"]
+    return [f"ceph health: {name}: {check.get('summary', {}).get('message', '')}" for name, check in checks.items()]
