@@ -1,17 +1,19 @@
 """Faults on a lab of its own: a monitor down, OSDs killed during backups, clones and flattens, one OSD of three lost.
 
 The lab here has three bluestore OSDs (a killed bluestore OSD keeps its data)
-and pool size 2; its config sets every timeout to 3 s so a fault shows within
-seconds.  Each test brings every daemon back before it ends, whatever happens.
+and pool size 2.  While a fault lasts, the tests use a config that sets every
+timeout to 3 s so the fault shows within seconds; once the daemons are back,
+reruns and checks use the lab's own config (10 s, virtrbd's default), as an
+operator would: on a loaded machine the first operations after a restart may
+take longer than 3 s without anything being wrong.  Each test brings every
+daemon back before it ends, whatever happens.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fault_lab(lab):
-    """A second lab (three bluestore OSDs, pool size 2) beside the main one, and a 3-second config for it."""
+    """A second lab (three bluestore OSDs, pool size 2) beside the main one: (lab, 3-second config, its config)."""
     root = Path(tempfile.mkdtemp(prefix="virtrbd-faults-"))
     flab = Lab(root / "lab")
     flab.up(CephSpec(port=40800, osds=3, store="bluestore", store_bytes=4 << 30), with_libvirt=True)
@@ -49,7 +51,7 @@ def fault_lab(lab):
                     f"rados_osd_op_timeout = {TIMEOUT}\n", 1)
     quick = root / "quick.conf"
     quick.write_text(text)
-    yield flab, config.load(quick)
+    yield flab, config.load(quick), config.load(flab.conf_file)
     flab.down()
     shutil.rmtree(root, ignore_errors=True)
 
@@ -57,7 +59,7 @@ def fault_lab(lab):
 @pytest.fixture
 def everything_back(fault_lab):
     """Whatever a test stops, it is started again afterwards."""
-    flab, _ = fault_lab
+    flab = fault_lab[0]
     yield
     faults.start(flab, *faults.stopped(flab))
 
@@ -88,7 +90,7 @@ def fill(storage, image: str, size: int, data: int) -> None:
 # --- a monitor down ---------------------------------------------------------------------------
 
 def test_monitor_down_every_operation_fails_in_time_then_all_work_again(fault_lab, everything_back, tmp_path):
-    flab, conf = fault_lab
+    flab, conf, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
     with Storage(conf) as storage:
         fill(storage, f"m{tag}", 8 * MiB, 2 * MiB)
@@ -124,8 +126,9 @@ def test_monitor_down_every_operation_fails_in_time_then_all_work_again(fault_la
         failures.append(f"hook prepare: exit {hook_code}, {hook_seconds:.1f} s, {hook_err!r}")
     if api_seconds > TIMEOUT + 2:
         failures.append(f"Storage(): {api_seconds:.1f} s")
-    again = [cli(conf, "ls"), cli(conf, "clone", f"m{tag}@golden", f"m{tag}-c"), cli(conf, "info", f"m{tag}-c")]
-    hook_again = _hook_prepare(conf, f"rbd/m{tag}-vm", f"rbd/m{tag}@golden", tmp_path)
+    again = [cli(steady, "ls"), cli(steady, "clone", f"m{tag}@golden", f"m{tag}-c"),
+             cli(steady, "info", f"m{tag}-c")]
+    hook_again = _hook_prepare(steady, f"rbd/m{tag}-vm", f"rbd/m{tag}@golden", tmp_path)
     back = all(r.code == 0 for r in again) and hook_again[0] == 0
     LEDGER.fault("monitor down: every operation fails in time, works again after", not failures and back)
     assert failures == []
@@ -162,7 +165,7 @@ def _start_all_osds(flab) -> None:
 
 
 def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_lab, everything_back, tmp_path):
-    flab, conf = fault_lab
+    flab, conf, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
     with Storage(conf) as storage:
         fill(storage, f"b{tag}", 512 * MiB, 400 * MiB)
@@ -176,10 +179,10 @@ def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_la
     out, err = backup.communicate(timeout=60)
     left = sorted(p.name for p in dest.iterdir())
     _start_all_osds(flab)
-    rerun = cli(conf, "backup", f"b{tag}@s", str(dest))
+    rerun = cli(steady, "backup", f"b{tag}@s", str(dest))
     assert rerun.code == 0, f"rerun: {rerun.err} (first run said: {err!r}; left: {left})"
-    with Storage(conf) as storage:
-        restored = cli(conf, "restore", str(next(dest.glob("*.raw"))), f"b{tag}-r")
+    with Storage(steady) as storage:
+        restored = cli(steady, "restore", str(next(dest.glob("*.raw"))), f"b{tag}-r")
         same = restored.code == 0 and digest(storage, f"rbd/b{tag}-r") == digest(storage, f"rbd/b{tag}@s")
     LEDGER.restore("backup after OSDs came back", same)
     survived = backup.returncode != 0 and left == [] and rerun.code == 0 and same
@@ -204,7 +207,7 @@ def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -
 
 
 def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges(fault_lab, everything_back):
-    flab, conf = fault_lab
+    flab, conf, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
     children = [f"rbd/c{tag}-{i:02d}" for i in range(60)]
     with Storage(conf) as storage:
@@ -226,7 +229,7 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
         worker.join(timeout=120)
     _start_all_osds(flab)
     error = str(outcome.get("error"))
-    with Storage(conf) as storage:
+    with Storage(steady) as storage:
         existing = [c for c in children if storage.image_exists(c)]
         whole = [c for c in existing if _is_clone_of(storage, c, golden)]
         # anything else is the remains of a clone librbd could not roll back with the OSDs gone: it must
@@ -245,6 +248,8 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
 def _is_clone_of(storage, image: str, golden: str) -> bool:
     try:
         info = storage.info(image)
+    except errors.OperationTimeoutError:
+        raise                     # the judge could not look: that says nothing about the clone
     except errors.VirtrbdError:
         return False
     return [str(p) for p in info.parent_chain[:1]] == [golden]
@@ -279,7 +284,7 @@ def _wait_until(condition, timeout: float = 60) -> None:
 
 
 def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everything_back):
-    flab, conf = fault_lab
+    flab, conf, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
     with Storage(conf) as storage:
         fill(storage, f"f{tag}", 512 * MiB, 384 * MiB)
@@ -292,8 +297,8 @@ def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everyt
     _kill_all_osds(flab)
     _, err = flatten.communicate(timeout=60)
     _start_all_osds(flab)
-    rerun = cli(conf, "flatten", f"f{tag}-c")
-    with Storage(conf) as storage:
+    rerun = cli(steady, "flatten", f"f{tag}-c")
+    with Storage(steady) as storage:
         whole = storage.info(f"f{tag}-c").parent_chain == () and digest(storage, f"rbd/f{tag}-c") == expected
     LEDGER.restore("flattened clone after OSDs came back", whole)
     LEDGER.fault("all OSDs killed during a flatten: rerun completes it", flatten.returncode != 0 and whole)
@@ -305,7 +310,7 @@ def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everyt
 
 def test_a_long_lived_connection_works_again_after_an_outage(fault_lab, everything_back):
     """An agent keeps its Storage open across an outage: the operation after it must work."""
-    flab, conf = fault_lab
+    flab, conf, _ = fault_lab
     tag = uuid.uuid4().hex[:6]
     with Storage(conf) as storage:
         storage.create_image(f"l{tag}", MiB)
@@ -323,26 +328,32 @@ def test_a_long_lived_connection_works_again_after_an_outage(fault_lab, everythi
 
 def test_one_osd_of_three_lost_backups_clones_and_domain_starts_keep_working(fault_lab, everything_back,
                                                                              tmp_path, lab):
-    flab, conf = fault_lab
+    """Once the monitors have marked the dead OSD down (seconds here; until then I/O to the PGs it led
+    waits, as in any Ceph cluster), everything works on the two left, with the lab's usual config."""
+    flab, _, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
-    with Storage(conf) as storage:
+    with Storage(steady) as storage:
         fill(storage, f"o{tag}", 64 * MiB, 32 * MiB)
         golden = str(storage.make_golden(f"o{tag}"))
     faults.stop(flab, "osd.1", kill=True)
+    faults.wait_marked_down(flab, "osd.1")
     backups = tmp_path / "b"
     backups.mkdir()
-    backup = cli(conf, "backup", golden, str(backups))
-    clones = cli(conf, "clone", golden, *[f"o{tag}-{i}" for i in range(10)])
-    started = _start_a_domain(flab, conf, golden, f"o{tag}")
-    with Storage(conf) as storage:
-        restore = cli(conf, "restore", str(next(backups.glob("*.raw"))), f"o{tag}-r")
-        same = restore.code == 0 and digest(storage, f"rbd/o{tag}-r") == digest(storage, golden)
+    backup = cli(steady, "backup", golden, str(backups))
+    clones = cli(steady, "clone", golden, *[f"o{tag}-{i}" for i in range(10)])
+    started = _start_a_domain(flab, steady, golden, f"o{tag}")
+    raw = next(backups.glob("*.raw"), None)
+    with Storage(steady) as storage:
+        restore = cli(steady, "restore", str(raw), f"o{tag}-r") if raw else None
+        same = restore is not None and restore.code == 0 and \
+            digest(storage, f"rbd/o{tag}-r") == digest(storage, golden)
     LEDGER.restore("restore with one OSD of three down", same)
     survived = backup.code == 0 and clones.code == 0 and started and same
     LEDGER.fault("one OSD of three killed: backups, clones, domain starts go on", survived)
     assert backup.code == 0, backup.err
     assert clones.code == 0, clones.err
     assert started
+    assert restore.code == 0, restore.err
     assert same
 
 

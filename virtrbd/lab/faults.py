@@ -101,9 +101,26 @@ def _wait_listening(port: int, daemon: processes.Daemon, timeout: float) -> None
 
 def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> None:
     """Until the monitors see these OSDs up and every PG is active again."""
+    def exited() -> str | None:
+        return next((f"{d.name} exited at start-up" for d in daemons if not processes.alive(d.pid)), None)
+
+    _wait_osd_map(cluster, [daemon.name for daemon in daemons], up=True, timeout=timeout, failed=exited)
+
+
+def wait_marked_down(lab, *names: str, timeout: float = 60) -> None:
+    """Until the monitors mark these (stopped or killed) OSDs down and every PG takes writes without them.
+
+    Between a crash and that moment, I/O to the PGs the OSD led waits; an
+    operator watching ``ceph -s`` sees the same window.
+    """
+    _wait_osd_map(lab.ceph_cluster(), list(names), up=False, timeout=timeout)
+
+
+def _wait_osd_map(cluster, names: list[str], *, up: bool, timeout: float, failed=lambda: None) -> None:
+    """Until the OSD map shows ``names`` up (or down) and writes reach every PG; ``failed`` may end it early."""
     import rados
 
-    ids = {int(daemon.name.partition(".")[2]) for daemon in daemons}
+    ids = {int(name.partition(".")[2]) for name in names}
     admin = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
     admin.conf_set("client_mount_timeout", "15")
     admin.conf_set("rados_mon_op_timeout", "15")
@@ -111,19 +128,19 @@ def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> N
     try:
         admin.connect()
         while time.monotonic() < deadline:
-            for daemon in daemons:
-                if not processes.alive(daemon.pid):
-                    raise LabError(f"{daemon.name} exited at start-up")
+            if (reason := failed()) is not None:
+                raise LabError(reason)
             dump = json.loads(mon_command(admin, prefix="osd dump", format="json"))
-            up = {o["osd"] for o in dump["osds"] if o["up"]}
-            if ids <= up and _pool_answers(cluster):
+            now_up = {o["osd"] for o in dump["osds"] if o["up"]}
+            if (ids <= now_up if up else not ids & now_up) and _pool_answers(cluster):
                 return
             time.sleep(0.2)
     except rados.Error as exc:
-        raise LabError(f"waiting for {', '.join(d.name for d in daemons)}: {exc}") from None
+        raise LabError(f"waiting for {', '.join(names)}: {exc}") from None
     finally:
         admin.shutdown()
-    raise LabError(f"{', '.join(d.name for d in daemons)} not up with every PG active within {timeout:g} s")
+    raise LabError(f"{', '.join(names)} not {'up' if up else 'marked down'} with every PG active "
+                   f"within {timeout:g} s")
 
 
 def _pool_answers(cluster, probes: int = 64) -> bool:
