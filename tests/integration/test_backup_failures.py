@@ -82,6 +82,35 @@ def test_terminated_restore_leaves_no_image(storage, images, big_image, lab, tmp
     assert target not in storage.list_images() and images.leftovers(target) == []
 
 
+def test_a_killed_restore_leaves_its_temporary_image_and_the_next_restore_removes_it(storage, images, big_image,
+                                                                                    lab, tmp_path):
+    result = backup.backup(storage, f"rbd/{big_image}@s1", tmp_path)
+    target = images.name()
+    process = start(["restore", str(result.path), f"rbd/{target}"], lab.env)
+    deadline = time.monotonic() + 30
+    while not images.leftovers(target) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    left = images.leftovers(target)
+    assert len(left) == 1 and target not in storage.list_images()      # SIGKILL: nothing could clean up
+    # the dead client's watch stays on the image until the OSD expires it (osd_client_watch_timeout, 30 s);
+    # until then it looks like a restore still running, and is left alone
+    deadline = time.monotonic() + 60
+    while watchers(storage, left[0]) and time.monotonic() < deadline:
+        time.sleep(1)
+    done = virtrbd("restore", str(result.path), f"rbd/{target}", env=lab.env)
+    assert done.code == 0, done.err
+    assert images.leftovers(target) == []
+    assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{big_image}@s1")
+
+
+def watchers(storage, name: str) -> list:
+    with storage.cluster.image("rbd", name, read_only=True) as image:
+        return list(image.watchers_list())
+
+
 def test_peak_memory_of_backup_and_restore_stays_bounded(storage, images, big_image, lab, tmp_path):
     """VmHWM as the command reports it (ru_maxrss of a forked child would include the parent's peak)."""
     for fmt in ("raw", "qcow2"):

@@ -3,14 +3,16 @@
 * Reading a snapshot: the allocation map comes from ``diff_iterate``
   (``whole_object=False``: exact extents; from nothing for a full backup, from
   the older snapshot for an incremental), asked 256 MiB at a time; data comes
-  from ``aio_read`` with at most 32 MiB (16 reads) in flight, handed back in
+  from ``aio_read`` with at most 24 MiB (12 reads) in flight, handed back in
   order (``stream.ReadWindow``).  Memory stays bounded whatever the image size.
 * Writing an image (restore): ``aio_write`` / ``aio_write_zeroes`` with the same
   bound; writes that could overlap one still in flight wait for it first.
 * A restore never writes into the image the user named: it builds a new image
   under a temporary name (``IMAGE.virtrbd-restore-XXXXXXXX``), checks every
   checksum on the way, and only then (after removing the old image, with
-  ``force``) renames it.  A bad backup therefore leaves the cluster as it was.
+  ``force``) renames it.  A bad backup therefore leaves the cluster as it was;
+  a restore killed outright leaves its temporary image, which the next restore
+  of the same target removes.
 """
 
 from __future__ import annotations
@@ -583,9 +585,50 @@ def _check_replaceable(cluster: Cluster, spec: ImageSpec) -> None:
             raise BusyError(f"image {spec}: is in use (open by a client); it cannot be replaced")
 
 
+TEMP_IMAGE_MARK = ".virtrbd-restore-"
+_TEMP_TOKEN_HEX = 8
+
+
+def _temp_image_prefix(name: str) -> str:
+    """What every temporary image of a restore into ``name`` starts with (long names are cut to fit)."""
+    return name[:255 - len(TEMP_IMAGE_MARK) - _TEMP_TOKEN_HEX] + TEMP_IMAGE_MARK
+
+
 def _temp_image_name(name: str) -> str:
-    suffix = f".virtrbd-restore-{secrets.token_hex(4)}"
-    return check_name("image", name[:255 - len(suffix)] + suffix)
+    return check_name("image", _temp_image_prefix(name) + secrets.token_hex(_TEMP_TOKEN_HEX // 2))
+
+
+def _is_temp_image_of(candidate: str, name: str) -> bool:
+    prefix = _temp_image_prefix(name)
+    token = candidate[len(prefix):]
+    return (candidate.startswith(prefix) and len(token) == _TEMP_TOKEN_HEX
+            and all(c in "0123456789abcdef" for c in token))
+
+
+def remove_stale_temp_images(cluster: Cluster, target: ImageSpec) -> list[str]:
+    """Remove what earlier restores into ``target`` left when they were killed outright; their names.
+
+    A restore removes its temporary image on every path it lives through;
+    SIGKILL or a power cut leaves it.  The next restore of the same target
+    removes such images, except one a client has open: a restore running now,
+    or a killed one whose watch the OSDs have not expired yet (30 s by
+    default) — there is no telling the two apart, so it waits for a later run.
+    """
+    with cluster.ioctx(target.pool) as ioctx, translated(f"listing pool {target.pool}"):
+        names = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image_of(n, target.image)]
+    removed = []
+    for name in names:
+        try:
+            with cluster.image(target.pool, name, read_only=True) as image, \
+                    translated(f"inspecting {target.pool}/{name}"):
+                if list(image.watchers_list()):
+                    continue
+            _remove_image(cluster, target.pool, name)
+        except NotFoundError:
+            continue                              # another restore removed it first
+        log.info("removed %s/%s, left by a restore that was killed", target.pool, name)
+        removed.append(name)
+    return removed
 
 
 def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
@@ -608,6 +651,7 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
         raise AlreadyExistsError(f"image {target}: already exists (--force replaces it)")
     if exists:
         _check_replaceable(cluster, target)
+    remove_stale_temp_images(cluster, target)
     temp = _temp_image_name(target.image)
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False

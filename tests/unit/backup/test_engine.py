@@ -227,3 +227,44 @@ def test_chain_across_a_shrink(make_full, make_incremental):
     v2, ch = apply_changes(v1, CHUNK + 10, [(5, b"after the shrink")], [])
     inc = make_incremental(v2, ch, "s1", "s2")
     assert restored(inc.path) == v2
+
+
+# --- what killed restores leave behind ---------------------------------------------------------------
+
+def test_temporary_image_names_are_recognised_exactly():
+    from virtrbd.backup.engine import _is_temp_image_of, _temp_image_name
+    made = _temp_image_name("vm1")
+    assert made.startswith("vm1.virtrbd-restore-") and _is_temp_image_of(made, "vm1")
+    assert not _is_temp_image_of(made, "vm")                     # another target's prefix
+    assert not _is_temp_image_of("vm1.virtrbd-restore-1234abcd-mine", "vm1")
+    assert not _is_temp_image_of("vm1.virtrbd-restore-1234ABCD", "vm1")
+    assert not _is_temp_image_of("vm1", "vm1")
+    long = "x" * 250
+    assert len(_temp_image_name(long)) == 255 and _is_temp_image_of(_temp_image_name(long), long)
+
+
+def test_stale_temporary_images_go_unless_a_client_has_one_open(mocker):
+    from contextlib import contextmanager
+
+    from virtrbd.backup import engine
+    from virtrbd.errors import NotFoundError
+
+    names = ["vm1", "vm1.virtrbd-restore-0000aaaa", "vm1.virtrbd-restore-1111bbbb",
+             "vm1.virtrbd-restore-2222cccc", "vm10.virtrbd-restore-3333dddd", "vm1.virtrbd-restore-x"]
+    watched = {"vm1.virtrbd-restore-1111bbbb"}          # a restore running now
+    vanished = {"vm1.virtrbd-restore-2222cccc"}         # removed by another restore meanwhile
+
+    @contextmanager
+    def image(pool, name, read_only=False):
+        if name in vanished:
+            raise NotFoundError(f"image {pool}/{name}: does not exist")
+        handle = mocker.MagicMock()
+        handle.watchers_list.return_value = [{"addr": "127.0.0.1:0/1"}] if name in watched else []
+        yield handle
+
+    cluster = mocker.MagicMock()
+    cluster.rbd.RBD.return_value.list.return_value = names
+    cluster.image.side_effect = image
+    removed = mocker.patch.object(engine, "_remove_image")
+    assert engine.remove_stale_temp_images(cluster, ImageSpec("rbd", "vm1")) == ["vm1.virtrbd-restore-0000aaaa"]
+    removed.assert_called_once_with(cluster, "rbd", "vm1.virtrbd-restore-0000aaaa")
