@@ -12,12 +12,12 @@ daemon back before it ends, whatever happens.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +28,14 @@ import pytest
 
 from virtrbd import Storage, config, errors, hook_install
 from virtrbd.lab import CephSpec, Lab, faults
-from virtrbd.lab.domains import BOOT_SECTOR, domain_xml, remove_domain, wait_for_reads
+from virtrbd.lab.domains import domain_xml, remove_domain, wait_for_reads
 
 from ..cli_helpers import virtrbd
+from .fault_clients import fill
 from ..ledger import LEDGER
 
 TIMEOUT = 3
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 OSDS = ["osd.0", "osd.1", "osd.2"]
 
@@ -76,15 +78,6 @@ def digest(storage, spec: str) -> str:
         for offset in range(0, img.size(), 4 * MiB):
             h.update(img.read(offset, min(4 * MiB, img.size() - offset)))
     return h.hexdigest()
-
-
-def fill(storage, image: str, size: int, data: int) -> None:
-    storage.create_image(image, size)
-    chunk = os.urandom(MiB)
-    with storage.cluster.image("rbd", image) as img:
-        img.write(BOOT_SECTOR, 0)
-        for offset in range(MiB, data, MiB):
-            img.write(chunk, offset)
 
 
 # --- a monitor down ---------------------------------------------------------------------------
@@ -207,80 +200,27 @@ def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -
 
 
 def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges(fault_lab, everything_back):
+    """The batch, the judge and the rerun run in a child process (see fault_clients): a librados abort
+    there fails this test with its last words instead of ending the session."""
     flab, conf, steady = fault_lab
-    tag = uuid.uuid4().hex[:6]
-    children = [f"rbd/c{tag}-{i:02d}" for i in range(60)]
-    with Storage(conf) as storage:
-        fill(storage, f"c{tag}", 16 * MiB, 2 * MiB)
-        golden = str(storage.make_golden(f"c{tag}"))
-        outcome = {}
-
-        def batch():
-            try:
-                storage.clone_many(golden, children, workers=4)
-                outcome["error"] = None
-            except errors.VirtrbdError as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=batch)
-        worker.start()
-        _wait_until(lambda: sum(storage.image_exists(c) for c in children[:20]) >= 3)
-        _kill_all_osds(flab)
-        worker.join(timeout=120)
-    _start_all_osds(flab)
-    error = str(outcome.get("error"))
-    with Storage(steady) as storage:
-        existing = [c for c in children if storage.image_exists(c)]
-        whole = [c for c in existing if _is_clone_of(storage, c, golden)]
-        # anything else is the remains of a clone librbd could not roll back with the OSDs gone: it must
-        # be one the batch reported as failed, and hold no data a rerun could lose
-        remains = [c for c in existing if c not in whole]
-        hidden = [c for c in remains if c not in error or not _holds_no_data(storage, c)]
-        rerun = _rerun_until_stale_watches_expire(storage, golden, children)
-        converged = all(_is_clone_of(storage, c, golden) for c in children)
-    survived = outcome.get("error") is not None and not hidden and converged and len(rerun) == len(children)
+    done = subprocess.run([sys.executable, "-m", "tests.integration.fault_clients", "clones", str(flab.root),
+                           str(conf.path), str(steady.path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        LEDGER.fault("all OSDs killed during 60 clones: no half-made clone passed off, rerun converges", False)
+        pytest.fail(f"the client process {_ended(done.returncode)}: {done.stderr.strip()[-2000:]}", pytrace=False)
+    found = json.loads(done.stdout)
+    survived = (found["error"] is not None and not found["hidden"] and found["converged"]
+                and found["rerun"] == found["children"])
     LEDGER.fault("all OSDs killed during 60 clones: no half-made clone passed off, rerun converges", survived)
-    assert outcome.get("error") is not None, f"the batch did not notice the dead OSDs ({len(existing)} made)"
-    assert hidden == [], f"half-made clones not reported as failed: {hidden} ({error})"
-    assert converged and sum(r.existed for r in rerun) == len(whole)
+    assert found["error"] is not None, f"the batch did not notice the dead OSDs ({found['existing']} made)"
+    assert found["hidden"] == [], f"half-made clones not reported as failed: {found['hidden']} ({found['error']})"
+    assert found["converged"] and found["rerun_existed"] == found["whole"], found
 
 
-def _is_clone_of(storage, image: str, golden: str) -> bool:
-    try:
-        info = storage.info(image)
-    except errors.OperationTimeoutError:
-        raise                     # the judge could not look: that says nothing about the clone
-    except errors.VirtrbdError:
-        return False
-    return [str(p) for p in info.parent_chain[:1]] == [golden]
-
-
-def _rerun_until_stale_watches_expire(storage, golden: str, children: list[str], timeout: float = 60):
-    """The rerun; a half-made clone keeps the watch of the client that made it until the OSDs expire
-    it (30 s by default), and exist_ok rightly refuses to replace an image a client has open."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return storage.clone_many(golden, children, exist_ok=True, workers=4)
-        except errors.AlreadyExistsError as exc:
-            if "a client has it open" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
-def _holds_no_data(storage, image: str) -> bool:
-    extents = []
-    with storage.cluster.image("rbd", image.split("/")[1], read_only=True) as img:
-        img.diff_iterate(0, img.size(), None, lambda o, n, e: extents.append(e), include_parent=False)
-    return not any(extents)
-
-
-def _wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never met")
-        time.sleep(0.02)
+def _ended(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
 
 
 def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everything_back):
