@@ -63,16 +63,18 @@ def clones_killed(flab: Lab, quick: config.Config, steady: config.Config) -> dic
     error = outcome.get("error")
     with Storage(steady) as storage:
         existing = [c for c in children if storage.image_exists(c)]
-        whole = [c for c in existing if _is_clone_of(storage, c, golden)]
+        whole = {c: storage.info(c).id for c in existing if _is_clone_of(storage, c, golden)}
         # anything else is the remains of a clone librbd could not roll back with the OSDs gone: it must
         # be one the batch reported as failed, and hold no data a rerun could lose
         remains = [c for c in existing if c not in whole]
         hidden = [c for c in remains if c not in str(error) or not _holds_no_data(storage, c)]
         rerun = _rerun_until_stale_watches_expire(storage, golden, children)
         converged = all(_is_clone_of(storage, c, golden) for c in children)
+        # the rerun keeps every whole clone the batch made: same image, not a new one of the same name
+        replaced = [c for c, image_id in whole.items() if storage.info(c).id != image_id]
     return {"error": None if error is None else str(error), "existing": len(existing), "whole": len(whole),
-            "hidden": hidden, "converged": converged, "rerun": len(rerun),
-            "rerun_existed": sum(r.existed for r in rerun), "children": len(children)}
+            "hidden": hidden, "converged": converged, "rerun": len(rerun), "replaced": replaced,
+            "children": len(children)}
 
 
 def _is_clone_of(storage, image: str, golden: str) -> bool:
@@ -87,7 +89,8 @@ def _is_clone_of(storage, image: str, golden: str) -> bool:
 
 def _rerun_until_stale_watches_expire(storage, golden: str, children: list[str], timeout: float = 60):
     """The rerun; a half-made clone keeps the watch of the client that made it until the OSDs expire
-    it (30 s by default), and exist_ok rightly refuses to replace an image a client has open."""
+    it (30 s by default), and exist_ok rightly refuses to replace an image a client has open.  A
+    refused attempt may have made other clones already, so only the last attempt's results count."""
     deadline = time.monotonic() + timeout
     while True:
         try:
