@@ -68,16 +68,22 @@ def test_terminated_backup_removes_its_temp_file(big_image, lab, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_terminated_restore_leaves_no_image(storage, images, big_image, lab, tmp_path):
-    result = backup.backup(storage, f"rbd/{big_image}@s1", tmp_path)
-    target = images.name()
-    process = start(["restore", str(result.path), f"rbd/{target}"], lab.env)
+def restore_interrupted(backup_file, target: str, images, lab, sig: int) -> subprocess.Popen:
+    """A restore into ``target``, sent ``sig`` once its temporary image exists; waited for."""
+    process = start(["restore", str(backup_file), f"rbd/{target}"], lab.env)
     deadline = time.monotonic() + 30
     while not images.leftovers(target) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.005)
     time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     process.communicate(timeout=60)
+    return process
+
+
+def test_terminated_restore_leaves_no_image(storage, images, big_image, lab, tmp_path):
+    result = backup.backup(storage, f"rbd/{big_image}@s1", tmp_path)
+    target = images.name()
+    process = restore_interrupted(result.path, target, images, lab, signal.SIGTERM)
     assert process.returncode == 130
     assert target not in storage.list_images() and images.leftovers(target) == []
 
@@ -86,13 +92,7 @@ def test_a_killed_restore_leaves_its_temporary_image_and_the_next_restore_remove
                                                                                     lab, tmp_path):
     result = backup.backup(storage, f"rbd/{big_image}@s1", tmp_path)
     target = images.name()
-    process = start(["restore", str(result.path), f"rbd/{target}"], lab.env)
-    deadline = time.monotonic() + 30
-    while not images.leftovers(target) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    restore_interrupted(result.path, target, images, lab, signal.SIGKILL)
     left = images.leftovers(target)
     assert len(left) == 1 and target not in storage.list_images()      # SIGKILL: nothing could clean up
     # the dead client's watch stays on the image until the OSD expires it (osd_client_watch_timeout, 30 s);

@@ -203,11 +203,13 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
     """The batch, the judge and the rerun run in a child process (see fault_clients): a librados abort
     there fails this test with its last words instead of ending the session."""
     flab, conf, steady = fault_lab
-    done = subprocess.run([sys.executable, "-m", "tests.integration.fault_clients", "clones", str(flab.root),
-                           str(conf.path), str(steady.path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "tests.integration.fault_clients", "clones",
+                           str(flab.root), str(conf.path), str(steady.path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         LEDGER.fault("all OSDs killed during 60 clones: no half-made clone passed off, rerun converges", False)
-        pytest.fail(f"the client process {_ended(done.returncode)}: {done.stderr.strip()[-2000:]}", pytrace=False)
+        # the first lines say why (librados' terminate message, or a traceback), the Python stacks where
+        pytest.fail(f"the client process {_ended(done.returncode)}: {done.stderr.strip()[:4000]}", pytrace=False)
     found = json.loads(done.stdout)
     survived = (found["error"] is not None and not found["hidden"] and found["converged"]
                 and found["rerun"] == found["children"] and not found["replaced"])
