@@ -58,6 +58,15 @@ class CephCluster:
         self.admin_keyring = root / "ceph.client.admin.keyring"
         self.client_keyring = root / f"ceph.client.{spec.client_id}.keyring"
 
+    def admin_handle(self, **timeouts: float):
+        """A ``rados.Rados`` as client.admin with these ``*_timeout`` options set; not yet connected,
+        and the caller shuts it down."""
+        import rados
+        handle = rados.Rados(conffile=str(self.conf), rados_id="admin")
+        for option, seconds in timeouts.items():
+            handle.conf_set(option, str(seconds))
+        return handle
+
     @property
     def mon_addr(self) -> str:
         """The monitor's msgr v2 address, what librados and libvirt's <host> are given."""
@@ -97,9 +106,7 @@ class CephCluster:
 
         import rados
         import rbd
-        admin = rados.Rados(conffile=str(self.conf), rados_id="admin")
-        admin.conf_set("client_mount_timeout", "30")
-        admin.conf_set("rados_mon_op_timeout", "30")
+        admin = self.admin_handle(client_mount_timeout=30, rados_mon_op_timeout=30)
         try:
             admin.connect()
             if self.spec.mgr:

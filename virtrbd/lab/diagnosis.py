@@ -58,9 +58,8 @@ def ceph_health(cluster, timeout: float = 5) -> list[str]:
     from ..errors import LabError
     from .ceph_cluster import mon_command
 
-    handle = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
-    for option in ("client_mount_timeout", "rados_mon_op_timeout", "rados_osd_op_timeout"):
-        handle.conf_set(option, str(timeout))
+    handle = cluster.admin_handle(client_mount_timeout=timeout, rados_mon_op_timeout=timeout,
+                                  rados_osd_op_timeout=timeout)
     try:
         handle.connect()
         report = json.loads(mon_command(handle, prefix="health", detail="detail", format="json"))

@@ -121,9 +121,7 @@ def _wait_osd_map(cluster, names: list[str], *, up: bool, timeout: float, failed
     import rados
 
     ids = {int(name.partition(".")[2]) for name in names}
-    admin = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
-    admin.conf_set("client_mount_timeout", "15")
-    admin.conf_set("rados_mon_op_timeout", "15")
+    admin = cluster.admin_handle(client_mount_timeout=15, rados_mon_op_timeout=15)
     deadline = time.monotonic() + timeout
     try:
         admin.connect()
@@ -153,10 +151,7 @@ def _pool_answers(cluster, probes: int = 64) -> bool:
     """
     import rados
 
-    handle = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
-    for option, value in (("client_mount_timeout", "5"), ("rados_mon_op_timeout", "5"),
-                          ("rados_osd_op_timeout", "2")):
-        handle.conf_set(option, value)
+    handle = cluster.admin_handle(client_mount_timeout=5, rados_mon_op_timeout=5, rados_osd_op_timeout=2)
     try:
         handle.connect()
         ioctx = handle.open_ioctx(cluster.spec.pool)

@@ -1,10 +1,11 @@
 """Lab.problems: a broken lab says which daemon is gone and why, or what the monitor reports."""
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 from virtrbd.lab import diagnosis
-from virtrbd.lab.ceph_cluster import CephSpec
+from virtrbd.lab.ceph_cluster import CephCluster, CephSpec
 
 GONE_PID = 2 ** 22 + 1       # above any pid_max: never a live process
 
@@ -70,7 +71,7 @@ def test_the_monitor_health_report_becomes_one_line_per_check(mocker):
         "OSD_DOWN": {"summary": {"message": "1 osds down"}},
         "PG_AVAILABILITY": {"summary": {"message": "Reduced data availability: 8 pgs inactive"}}}}).encode(), "")
     mocker.patch("rados.Rados", return_value=handle)
-    cluster = SimpleNamespace(conf="/nonexistent/ceph.conf")
+    cluster = CephCluster(Path("/nonexistent"), CephSpec())
     assert diagnosis.ceph_health(cluster) == [
         "ceph health: OSD_DOWN: 1 osds down",
         "ceph health: PG_AVAILABILITY: Reduced data availability: 8 pgs inactive"]
