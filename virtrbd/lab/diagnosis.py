@@ -1,7 +1,7 @@
 """Why a lab is not healthy, in words: which daemon is gone and what it said last, or what Ceph reports.
 
-``Lab.is_healthy`` answers yes or no; when the answer is no, an operator (or a
-CI log read after the machine is gone) needs the reason.  Everything here only
+``Lab.is_healthy`` is "no problems"; when there are some, an operator (or a
+CI log read after the machine is gone) needs them in words.  Everything here only
 reads: the lab's record, /proc, the daemons' logs and, when every daemon runs,
 the monitor's health report through an admin connection with short timeouts.
 """

@@ -81,17 +81,7 @@ class Lab:
 
     def is_healthy(self, state: dict | None = None) -> bool:
         """Every recorded daemon runs and the restricted client can list the pool."""
-        state = self._read_state() if state is None else state
-        if not state.get("ready") or not self.conf_file.exists():
-            return False
-        if any(d.get("stopped") for d in state.get("daemons", [])):
-            return False
-        if not all(processes.is_ours(d) for d in self.daemons(state)):
-            return False
-        return self._client_works(timeout=3)
-
-    def _client_works(self, timeout: float) -> bool:
-        return self._client_error(timeout) is None
+        return not self.problems(state)
 
     def _client_error(self, timeout: float) -> str | None:
         """Why the restricted client cannot list the pool within ``timeout``; None when it can."""
@@ -107,10 +97,12 @@ class Lab:
             log.debug("lab health check: %s", exc)
             return str(exc)
 
-    def problems(self) -> list[str]:
+    def problems(self, state: dict | None = None) -> list[str]:
         """What is wrong with the lab, one line each ([] when it is healthy): for a user, or a CI log."""
-        state = self._read_state()
-        client_error = self._client_error(timeout=3) if state.get("ready") and self.conf_file.exists() else None
+        state = self._read_state() if state is None else state
+        client_error = None
+        if state.get("ready"):
+            client_error = self._client_error(timeout=3) if self.conf_file.exists() else f"{self.conf_file} is missing"
         return diagnosis.problems(self, state, client_error)
 
     # --- up / down ---------------------------------------------------------------------
@@ -138,7 +130,8 @@ class Lab:
                 from . import faults   # 'lab up' after 'lab kill osd.1' restarts it instead of rebuilding
                 faults.wait_serving([faults.launch(self, d["name"]) for d in state["daemons"] if d.get("stopped")])
                 state = self._read_state()
-            if self.is_healthy(state):
+            problems = self.problems(state)
+            if not problems:
                 if state.get("spec") != dataclasses.asdict(spec):
                     raise LabError(f"a lab with other settings runs at {self.root} "
                                    f"({_describe(state['spec'])}); run 'virtrbd lab down' first")
@@ -153,7 +146,7 @@ class Lab:
                 self._libvirt_up(state, libvirt_patched)
                 return True
             if state.get("ready"):
-                log.warning("the lab at %s is broken (%s): building a new one", self.root, "; ".join(self.problems()))
+                log.warning("the lab at %s is broken (%s): building a new one", self.root, "; ".join(problems))
             self._down_locked(state)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._check_ports_free(spec)
@@ -345,11 +338,11 @@ class Lab:
                     "running": not d.get("stopped") and processes.is_ours(processes.Daemon(d["name"], d["pid"],
                                                                                            d["marker"])),
                     "stopped": bool(d.get("stopped"))} for d in state.get("daemons", [])]
-        healthy = self.is_healthy(state)
+        problems = self.problems(state)
         return {
             "root": str(self.root),
-            "state": "up" if healthy else "degraded",
-            "problems": [] if healthy else self.problems(),
+            "state": "degraded" if problems else "up",
+            "problems": problems,
             "config": str(self.conf_file),
             "monitor": self.ceph_cluster(state).mon_addr,
             "daemons": daemons,
