@@ -85,12 +85,13 @@ class Lab:
 
     def _client_error(self, timeout: float) -> str | None:
         """Why the restricted client cannot list the pool within ``timeout``; None when it can."""
-        from ..ceph import Cluster
+        from ..ceph import Cluster, translated
         try:
             conf = config_module.load(self.conf_file)
             conf = dataclasses.replace(conf, ceph=dataclasses.replace(
                 conf.ceph, client_mount_timeout=timeout, rados_mon_op_timeout=timeout, rados_osd_op_timeout=timeout))
-            with Cluster(conf) as cluster, cluster.ioctx(conf.ceph.pool) as ioctx:
+            with Cluster(conf) as cluster, cluster.ioctx(conf.ceph.pool) as ioctx, \
+                    translated(f"listing pool {conf.ceph.pool}"):
                 cluster.rbd.RBD().list(ioctx)
             return None
         except VirtrbdError as exc:
