@@ -85,3 +85,19 @@ def test_up_refuses_a_busy_port(tmp_path, lab):
     with pytest.raises(LabError, match="already in use"):
         other.up(CephSpec(port=lab.config.ceph.monitors[0].port, mgr=False))
     other.down()
+
+
+def test_status_of_a_broken_lab_names_its_problems(tmp_path):
+    """A stopped OSD: the status names it and the client's failure, in one line each, no internal error."""
+    from virtrbd.lab import faults
+    other = Lab(tmp_path / "lab4")
+    other.up(CephSpec(port=40400, mgr=False))
+    try:
+        faults.stop(other, "osd.0")
+        status = virtrbd("lab", "status", env={"VIRTRBD_LAB_DIR": str(other.root)})
+    finally:
+        other.down()
+    assert status.code == 1 and status.err == ""
+    assert ": degraded" in status.out
+    assert "  problem: osd.0 was stopped on purpose ('virtrbd lab start osd.0')" in status.out
+    assert "  problem: client.virt cannot list pool rbd: listing pool rbd: timed out" in status.out
