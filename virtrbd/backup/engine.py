@@ -598,11 +598,9 @@ def _temp_image_name(name: str) -> str:
     return check_name("image", _temp_image_prefix(name) + secrets.token_hex(_TEMP_TOKEN_HEX // 2))
 
 
-def _is_temp_image_of(candidate: str, name: str) -> bool:
-    prefix = _temp_image_prefix(name)
-    token = candidate[len(prefix):]
-    return (candidate.startswith(prefix) and len(token) == _TEMP_TOKEN_HEX
-            and all(c in "0123456789abcdef" for c in token))
+def _is_temp_image(candidate: str, prefix: str) -> bool:
+    """``candidate`` is ``prefix`` (see _temp_image_prefix) and a token as _temp_image_name makes it."""
+    return candidate.startswith(prefix) and manifests.is_lower_hex(candidate[len(prefix):], _TEMP_TOKEN_HEX)
 
 
 def remove_stale_temp_images(cluster: Cluster, target: ImageSpec) -> list[str]:
@@ -614,8 +612,9 @@ def remove_stale_temp_images(cluster: Cluster, target: ImageSpec) -> list[str]:
     or a killed one whose watch the OSDs have not expired yet (30 s by
     default) — there is no telling the two apart, so it waits for a later run.
     """
+    prefix = _temp_image_prefix(target.image)
     with cluster.ioctx(target.pool) as ioctx, translated(f"listing pool {target.pool}"):
-        names = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image_of(n, target.image)]
+        names = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image(n, prefix)]
     removed = []
     for name in names:
         try:

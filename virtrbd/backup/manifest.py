@@ -181,6 +181,11 @@ def seal_of(data: dict) -> str:
     return f"{google_crc32c.value(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
 
 
+def is_lower_hex(text, digits: int) -> bool:
+    """``text`` is a string of exactly ``digits`` lowercase hexadecimal digits (as hexdigest() writes)."""
+    return isinstance(text, str) and len(text) == digits and all(c in "0123456789abcdef" for c in text)
+
+
 def _check(m: Manifest, bad) -> None:
     if m.kind not in ("full", "incremental"):
         bad(f"unknown kind {m.kind!r}")
@@ -198,11 +203,10 @@ def _check(m: Manifest, bad) -> None:
         bad(f"image {m.image!r} should be POOL/IMAGE")
     if m.size < 0 or m.file_size < 0:
         bad("negative size")
-    value = m.checksum.get("value")
-    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not is_lower_hex(m.checksum.get("value"), 64):
         bad("checksum value should be 64 lowercase hex digits")
     crc = m.checksum.get("data_crc32c")
-    if crc is not None and (not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdef" for c in crc)):
+    if crc is not None and not is_lower_hex(crc, 8):
         bad("checksum data_crc32c should be 8 lowercase hex digits")
     if m.kind == "full":
         if m.format not in FORMATS:

@@ -232,7 +232,11 @@ def test_chain_across_a_shrink(make_full, make_incremental):
 # --- what killed restores leave behind ---------------------------------------------------------------
 
 def test_temporary_image_names_are_recognised_exactly():
-    from virtrbd.backup.engine import _is_temp_image_of, _temp_image_name
+    from virtrbd.backup.engine import _is_temp_image, _temp_image_name, _temp_image_prefix
+
+    def _is_temp_image_of(candidate, name):
+        return _is_temp_image(candidate, _temp_image_prefix(name))
+
     made = _temp_image_name("vm1")
     assert made.startswith("vm1.virtrbd-restore-") and _is_temp_image_of(made, "vm1")
     assert not _is_temp_image_of(made, "vm")                     # another target's prefix
