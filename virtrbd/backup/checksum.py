@@ -149,6 +149,12 @@ class BackgroundCRC:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._queue.clear()
 
+    def __enter__(self) -> "BackgroundCRC":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class BackgroundDigest:
     """A ``ContentDigest`` whose SHA-256 runs on a worker thread, overlapping the caller's I/O.

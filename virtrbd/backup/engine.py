@@ -743,20 +743,16 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
     """
     granules = Granules(BLOCK, sink.write)      # zero blocks are not written: a sparse image
     crc_wanted = m.checksum.get("data_crc32c")
-    check = BackgroundCRC() if crc_wanted else BackgroundDigest(m.size)
-    try:
-        with _open_full(m) as reader:
-            for offset, data, extents in _full_chunks(m, reader):
-                check_cancel()
-                check.add(offset // CHUNK, data)
-                for start, end in extents:
-                    granules.write(start, data, start - offset, end - offset)
-                if progress:
-                    progress(done + offset + len(data), total)
-            granules.finish()
-            value = check.hexdigest()
-    finally:
-        check.close()
+    with _open_full(m) as reader, (BackgroundCRC() if crc_wanted else BackgroundDigest(m.size)) as check:
+        for offset, data, extents in _full_chunks(m, reader):
+            check_cancel()
+            check.add(offset // CHUNK, data)
+            for start, end in extents:
+                granules.write(start, data, start - offset, end - offset)
+            if progress:
+                progress(done + offset + len(data), total)
+        granules.finish()
+        value = check.hexdigest()
     if crc_wanted:
         if value != crc_wanted:
             raise CorruptBackupError(f"{m.data_path}: checksum mismatch: its data has CRC-32C {value}, "
