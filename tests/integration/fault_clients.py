@@ -28,6 +28,15 @@ MiB = 1 << 20
 OSDS = ["osd.0", "osd.1", "osd.2"]
 
 
+def kill_all_osds(flab: Lab) -> None:
+    for name in OSDS:
+        faults.stop(flab, name, kill=True)
+
+
+def start_all_osds(flab: Lab) -> None:
+    faults.start(flab, *OSDS)
+
+
 def fill(storage, image: str, size: int, data: int) -> None:
     storage.create_image(image, size)
     chunk = os.urandom(MiB)
@@ -56,10 +65,9 @@ def clones_killed(flab: Lab, quick: config.Config, steady: config.Config) -> dic
         worker = threading.Thread(target=batch)
         worker.start()
         _wait_until(lambda: sum(storage.image_exists(c) for c in children[:20]) >= 3)
-        for name in OSDS:
-            faults.stop(flab, name, kill=True)
+        kill_all_osds(flab)
         worker.join(timeout=120)
-    faults.start(flab, *OSDS)
+    start_all_osds(flab)
     error = outcome.get("error")
     with Storage(steady) as storage:
         existing = [c for c in children if storage.image_exists(c)]

@@ -31,13 +31,12 @@ from virtrbd.lab import CephSpec, Lab, faults
 from virtrbd.lab.domains import domain_xml, remove_domain, wait_for_reads
 
 from ..cli_helpers import virtrbd
-from .fault_clients import fill
+from .fault_clients import fill, kill_all_osds, start_all_osds
 from ..ledger import LEDGER
 
 TIMEOUT = 3
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
-OSDS = ["osd.0", "osd.1", "osd.2"]
 
 pytestmark = pytest.mark.slow
 
@@ -148,15 +147,6 @@ def _hook_prepare(conf, image: str, golden: str, tmp_path: Path):
 
 # --- OSDs killed in the middle of work ---------------------------------------------------------
 
-def _kill_all_osds(flab) -> None:
-    for name in OSDS:
-        faults.stop(flab, name, kill=True)
-
-
-def _start_all_osds(flab) -> None:
-    faults.start(flab, *OSDS)
-
-
 def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_lab, everything_back, tmp_path):
     flab, conf, steady = fault_lab
     tag = uuid.uuid4().hex[:6]
@@ -168,10 +158,10 @@ def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_la
     command = [sys.executable, "-m", "virtrbd", "--config", str(conf.path), "backup", f"b{tag}@s", str(dest)]
     backup = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_file(dest, backup)
-    _kill_all_osds(flab)
+    kill_all_osds(flab)
     out, err = backup.communicate(timeout=60)
     left = sorted(p.name for p in dest.iterdir())
-    _start_all_osds(flab)
+    start_all_osds(flab)
     rerun = cli(steady, "backup", f"b{tag}@s", str(dest))
     assert rerun.code == 0, f"rerun: {rerun.err} (first run said: {err!r}; left: {left})"
     with Storage(steady) as storage:
@@ -236,9 +226,9 @@ def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everyt
     flatten = subprocess.Popen([sys.executable, "-m", "virtrbd", "--config", str(conf.path), "flatten",
                                 f"f{tag}-c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
-    _kill_all_osds(flab)
+    kill_all_osds(flab)
     _, err = flatten.communicate(timeout=60)
-    _start_all_osds(flab)
+    start_all_osds(flab)
     rerun = cli(steady, "flatten", f"f{tag}-c")
     with Storage(steady) as storage:
         whole = storage.info(f"f{tag}-c").parent_chain == () and digest(storage, f"rbd/f{tag}-c") == expected
@@ -256,10 +246,10 @@ def test_a_long_lived_connection_works_again_after_an_outage(fault_lab, everythi
     tag = uuid.uuid4().hex[:6]
     with Storage(conf) as storage:
         storage.create_image(f"l{tag}", MiB)
-        _kill_all_osds(flab)
+        kill_all_osds(flab)
         with pytest.raises(errors.OperationTimeoutError):
             storage.create_snapshot(f"l{tag}@during")
-        _start_all_osds(flab)
+        start_all_osds(flab)
         storage.create_snapshot(f"l{tag}@after")
         works = [s.name for s in storage.list_snapshots(f"l{tag}")][-1:] == ["after"]
     LEDGER.fault("all OSDs killed under a long-lived connection: it works again after", works)
