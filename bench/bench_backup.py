@@ -37,7 +37,7 @@ from virtrbd import Storage
 from virtrbd import backup as backups
 from virtrbd.lab import CephSpec, Lab
 
-from .common import Row, print_table
+from .common import Row, compile_virtrbd, print_table
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -320,6 +320,7 @@ def measure(runs: int = 3, size_gib: int = 4, root: str = "/var/tmp", keep: bool
 
 
 def measure_with_notes(runs: int, size_gib: int, root: str, keep: bool = False) -> tuple[list[Row], list[str]]:
+    compile_virtrbd()
     base = Path(tempfile.mkdtemp(prefix="virtrbd-bench-backup-", dir=root))
     bench = Bench(base, runs, size_gib * GiB)
     try:

@@ -23,7 +23,7 @@ from virtrbd import Storage, hook_install
 from virtrbd.lab import Lab
 from virtrbd.lab.domains import BOOT_SECTOR, domain_xml
 
-from .common import Row, print_table
+from .common import Row, compile_virtrbd, print_table
 
 HOOK_ENV = {"LC_ALL": "C", "HOME": "/root", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -90,6 +90,7 @@ def start_rows(lab: Lab, runs: int) -> list[Row]:
 
 
 def measure(runs: int = 10, calls: int = 100) -> list[Row]:
+    compile_virtrbd()
     lab = Lab()
     started_lab = lab.up(with_libvirt=True)
     installed_before = hook_install.status().installed
