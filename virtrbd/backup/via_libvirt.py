@@ -36,7 +36,7 @@ class LibvirtTarget:
 
 @contextmanager
 def libvirt_target(config) -> Iterator[LibvirtTarget | None]:
-    """The libvirt side of ``config`` when libvirtd answers and its rbd pool runs; None otherwise."""
+    """The libvirt side of ``config`` when libvirtd answers and runs an rbd pool on [ceph] pool; None otherwise."""
     if not config.libvirt.uri:
         yield None
         return
@@ -51,10 +51,34 @@ def libvirt_target(config) -> Iterator[LibvirtTarget | None]:
         pool = host.find_pool(config.libvirt_pool)
         if pool is None or not pool.isActive():
             yield None
+        elif not _holds_our_pool(host, pool, config):
+            log.info("restore through librbd: libvirt's pool %s is not Ceph pool %s of monitors %s",
+                     config.libvirt_pool, config.ceph.pool, ", ".join(map(str, config.ceph.monitors)))
+            yield None
         else:
             yield LibvirtTarget(host, config.libvirt_pool, config.ceph.pool)
     finally:
         host.close()
+
+
+def _holds_our_pool(host, pool, config) -> bool:
+    """Whether libvirt's pool is ``config``'s Ceph pool on ``config``'s cluster (a monitor in common).
+
+    A libvirt pool of the same name may stand for another pool, or for a pool
+    of the same name in another cluster: an upload there would put the
+    restored image where the user did not ask for it.
+    """
+    from ..libvirt_host import translated
+    from ..xml.pool import PoolDef
+    try:
+        with translated(host.libvirt, f"reading storage pool {config.libvirt_pool}"):
+            found = PoolDef.from_xml(pool.XMLDesc(0))
+    except VirtrbdError as exc:
+        log.info("restore through librbd: %s", exc)
+        return False
+    return found.source_name == config.ceph.pool and any(
+        theirs.host == ours.host and (theirs.port == ours.port or None in (theirs.port, ours.port))
+        for theirs in found.monitors for ours in config.ceph.monitors)
 
 
 def can_upload(target: LibvirtTarget) -> bool:

@@ -1,0 +1,41 @@
+"""Which restores may take libvirt's volume upload: only into the libvirt pool that is [ceph] pool."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+
+from virtrbd.backup import via_libvirt
+
+POOL_XML = """<pool type='rbd'><name>rbd</name>
+  <source><name>{ceph_pool}</name><host name='{host}' port='3300'/></source></pool>"""
+
+
+@pytest.fixture
+def libvirt_pool(mocker):
+    """libvirtd answering, with an active pool named as the config's [libvirt] pool; its XML set per test."""
+    host = mocker.patch("virtrbd.libvirt_host.Host").return_value
+    host.libvirt.libvirtError = libvirt.libvirtError
+    pool = host.find_pool.return_value
+    pool.isActive.return_value = True
+    return pool
+
+
+@pytest.mark.parametrize("ceph_pool, host, usable", [
+    ("rbd", "192.0.2.10", True),                 # [ceph] pool on one of [ceph] monitors
+    ("rbd", "2001:db8::1", True),
+    ("images", "192.0.2.10", False),             # another Ceph pool of the same cluster
+    ("rbd", "198.51.100.7", False),              # a pool of the same name in another cluster
+])
+def test_only_the_libvirt_pool_of_our_ceph_pool_takes_uploads(conf, libvirt_pool, ceph_pool, host, usable):
+    libvirt_pool.XMLDesc.return_value = POOL_XML.format(ceph_pool=ceph_pool, host=host)
+    with via_libvirt.libvirt_target(conf) as target:
+        assert (target is not None) is usable
+        if usable:
+            assert (target.pool, target.ceph_pool) == ("rbd", "rbd")
+
+
+def test_a_pool_whose_xml_cannot_be_read_means_librbd(conf, libvirt_pool):
+    libvirt_pool.XMLDesc.return_value = "<pool type='dir'/>"
+    with via_libvirt.libvirt_target(conf) as target:
+        assert target is None
