@@ -49,3 +49,30 @@ def test_config_options_lists_settings():
 
 def test_lab_env_without_lab(tmp_path):
     assert_one_line_error(virtrbd("lab", "--dir", str(tmp_path / "none"), "env"), 1, "no lab")
+
+
+def test_progress_on_a_terminal_shows_percent_rate_and_time_left(mocker):
+    import io
+
+    from virtrbd.cli.common import terminal_progress
+
+    stderr = io.StringIO()
+    stderr.isatty = lambda: True
+    mocker.patch("sys.stderr", stderr)
+    clock = mocker.patch("virtrbd.cli.common.time.monotonic", return_value=100.0)
+    report = terminal_progress("restore rbd/vm1")
+    clock.return_value = 102.0
+    report(256 << 20, 1024 << 20)                 # a quarter in 2 s: 128 MiB/s, 6 s to go
+    assert stderr.getvalue() == "\rrestore rbd/vm1:  25%, 128.0 MiB/s, 6 s left   "
+    clock.return_value = 108.0
+    report(1024 << 20, 1024 << 20)
+    assert stderr.getvalue().endswith("\rrestore rbd/vm1: 100%, 128.0 MiB/s   \n")
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(mocker):
+    import io
+
+    from virtrbd.cli.common import terminal_progress
+
+    mocker.patch("sys.stderr", io.StringIO())
+    assert terminal_progress("backup rbd/vm1@s1") is None

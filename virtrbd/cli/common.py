@@ -14,6 +14,7 @@ from typing import Any, Callable, NoReturn
 
 from ..errors import UsageError
 from ..spec import ImageSpec
+from ..units import format_size
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,9 +72,10 @@ def terminal_progress(label: str) -> Callable[[int, int], int] | None:
     def report(done: int, total: int) -> int:
         percent = 100 * done // total if total else 100
         elapsed = time.monotonic() - started
+        rate = f", {format_size(done / elapsed)}/s" if done and elapsed > 0 else ""
         eta = f", {elapsed * (total - done) / done:.0f} s left" if done and done < total else ""
         end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{label}: {percent:3d}%{eta}   {end}")
+        sys.stderr.write(f"\r{label}: {percent:3d}%{rate}{eta}   {end}")
         return 0
 
     return report
