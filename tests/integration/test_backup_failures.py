@@ -106,6 +106,21 @@ def test_a_killed_restore_leaves_its_temporary_image_and_the_next_restore_remove
     assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{big_image}@s1")
 
 
+def test_a_restore_removes_only_the_unopened_temporary_images_of_its_pool(storage, images, lab, tmp_path):
+    """Another target's leftover goes too; one a client has open (a restore running now) stays."""
+    source = images.create(4 * MiB, [(0, random_bytes(MiB, 9))])
+    result = backup.backup(storage, f"rbd/{source}@s1", tmp_path)
+    running_target, left_target = images.name(), images.name()
+    running, left = f"{running_target}.virtrbd-restore-0123abcd", f"{left_target}.virtrbd-restore-4567cdef"
+    storage.create_image(running, 4 * MiB)
+    storage.create_image(left, 4 * MiB)
+    with storage.cluster.image("rbd", running):                   # as the restore writing it has it
+        backup.restore(storage, result.path, f"rbd/{images.name()}")
+        assert images.leftovers(running_target) == [running] and images.leftovers(left_target) == []
+    backup.restore(storage, result.path, f"rbd/{images.name()}")   # closed now: nobody's
+    assert images.leftovers(running_target) == []
+
+
 def watchers(storage, name: str) -> list:
     with storage.cluster.image("rbd", name, read_only=True) as image:
         return list(image.watchers_list())

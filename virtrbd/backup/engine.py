@@ -11,8 +11,8 @@
   under a temporary name (``IMAGE.virtrbd-restore-XXXXXXXX``), checks every
   checksum on the way, and only then (after removing the old image, with
   ``force``) renames it.  A bad backup therefore leaves the cluster as it was;
-  a restore killed outright leaves its temporary image, which the next restore
-  of the same target removes.
+  a restore killed outright leaves its temporary image, which a later restore
+  into the same pool removes.
 """
 
 from __future__ import annotations
@@ -595,45 +595,59 @@ TEMP_IMAGE_MARK = ".virtrbd-restore-"
 _TEMP_TOKEN_HEX = 8
 
 
-def _temp_image_prefix(name: str) -> str:
-    """What every temporary image of a restore into ``name`` starts with (long names are cut to fit)."""
-    return name[:255 - len(TEMP_IMAGE_MARK) - _TEMP_TOKEN_HEX] + TEMP_IMAGE_MARK
-
-
 def _temp_image_name(name: str) -> str:
-    return check_name("image", _temp_image_prefix(name) + secrets.token_hex(_TEMP_TOKEN_HEX // 2))
+    """``NAME.virtrbd-restore-XXXXXXXX``: the image a restore into ``name`` writes (a long name is cut to fit)."""
+    token = secrets.token_hex(_TEMP_TOKEN_HEX // 2)
+    return check_name("image", name[:255 - len(TEMP_IMAGE_MARK) - _TEMP_TOKEN_HEX] + TEMP_IMAGE_MARK + token)
 
 
-def _is_temp_image(candidate: str, prefix: str) -> bool:
-    """``candidate`` is ``prefix`` (see _temp_image_prefix) and a token as _temp_image_name makes it."""
-    return candidate.startswith(prefix) and manifests.is_lower_hex(candidate[len(prefix):], _TEMP_TOKEN_HEX)
+def _is_temp_image(candidate: str) -> bool:
+    """``candidate`` is a name _temp_image_name makes: a target, TEMP_IMAGE_MARK, 8 lowercase hex digits."""
+    target, mark, token = candidate.rpartition(TEMP_IMAGE_MARK)
+    return bool(target and mark) and manifests.is_lower_hex(token, _TEMP_TOKEN_HEX)
 
 
-def remove_stale_temp_images(cluster: Cluster, target: ImageSpec) -> list[str]:
-    """Remove what earlier restores into ``target`` left when they were killed outright; their names.
+#: seconds a temporary image must stay without a watcher to count as a killed restore's: a running
+#: restore leaves its image unwatched only for the milliseconds between creating and opening it
+STALE_GRACE = 3.0
+
+
+def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STALE_GRACE) -> list[str]:
+    """Remove the temporary images that killed restores left in ``pool``; their names.
 
     A restore removes its temporary image on every path it lives through;
-    SIGKILL or a power cut leaves it.  The next restore of the same target
-    removes such images, except one a client has open: a restore running now,
-    or a killed one whose watch the OSDs have not expired yet (30 s by
-    default) — there is no telling the two apart, so it waits for a later run.
+    SIGKILL or a power cut leaves it.  Any later restore into the pool removes
+    such images once nobody has them open, checked twice ``grace`` apart: a
+    restore running now holds its image open from just after creating it until
+    it has renamed it; a killed one keeps its watch until the OSDs expire it
+    (30 s by default), so its image waits for a later run.
     """
-    prefix = _temp_image_prefix(target.image)
-    with cluster.ioctx(target.pool) as ioctx, translated(f"listing pool {target.pool}"):
-        names = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image(n, prefix)]
+    with cluster.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
+        candidates = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image(n)]
+    candidates = [name for name in candidates if _unwatched(cluster, pool, name)]
+    if not candidates:
+        return []
+    time.sleep(grace)
     removed = []
-    for name in names:
+    for name in candidates:
+        if not _unwatched(cluster, pool, name):
+            continue
         try:
-            with cluster.image(target.pool, name, read_only=True) as image, \
-                    translated(f"inspecting {target.pool}/{name}"):
-                if list(image.watchers_list()):
-                    continue
-            _remove_image(cluster, target.pool, name)
-        except NotFoundError:
-            continue                              # another restore removed it first
-        log.info("removed %s/%s, left by a restore that was killed", target.pool, name)
+            _remove_image(cluster, pool, name)
+        except (NotFoundError, BusyError):
+            continue                  # another restore removed it first, or a client opened it meanwhile
+        log.info("removed %s/%s, left by a restore that was killed", pool, name)
         removed.append(name)
     return removed
+
+
+def _unwatched(cluster: Cluster, pool: str, name: str) -> bool:
+    """Whether the image exists and no client has it open."""
+    try:
+        with cluster.image(pool, name, read_only=True) as image, translated(f"inspecting {pool}/{name}"):
+            return not list(image.watchers_list())
+    except NotFoundError:
+        return False
 
 
 def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
@@ -656,7 +670,7 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
         raise AlreadyExistsError(f"image {target}: already exists (--force replaces it)")
     if exists:
         _check_replaceable(cluster, target)
-    remove_stale_temp_images(cluster, target)
+    remove_stale_temp_images(cluster, target.pool)
     temp = _temp_image_name(target.image)
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False
@@ -688,19 +702,22 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
             if create_snapshot:
                 with translated(f"creating snapshot {target.pool}/{temp}@{plan.newest.snapshot}"):
                     image.create_snap(plan.newest.snapshot)
-        if exists:
-            with cluster.ioctx(target.pool) as ioctx, translated(f"removing image {target} to replace it"):
-                cluster.rbd.RBD().remove(ioctx, target.image)
-        try:
-            with cluster.ioctx(target.pool) as ioctx, translated(f"renaming {target.pool}/{temp} to {target}"):
-                cluster.rbd.RBD().rename(ioctx, temp, target.image)
-            renamed = True
-        except VirtrbdError as exc:
-            if exists:      # the old image is gone: never remove the only copy of the restored data
+            # renamed while still open: an image under a temporary name that nobody has open is what
+            # remove_stale_temp_images takes for a killed restore's
+            if exists:
+                with cluster.ioctx(target.pool) as ioctx, translated(f"removing image {target} to replace it"):
+                    cluster.rbd.RBD().remove(ioctx, target.image)
+            try:
+                with cluster.ioctx(target.pool) as ioctx, \
+                        translated(f"renaming {target.pool}/{temp} to {target}"):
+                    cluster.rbd.RBD().rename(ioctx, temp, target.image)
                 renamed = True
-                raise BackupError(f"restored into {target.pool}/{temp} but could not rename it to {target} "
-                                  f"({exc}); rename it by hand") from None
-            raise
+            except VirtrbdError as exc:
+                if exists:      # the old image is gone: never remove the only copy of the restored data
+                    renamed = True
+                    raise BackupError(f"restored into {target.pool}/{temp} but could not rename it to {target} "
+                                      f"({exc}); rename it by hand") from None
+                raise
     except BaseException:
         if created and not renamed:
             try:

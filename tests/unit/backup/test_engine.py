@@ -232,46 +232,84 @@ def test_chain_across_a_shrink(make_full, make_incremental):
 # --- what killed restores leave behind ---------------------------------------------------------------
 
 def test_temporary_image_names_are_recognised_exactly():
-    from virtrbd.backup.engine import _is_temp_image, _temp_image_name, _temp_image_prefix
-
-    def _is_temp_image_of(candidate, name):
-        return _is_temp_image(candidate, _temp_image_prefix(name))
+    from virtrbd.backup.engine import _is_temp_image, _temp_image_name
 
     made = _temp_image_name("vm1")
-    assert made.startswith("vm1.virtrbd-restore-") and _is_temp_image_of(made, "vm1")
-    assert not _is_temp_image_of(made, "vm")                     # another target's prefix
-    assert not _is_temp_image_of("vm1.virtrbd-restore-1234abcd-mine", "vm1")
-    assert not _is_temp_image_of("vm1.virtrbd-restore-1234ABCD", "vm1")
-    assert not _is_temp_image_of("vm1", "vm1")
+    assert made.startswith("vm1.virtrbd-restore-") and _is_temp_image(made)
+    assert _temp_image_name("vm1") != made                       # a fresh token each time
+    assert not _is_temp_image("vm1.virtrbd-restore-1234abcd-mine")
+    assert not _is_temp_image("vm1.virtrbd-restore-1234ABCD")
+    assert not _is_temp_image("vm1.virtrbd-restore-1234abc")
+    assert not _is_temp_image(".virtrbd-restore-1234abcd")       # no target before the mark
+    assert not _is_temp_image("vm1")
     long = "x" * 250
-    assert len(_temp_image_name(long)) == 255 and _is_temp_image_of(_temp_image_name(long), long)
+    assert len(_temp_image_name(long)) == 255 and _is_temp_image(_temp_image_name(long))
 
 
-def test_stale_temporary_images_go_unless_a_client_has_one_open(mocker):
+def fake_pool(mocker, names, watchers):
+    """A cluster whose pool lists ``names``; ``watchers(name)`` says who has an image open (None: it is gone)."""
     from contextlib import contextmanager
 
-    from virtrbd.backup import engine
     from virtrbd.errors import NotFoundError
-
-    names = ["vm1", "vm1.virtrbd-restore-0000aaaa", "vm1.virtrbd-restore-1111bbbb",
-             "vm1.virtrbd-restore-2222cccc", "vm10.virtrbd-restore-3333dddd", "vm1.virtrbd-restore-x"]
-    watched = {"vm1.virtrbd-restore-1111bbbb"}          # a restore running now
-    vanished = {"vm1.virtrbd-restore-2222cccc"}         # removed by another restore meanwhile
 
     @contextmanager
     def image(pool, name, read_only=False):
-        if name in vanished:
+        found = watchers(name)
+        if found is None:
             raise NotFoundError(f"image {pool}/{name}: does not exist")
         handle = mocker.MagicMock()
-        handle.watchers_list.return_value = [{"addr": "127.0.0.1:0/1"}] if name in watched else []
+        handle.watchers_list.return_value = found
         yield handle
 
     cluster = mocker.MagicMock()
     cluster.rbd.RBD.return_value.list.return_value = names
     cluster.image.side_effect = image
+    return cluster
+
+
+def test_stale_temporary_images_of_the_pool_go_unless_a_client_has_one_open(mocker):
+    from virtrbd.backup import engine
+
+    names = ["vm1", "vm1.virtrbd-restore-0000aaaa", "vm1.virtrbd-restore-1111bbbb",
+             "vm1.virtrbd-restore-2222cccc", "vm10.virtrbd-restore-3333dddd", "vm1.virtrbd-restore-x"]
+    watched = {"vm1.virtrbd-restore-1111bbbb"}          # a restore running now
+    vanished = {"vm1.virtrbd-restore-2222cccc"}         # removed by another restore meanwhile
+    cluster = fake_pool(mocker, names, lambda name: None if name in vanished else
+                        [{"addr": "127.0.0.1:0/1"}] if name in watched else [])
     removed = mocker.patch.object(engine, "_remove_image")
-    assert engine.remove_stale_temp_images(cluster, ImageSpec("rbd", "vm1")) == ["vm1.virtrbd-restore-0000aaaa"]
-    removed.assert_called_once_with(cluster, "rbd", "vm1.virtrbd-restore-0000aaaa")
+    sleep = mocker.patch.object(engine.time, "sleep")
+    assert engine.remove_stale_temp_images(cluster, "rbd") == ["vm1.virtrbd-restore-0000aaaa",
+                                                               "vm10.virtrbd-restore-3333dddd"]
+    assert removed.call_args_list == [mocker.call(cluster, "rbd", "vm1.virtrbd-restore-0000aaaa"),
+                                      mocker.call(cluster, "rbd", "vm10.virtrbd-restore-3333dddd")]
+    sleep.assert_called_once_with(engine.STALE_GRACE)
+
+
+def test_an_image_a_restore_opens_during_the_grace_period_stays(mocker):
+    """A running restore's image is unwatched between its creation and its opening: never removed then."""
+    from virtrbd.backup import engine
+    from virtrbd.errors import BusyError
+
+    just_made, opening = "vm1.virtrbd-restore-0000aaaa", "vm2.virtrbd-restore-1111bbbb"
+    opened = set()
+    cluster = fake_pool(mocker, [just_made, opening],
+                        lambda name: [{"addr": "127.0.0.1:0/1"}] if name in opened else [])
+    mocker.patch.object(engine.time, "sleep", side_effect=lambda _s: opened.add(just_made))
+
+    def remove(_cluster, _pool, name):          # librbd refuses to remove an image a client has open
+        if name == opening:
+            raise BusyError(f"image rbd/{name}: is in use")
+    mocker.patch.object(engine, "_remove_image", side_effect=remove)
+    assert engine.remove_stale_temp_images(cluster, "rbd") == []
+
+
+def test_no_wait_when_nothing_is_stale(mocker):
+    from virtrbd.backup import engine
+
+    cluster = fake_pool(mocker, ["vm1", "vm1.virtrbd-restore-0000aaaa"], lambda name: [{"addr": "a"}])
+    sleep = mocker.patch.object(engine.time, "sleep")
+    assert engine.remove_stale_temp_images(cluster, "rbd") == []
+    sleep.assert_not_called()
 
 
 class InFlightImage:
