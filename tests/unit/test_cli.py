@@ -69,6 +69,21 @@ def test_progress_on_a_terminal_shows_percent_rate_and_time_left(mocker):
     assert stderr.getvalue().endswith("\rrestore rbd/vm1: 100%, 128.0 MiB/s   \n")
 
 
+def test_progress_in_objects_shows_no_rate(mocker):
+    import io
+
+    from virtrbd.cli.common import terminal_progress
+
+    stderr = io.StringIO()
+    stderr.isatty = lambda: True
+    mocker.patch("sys.stderr", stderr)
+    clock = mocker.patch("virtrbd.cli.common.time.monotonic", return_value=100.0)
+    report = terminal_progress("flattening rbd/vm1", counts_bytes=False)
+    clock.return_value = 101.0
+    report(64, 256)                                # librbd's flatten counts objects
+    assert stderr.getvalue() == "\rflattening rbd/vm1:  25%, 3 s left   "
+
+
 def test_no_progress_when_stderr_is_not_a_terminal(mocker):
     import io
 

@@ -63,8 +63,12 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def terminal_progress(label: str) -> Callable[[int, int], int] | None:
-    """A librbd progress callback that redraws one line on a terminal; None when stderr is not one."""
+def terminal_progress(label: str, *, counts_bytes: bool = True) -> Callable[[int, int], int] | None:
+    """A progress callback that redraws one line on a terminal; None when stderr is not one.
+
+    ``counts_bytes``: done and total are bytes, so a rate is shown; librbd's
+    own callbacks (flatten, rollback) count objects and show none.
+    """
     if not sys.stderr.isatty():
         return None
     started = time.monotonic()
@@ -72,7 +76,7 @@ def terminal_progress(label: str) -> Callable[[int, int], int] | None:
     def report(done: int, total: int) -> int:
         percent = 100 * done // total if total else 100
         elapsed = time.monotonic() - started
-        rate = f", {format_size(done / elapsed)}/s" if done and elapsed > 0 else ""
+        rate = f", {format_size(done / elapsed)}/s" if counts_bytes and done and elapsed > 0 else ""
         eta = f", {elapsed * (total - done) / done:.0f} s left" if done and done < total else ""
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\r{label}: {percent:3d}%{rate}{eta}   {end}")

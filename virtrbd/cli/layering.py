@@ -91,6 +91,6 @@ def cmd_flatten(args) -> int:
     storage = Storage(args.config)
     spec = storage.spec(args.spec, snapshot=False)
     with storage:
-        changed = storage.flatten(spec, progress=terminal_progress(f"flattening {spec}"))
+        changed = storage.flatten(spec, progress=terminal_progress(f"flattening {spec}", counts_bytes=False))
     print(f"flattened {spec}" if changed else f"{spec} has no parent: nothing to flatten")
     return 0
