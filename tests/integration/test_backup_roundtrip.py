@@ -116,7 +116,27 @@ def test_restore_refuses_an_existing_image_unless_forced(storage, images, lab, t
     replaced = backup.restore(storage, result.path, f"rbd/{target}", force=True)
     assert replaced.replaced
     assert content_of(storage, f"rbd/{target}") == content_of(storage, f"rbd/{name}@s1")
-    assert images.leftovers(target) == []
+    assert [n for n in storage.list_images() if n.startswith(f"{target}.virtrbd-")] == []   # nor the old one
+
+
+def test_force_keeps_the_old_image_when_the_new_one_cannot_take_its_name(storage, images, tmp_path, mocker):
+    """The rename into place fails (as a cluster might refuse it): the old image is back under its name."""
+    from virtrbd.backup import engine
+
+    name = images.create(8 * MiB, [(0, b"backup content")])
+    result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
+    target = images.create(4 * MiB, [(0, b"old content")], snapshot=None)
+    real_rename = engine._rename
+
+    def rename(cluster, pool, old, new):
+        if ".virtrbd-restore-" in old:
+            raise errors.CephError(f"renaming {pool}/{old} to {new}: Input/output error")
+        real_rename(cluster, pool, old, new)
+    mocker.patch.object(engine, "_rename", side_effect=rename)
+    with pytest.raises(errors.CephError, match="Input/output error"):
+        backup.restore(storage, result.path, f"rbd/{target}", force=True)
+    assert content_of(storage, f"rbd/{target}")[:11] == b"old content"
+    assert [n for n in storage.list_images() if n.startswith(f"{target}.virtrbd-")] == []
 
 
 def test_force_does_not_replace_an_image_with_snapshots(storage, images, tmp_path):

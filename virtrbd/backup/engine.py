@@ -9,10 +9,10 @@
   bound; writes that could overlap one still in flight wait for it first.
 * A restore never writes into the image the user named: it builds a new image
   under a temporary name (``IMAGE.virtrbd-restore-XXXXXXXX``), checks every
-  checksum on the way, and only then (after removing the old image, with
-  ``force``) renames it.  A bad backup therefore leaves the cluster as it was;
-  a restore killed outright leaves its temporary image, which a later restore
-  into the same pool removes.
+  checksum on the way, and only then renames it (with ``force``, the old image
+  steps aside first and is removed last).  A bad backup therefore leaves the
+  cluster as it was; a restore killed outright leaves its temporary image,
+  which a later restore into the same pool removes.
 """
 
 from __future__ import annotations
@@ -592,13 +592,14 @@ def _check_replaceable(cluster: Cluster, spec: ImageSpec) -> None:
 
 
 TEMP_IMAGE_MARK = ".virtrbd-restore-"
+REPLACED_IMAGE_MARK = ".virtrbd-replaced-"
 _TEMP_TOKEN_HEX = 8
 
 
-def _temp_image_name(name: str) -> str:
+def _temp_image_name(name: str, mark: str = TEMP_IMAGE_MARK) -> str:
     """``NAME.virtrbd-restore-XXXXXXXX``: the image a restore into ``name`` writes (a long name is cut to fit)."""
     token = secrets.token_hex(_TEMP_TOKEN_HEX // 2)
-    return check_name("image", name[:255 - len(TEMP_IMAGE_MARK) - _TEMP_TOKEN_HEX] + TEMP_IMAGE_MARK + token)
+    return check_name("image", name[:255 - len(mark) - _TEMP_TOKEN_HEX] + mark + token)
 
 
 def _is_temp_image(candidate: str) -> bool:
@@ -608,7 +609,8 @@ def _is_temp_image(candidate: str) -> bool:
 
 
 #: seconds a temporary image must stay without a watcher to count as a killed restore's: a running
-#: restore leaves its image unwatched only for the milliseconds between creating and opening it
+#: restore leaves its image unwatched only for milliseconds, between creating it and opening it (and
+#: between the two opens of the librbd path)
 STALE_GRACE = 3.0
 
 
@@ -619,8 +621,10 @@ def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STAL
     SIGKILL or a power cut leaves it.  Any later restore into the pool removes
     such images once nobody has them open, checked twice ``grace`` apart: a
     restore running now holds its image open from just after creating it until
-    it has renamed it; a killed one keeps its watch until the OSDs expire it
-    (30 s by default), so its image waits for a later run.
+    it has renamed it (but for milliseconds, see STALE_GRACE); a killed one
+    keeps its watch until the OSDs expire it (30 s by default), so its image
+    waits for a later run.  Best effort: an image that cannot be inspected or
+    removed is logged and left, and the restore goes on.
     """
     with cluster.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
         candidates = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image(n)]
@@ -636,17 +640,23 @@ def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STAL
             _remove_image(cluster, pool, name)
         except (NotFoundError, BusyError):
             continue                  # another restore removed it first, or a client opened it meanwhile
+        except VirtrbdError as exc:
+            log.warning("could not remove %s/%s, left by a restore that was killed: %s", pool, name, exc)
+            continue
         log.info("removed %s/%s, left by a restore that was killed", pool, name)
         removed.append(name)
     return removed
 
 
 def _unwatched(cluster: Cluster, pool: str, name: str) -> bool:
-    """Whether the image exists and no client has it open."""
+    """Whether the image exists and no client has it open (False when that cannot be told)."""
     try:
         with cluster.image(pool, name, read_only=True) as image, translated(f"inspecting {pool}/{name}"):
             return not list(image.watchers_list())
     except NotFoundError:
+        return False
+    except VirtrbdError as exc:
+        log.warning("could not inspect %s/%s, which looks left by a restore that was killed: %s", pool, name, exc)
         return False
 
 
@@ -657,6 +667,54 @@ def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
             image.remove_snap(snap["name"])
     with cluster.ioctx(pool) as ioctx, translated(f"removing image {pool}/{name}"):
         cluster.rbd.RBD().remove(ioctx, name)
+
+
+def _rename(cluster: Cluster, pool: str, name: str, new_name: str) -> None:
+    with cluster.ioctx(pool) as ioctx, translated(f"renaming {pool}/{name} to {new_name}"):
+        cluster.rbd.RBD().rename(ioctx, name, new_name)
+
+
+def _step_aside(cluster: Cluster, target: ImageSpec) -> str:
+    """Rename the image a restore replaces out of the way; its new name.
+
+    The old image is removed only once the restored one has its name, so one
+    of them holds the data at every moment, also for a restore killed then
+    (its old image stays as ``IMAGE.virtrbd-replaced-XXXXXXXX``, which nothing
+    removes on its own).  A client that opened it since ``_check_replaceable``
+    looked makes the restore fail, as it did then.
+    """
+    aside = _temp_image_name(target.image, REPLACED_IMAGE_MARK)
+    _rename(cluster, target.pool, target.image, aside)
+    try:
+        with cluster.image(target.pool, aside, read_only=True) as image, \
+                translated(f"inspecting {target.pool}/{aside}"):
+            in_use = bool(list(image.watchers_list()))
+    except BaseException as exc:
+        _step_back(cluster, target, aside, exc)
+        raise
+    if in_use:
+        _step_back(cluster, target, aside, None)
+        raise BusyError(f"image {target}: is in use (open by a client); it cannot be replaced")
+    return aside
+
+
+def _step_back(cluster: Cluster, target: ImageSpec, aside: str, cause: BaseException | None) -> None:
+    """Give the old image its name back after a replacement failed; say where it is if that fails too."""
+    try:
+        _rename(cluster, target.pool, aside, target.image)
+    except VirtrbdError as exc:
+        why = f"{cause}; " if isinstance(cause, VirtrbdError) else ""
+        raise BackupError(f"image {target} could not be replaced ({why}putting it back failed: {exc}); "
+                          f"it is now {target.pool}/{aside}: rename it back by hand") from None
+
+
+def _remove_replaced(cluster: Cluster, pool: str, aside: str) -> None:
+    """Remove the image a restore replaced; a failure leaves it, named, and the restore stands."""
+    try:
+        _remove_image(cluster, pool, aside)
+    except VirtrbdError as exc:
+        log.warning("the replaced image is now %s/%s and could not be removed (%s): remove it by hand",
+                    pool, aside, exc)
 
 
 def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force: bool = False,
@@ -674,6 +732,7 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
     temp = _temp_image_name(target.image)
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False
+    aside = None
     try:
         uploading = (libvirt is not None and target.pool == libvirt.ceph_pool
                      and base.object_size == DEFAULT_OBJECT_SIZE and can_upload(libvirt))
@@ -704,20 +763,14 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
                     image.create_snap(plan.newest.snapshot)
             # renamed while still open: an image under a temporary name that nobody has open is what
             # remove_stale_temp_images takes for a killed restore's
-            if exists:
-                with cluster.ioctx(target.pool) as ioctx, translated(f"removing image {target} to replace it"):
-                    cluster.rbd.RBD().remove(ioctx, target.image)
+            aside = _step_aside(cluster, target) if exists else None
             try:
-                with cluster.ioctx(target.pool) as ioctx, \
-                        translated(f"renaming {target.pool}/{temp} to {target}"):
-                    cluster.rbd.RBD().rename(ioctx, temp, target.image)
-                renamed = True
-            except VirtrbdError as exc:
-                if exists:      # the old image is gone: never remove the only copy of the restored data
-                    renamed = True
-                    raise BackupError(f"restored into {target.pool}/{temp} but could not rename it to {target} "
-                                      f"({exc}); rename it by hand") from None
+                _rename(cluster, target.pool, temp, target.image)
+            except BaseException as exc:
+                if aside:
+                    _step_back(cluster, target, aside, exc)
                 raise
+            renamed = True
     except BaseException:
         if created and not renamed:
             try:
@@ -725,6 +778,8 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
             except VirtrbdError as exc:
                 log.warning("could not remove the partial image %s/%s: %s", target.pool, temp, exc)
         raise
+    if aside:
+        _remove_replaced(cluster, target.pool, aside)
     if progress:
         progress(plan.total_bytes, plan.total_bytes)
     return RestoreResult(image=str(target), chain=[str(m.data_path) for m in plan.links],

@@ -76,9 +76,19 @@ def _holds_our_pool(host, pool, config) -> bool:
     except VirtrbdError as exc:
         log.info("restore through librbd: %s", exc)
         return False
+    ours = {address for monitor in config.ceph.monitors for address in _addresses(monitor)}
     return found.source_name == config.ceph.pool and any(
-        theirs.host == ours.host and (theirs.port == ours.port or None in (theirs.port, ours.port))
-        for theirs in found.monitors for ours in config.ceph.monitors)
+        address in ours for monitor in found.monitors for address in _addresses(monitor))
+
+
+def _addresses(monitor) -> set[tuple[str, int]]:
+    """(host, port) pairs a monitor written this way answers on: no port means Ceph's two defaults."""
+    import ipaddress
+    try:
+        host = str(ipaddress.ip_address(monitor.host))
+    except ValueError:
+        host = monitor.host.rstrip(".").casefold()
+    return {(host, port) for port in ((monitor.port,) if monitor.port else (3300, 6789))}
 
 
 def can_upload(target: LibvirtTarget) -> bool:

@@ -347,3 +347,147 @@ def test_the_sink_holds_each_buffer_until_librbd_has_written_it():
     image.land()
     sink.drain()
     assert sys.getrefcount(data) == alone              # released once written
+
+
+def test_a_leftover_that_cannot_be_removed_is_logged_and_the_others_still_go(mocker, caplog):
+    from virtrbd.backup import engine
+    from virtrbd.errors import CephError
+
+    stuck, other = "vm1.virtrbd-restore-0000aaaa", "vm2.virtrbd-restore-1111bbbb"
+    cluster = fake_pool(mocker, [stuck, other], lambda name: [])
+    mocker.patch.object(engine.time, "sleep")
+
+    def remove(_cluster, _pool, name):
+        if name == stuck:
+            raise CephError(f"removing image rbd/{name}: Input/output error")
+    mocker.patch.object(engine, "_remove_image", side_effect=remove)
+    assert engine.remove_stale_temp_images(cluster, "rbd") == [other]
+    assert f"could not remove rbd/{stuck}" in caplog.text
+
+
+# --- replacing an image (--force): one copy of the data at every moment --------------------------------
+
+class SwapPool:
+    """Image names of one pool as librbd keeps them; ``rename`` may be told to fail for one move."""
+
+    def __init__(self, mocker, names, *, fail_rename=None, watched=()):
+        from contextlib import contextmanager
+
+        self.names = set(names)
+        self.fail_rename = fail_rename          # (old, new) -> exception, for moves matching a predicate
+        self.watched = set(watched)
+        self.removed = []
+        pool = self
+
+        @contextmanager
+        def image(_pool, name, snapshot=None, read_only=False):
+            handle = mocker.MagicMock()
+            handle.watchers_list.return_value = [{"addr": "a"}] if name in pool.watched else []
+            yield handle
+
+        @contextmanager
+        def ioctx(_pool):
+            yield object()
+
+        def create(_ioctx, name, size, **_options):
+            pool.names.add(name)
+
+        def rename(_ioctx, old, new):
+            failure = self.fail_rename and self.fail_rename(old, new)
+            if failure:
+                raise failure
+            pool.names.remove(old)
+            pool.names.add(new)
+
+        self.cluster = mocker.MagicMock()
+        self.cluster.image.side_effect = image
+        self.cluster.ioctx.side_effect = ioctx
+        self.cluster.rbd.RBD.return_value.create.side_effect = create
+        self.cluster.rbd.RBD.return_value.rename.side_effect = rename
+
+    def remove(self, _cluster, _pool, name):
+        self.names.remove(name)
+        self.removed.append(name)
+
+
+@pytest.fixture
+def replace(mocker, make_full):
+    """replace(pool) -> run_restore of a small backup over the existing image rbd/vm1, with --force."""
+    from virtrbd.backup import engine
+
+    plan = plan_restore(make_full(os.urandom(CHUNK)).path)
+    for name in ("_configure_for_one_pass", "_forget_one_pass_config", "_check_replaceable", "restore_chain"):
+        mocker.patch.object(engine, name)
+    mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
+
+    def run(pool: SwapPool):
+        mocker.patch.object(engine, "_image_exists", side_effect=lambda _c, spec: spec.image in pool.names)
+        mocker.patch.object(engine, "_remove_image", side_effect=pool.remove)
+        return engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"), force=True)
+    return run
+
+
+def test_a_replacement_renames_the_old_image_aside_and_removes_it_last(mocker, replace):
+    pool = SwapPool(mocker, ["vm1"])
+    assert replace(pool).replaced
+    assert pool.names == {"vm1"} and len(pool.removed) == 1
+    assert pool.removed[0].startswith("vm1.virtrbd-replaced-")
+
+
+def test_a_failed_rename_into_place_puts_the_old_image_back(mocker, replace):
+    from virtrbd.errors import CephError
+
+    pool = SwapPool(mocker, ["vm1"], fail_rename=lambda old, new: (
+        CephError("renaming: Input/output error") if ".virtrbd-restore-" in old else None))
+    with pytest.raises(CephError, match="Input/output error"):
+        replace(pool)
+    assert pool.names == {"vm1"}                               # the old image, under its name
+    assert [n for n in pool.removed if ".virtrbd-restore-" in n]   # the restored copy went
+
+
+def test_an_interrupted_rename_into_place_puts_the_old_image_back(mocker, replace):
+    pool = SwapPool(mocker, ["vm1"], fail_rename=lambda old, new: (
+        KeyboardInterrupt() if ".virtrbd-restore-" in old else None))
+    with pytest.raises(KeyboardInterrupt):
+        replace(pool)
+    assert pool.names == {"vm1"}
+
+
+def test_an_image_opened_meanwhile_is_not_replaced(mocker, replace):
+    from virtrbd.errors import BusyError
+
+    pool = SwapPool(mocker, ["vm1"])
+
+    def opened_after_the_check(old, new):          # a client opened vm1 after _check_replaceable looked
+        pool.watched.add(new)
+    pool.fail_rename = opened_after_the_check
+    with pytest.raises(BusyError, match="is in use"):
+        replace(pool)
+    assert "vm1" in pool.names and not [n for n in pool.names if ".virtrbd-" in n]
+
+
+def test_when_the_old_image_cannot_be_put_back_the_error_says_where_it_is(mocker, replace):
+    from virtrbd.errors import BackupError, CephError
+
+    def fail(old, new):
+        if ".virtrbd-restore-" in old or ".virtrbd-replaced-" in old:
+            return CephError("renaming: Input/output error")
+    pool = SwapPool(mocker, ["vm1"], fail_rename=fail)
+    with pytest.raises(BackupError, match=r"it is now rbd/vm1\.virtrbd-replaced-[0-9a-f]{8}: rename it back by hand"):
+        replace(pool)
+    aside, = [n for n in pool.names if ".virtrbd-replaced-" in n]
+    assert aside not in pool.removed                           # the only copy of the old data stays
+
+
+def test_a_replaced_image_that_cannot_be_removed_leaves_the_restore_standing(mocker, replace, caplog):
+    from virtrbd.errors import BusyError
+
+    pool = SwapPool(mocker, ["vm1"])
+
+    def remove(cluster, pool_name, name):
+        if ".virtrbd-replaced-" in name:
+            raise BusyError(f"image rbd/{name}: is in use")
+        SwapPool.remove(pool, cluster, pool_name, name)
+    pool.remove = remove
+    assert replace(pool).replaced
+    assert "vm1" in pool.names and "remove it by hand" in caplog.text

@@ -8,7 +8,7 @@ import pytest
 from virtrbd.backup import via_libvirt
 
 POOL_XML = """<pool type='rbd'><name>rbd</name>
-  <source><name>{ceph_pool}</name><host name='{host}' port='3300'/></source></pool>"""
+  <source><name>{ceph_pool}</name><host name='{host}'{port}/></source></pool>"""
 
 
 @pytest.fixture
@@ -21,14 +21,18 @@ def libvirt_pool(mocker):
     return pool
 
 
-@pytest.mark.parametrize("ceph_pool, host, usable", [
-    ("rbd", "192.0.2.10", True),                 # [ceph] pool on one of [ceph] monitors
-    ("rbd", "2001:db8::1", True),
-    ("images", "192.0.2.10", False),             # another Ceph pool of the same cluster
-    ("rbd", "198.51.100.7", False),              # a pool of the same name in another cluster
+@pytest.mark.parametrize("ceph_pool, host, port, usable", [
+    ("rbd", "192.0.2.10", 3300, True),           # [ceph] pool on one of [ceph] monitors (192.0.2.10:3300, ...)
+    ("rbd", "2001:db8::1", 3300, True),
+    ("rbd", "2001:0db8:0000::1", 3300, True),    # the same address, written longer
+    ("rbd", "192.0.2.10", None, True),           # no port: Ceph's defaults, 3300 among them
+    ("images", "192.0.2.10", 3300, False),       # another Ceph pool of the same cluster
+    ("rbd", "198.51.100.7", 3300, False),        # a pool of the same name in another cluster
+    ("rbd", "192.0.2.10", 6790, False),          # ... or in another cluster on the same host
 ])
-def test_only_the_libvirt_pool_of_our_ceph_pool_takes_uploads(conf, libvirt_pool, ceph_pool, host, usable):
-    libvirt_pool.XMLDesc.return_value = POOL_XML.format(ceph_pool=ceph_pool, host=host)
+def test_only_the_libvirt_pool_of_our_ceph_pool_takes_uploads(conf, libvirt_pool, ceph_pool, host, port, usable):
+    libvirt_pool.XMLDesc.return_value = POOL_XML.format(ceph_pool=ceph_pool, host=host,
+                                                        port=f" port='{port}'" if port else "")
     with via_libvirt.libvirt_target(conf) as target:
         assert (target is not None) is usable
         if usable:
