@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno as errno_codes
 import logging
 import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from . import errors
 from .config import Config
 from .keyring import CephKey, read_key
 from .monitor import Monitor, mon_host
+from .probe import listening
 
 log = logging.getLogger(__name__)
 #: ``LIBRADOS_OP_FLAG_FADVISE_NOCACHE`` (librados.h; part of its ABI): data read or written once, by a
@@ -290,9 +290,6 @@ def reachable_monitor(monitors: tuple[Monitor, ...], budget: float) -> Monitor |
             break
         ports = [monitor.port] if monitor.port else [3300, 6789]
         for port in ports:
-            try:
-                with socket.create_connection((monitor.host, port), timeout=remaining):
-                    return monitor
-            except OSError:
-                continue
+            if listening(monitor.host, port, timeout=remaining):
+                return monitor
     return None

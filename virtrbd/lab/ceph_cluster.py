@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Callable
 
 from ..errors import LabError
 from ..keyring import CephKey
+from ..probe import listening
 from . import processes
 from .keys import generate_key, keyring_text, write_private
 
@@ -245,11 +245,9 @@ osd_memory_target = 1073741824
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive([daemon])
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
+            if listening("127.0.0.1", port, timeout=0.2):
+                return
+            time.sleep(0.02)
         raise LabError(f"{daemon.name} did not listen on 127.0.0.1:{port} within {timeout:g} s")
 
     def _wait_osds_up(self, admin, daemons: list[processes.Daemon], timeout: float = 60) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 
 from ..errors import LabError, UsageError
+from ..probe import listening
 from . import processes
 from .ceph_cluster import mon_command
 
@@ -91,11 +91,9 @@ def _wait_listening(port: int, daemon: processes.Daemon, timeout: float) -> None
     while time.monotonic() < deadline:
         if not processes.alive(daemon.pid):
             raise LabError(f"{daemon.name} exited at start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if listening("127.0.0.1", port, timeout=0.2):
+            return
+        time.sleep(0.05)
     raise LabError(f"{daemon.name} did not listen within {timeout:g} s")
 
 
