@@ -1,13 +1,17 @@
-"""Ceph client work of the fault tests that runs in a child process.
+"""Ceph client work of the fault tests that runs in child processes.
 
-Under full CPU load, librados was seen to abort its process (``terminate``
-after a ``std::system_error``, "Invalid argument", in one of its own threads)
-while images were opened right after the OSDs came back: three times in the
-clone-batch test, in a ``Storage.info`` and in a rerun's parent-chain walk.
-In the test process that ended the whole session.  Here it ends one child, and
-the test reports it with the child's last words.
+librados was seen to abort its process while every OSD was being killed or
+had just come back: ``terminate`` after a ``std::system_error`` ("Invalid
+argument") five times under full CPU load, and once on an idle CI machine a
+glibc assertion on a mutex (``__pthread_tpp_change_priority``), all in one of
+its own threads, all in the clone-batch test.  In the test process that ended
+the whole session.  Here it ends one child: the batch runs in one, the judge
+and the rerun in another, so that a batch the abort killed is judged as the
+crashed client it is.
 
-``python -m tests.integration.fault_clients clones LAB_ROOT QUICK_CONF STEADY_CONF``
+``python -m tests.integration.fault_clients SCENARIO LAB_ROOT QUICK_CONF STEADY_CONF STATE [die]``
+``clones-batch`` records its plan and, if it lives, its outcome in the STATE
+file (``die``: it aborts right after killing the OSDs); ``clones-judge``
 prints one JSON object with what the test judges.
 """
 
@@ -15,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from virtrbd import Storage, config, errors
 from virtrbd.lab import Lab, faults
@@ -46,43 +52,68 @@ def fill(storage, image: str, size: int, data: int) -> None:
             img.write(chunk, offset)
 
 
-def clones_killed(flab: Lab, quick: config.Config, steady: config.Config) -> dict:
-    """60 clones, 4 at a time; every OSD killed once a few exist; then the judge's findings and a rerun."""
+def clones_batch(flab: Lab, quick: config.Config, state: Path, *, die: bool = False) -> None:
+    """60 clones, 4 at a time; every OSD killed once a few exist.  The OSDs stay down: the test restarts them.
+
+    ``die``: abort the process right after the kill, as librados has done on its own.
+    """
     tag = uuid.uuid4().hex[:6]
     children = [f"rbd/c{tag}-{i:02d}" for i in range(60)]
     outcome = {}
     with Storage(quick) as storage:
         fill(storage, f"c{tag}", 16 * MiB, 2 * MiB)
         golden = str(storage.make_golden(f"c{tag}"))
+        _write(state, {"golden": golden, "children": children})
 
         def batch():
             try:
                 storage.clone_many(golden, children, workers=4)
                 outcome["error"] = None
             except errors.VirtrbdError as exc:
-                outcome["error"] = exc
+                outcome["error"] = str(exc)
 
         worker = threading.Thread(target=batch)
         worker.start()
         _wait_until(lambda: sum(storage.image_exists(c) for c in children[:20]) >= 3)
         kill_all_osds(flab)
+        if die:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))    # no core file in the checkout
+            os.abort()
         worker.join(timeout=120)
-    start_all_osds(flab)
-    error = outcome.get("error")
+    _write(state, {"golden": golden, "children": children, "error": outcome.get("error")})
+
+
+def clones_judge(steady: config.Config, state: Path) -> dict:
+    """What the batch left, judged once the OSDs are back; then the rerun.
+
+    A batch that lived must have named every clone it left half made.  One
+    that librados killed could name nothing: then its remains must simply hold
+    no data.  Either way the rerun must make every clone and keep the whole ones.
+    """
+    plan = json.loads(state.read_text())
+    golden, children = plan["golden"], plan["children"]
+    crashed = "error" not in plan
+    error = plan.get("error")
     with Storage(steady) as storage:
         existing = [c for c in children if storage.image_exists(c)]
         whole = {c: storage.info(c).id for c in existing if _is_clone_of(storage, c, golden)}
         # anything else is the remains of a clone librbd could not roll back with the OSDs gone: it must
         # be one the batch reported as failed, and hold no data a rerun could lose
         remains = [c for c in existing if c not in whole]
-        hidden = [c for c in remains if c not in str(error) or not _holds_no_data(storage, c)]
+        hidden = [c for c in remains if (not crashed and c not in str(error)) or not _holds_no_data(storage, c)]
         rerun = _rerun_until_stale_watches_expire(storage, golden, children)
         converged = all(_is_clone_of(storage, c, golden) for c in children)
         # the rerun keeps every whole clone the batch made: same image, not a new one of the same name
         replaced = [c for c, image_id in whole.items() if storage.info(c).id != image_id]
-    return {"error": None if error is None else str(error), "existing": len(existing), "whole": len(whole),
+    return {"crashed": crashed, "error": error, "existing": len(existing), "whole": len(whole),
             "hidden": hidden, "converged": converged, "rerun": len(rerun), "replaced": replaced,
             "children": len(children)}
+
+
+def _write(path: Path, data: dict) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(data))
+    os.replace(temp, path)
 
 
 def _is_clone_of(storage, image: str, golden: str) -> bool:
@@ -124,13 +155,14 @@ def _wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-SCENARIOS = {"clones": clones_killed}
-
-
 def main(argv: list[str]) -> int:
-    scenario, lab_root, quick, steady = argv
-    result = SCENARIOS[scenario](Lab(lab_root), config.load(quick), config.load(steady))
-    print(json.dumps(result))
+    scenario, lab_root, quick, steady, state, *how = argv
+    if scenario == "clones-batch":
+        clones_batch(Lab(lab_root), config.load(quick), Path(state), die=how == ["die"])
+    elif scenario == "clones-judge":
+        print(json.dumps(clones_judge(config.load(steady), Path(state))))
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
     return 0
 
 

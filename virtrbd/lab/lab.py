@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterator
 
 from .. import config as config_module
 from ..errors import LabError, VirtrbdError
+from ..probe import listening
 from . import diagnosis, libvirt_side, processes
 from .ceph_cluster import CephCluster, CephSpec
 
@@ -288,10 +288,8 @@ class Lab:
 
     def _check_ports_free(self, spec: CephSpec) -> None:
         for port in (spec.port, spec.port + 1):
-            with socket.socket() as probe:
-                probe.settimeout(0.2)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise LabError(f"127.0.0.1:{port} is already in use; choose another with --port")
+            if listening("127.0.0.1", port, timeout=0.2):
+                raise LabError(f"127.0.0.1:{port} is already in use; choose another with --port")
 
     def _write_config(self, state: dict) -> None:
         cluster = self.ceph_cluster(state)
