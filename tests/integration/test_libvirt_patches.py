@@ -483,8 +483,9 @@ def test_lab_status_shows_the_backend_libvirtd_runs(lab, backends):
 
 # --- restore takes libvirt's upload where the daemon has it ---------------------------------------
 
-def _restore_path(lab, storage, tmp_path) -> str:
-    """Back up an image and restore it with the command; the restored bytes checked; the path it took.
+def _restore_path(lab, storage, tmp_path) -> tuple[str, list[str]]:
+    """Back up an image and restore it with the command; the restored bytes checked.  The path it took,
+    and the restored image's name and any temporary one as libvirt's volume list shows them then.
     Both images are removed afterwards, whatever happens."""
     name = f"virtrbd-up-{uuid.uuid4().hex[:6]}"
     try:
@@ -500,7 +501,9 @@ def _restore_path(lab, storage, tmp_path) -> str:
         with storage.cluster.image("rbd", f"{name}-r", read_only=True) as a, \
                 storage.cluster.image("rbd", name, snapshot="s1", read_only=True) as b:
             assert a.read(0, a.size()) == b.read(0, b.size())
-        return json.loads(restored.out)["path"]
+        table = virsh("vol-list", "--pool", lab.libvirt_pool).stdout.splitlines()
+        listed = [line.split()[0] for line in table[2:] if line.strip()]      # under the header and dashes
+        return json.loads(restored.out)["path"], [v for v in listed if v.startswith(f"{name}-r")]
     finally:
         for image in (f"{name}-r", name):
             if storage.image_exists(image):
@@ -508,8 +511,10 @@ def _restore_path(lab, storage, tmp_path) -> str:
 
 
 def test_restore_uploads_through_a_patched_libvirt(lab, patched, storage, tmp_path):
-    assert _restore_path(lab, storage, tmp_path) == "libvirt"
+    path, listed = _restore_path(lab, storage, tmp_path)
+    assert path == "libvirt"
+    assert len(listed) == 1 and listed[0].endswith("-r"), listed     # libvirt knows it by its name, and only so
 
 
 def test_restore_falls_back_to_librbd_without_the_patches(lab, unpatched, storage, tmp_path):
-    assert _restore_path(lab, storage, tmp_path) == "librbd"
+    assert _restore_path(lab, storage, tmp_path)[0] == "librbd"

@@ -669,6 +669,16 @@ def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
         cluster.rbd.RBD().remove(ioctx, name)
 
 
+def _refresh_libvirt_pool(libvirt: LibvirtTarget) -> None:
+    """Have libvirt list the restored image by its name: it made the volume under the temporary name,
+    and learns of the rename only by rescanning the pool (seconds for a pool of thousands of images)."""
+    try:
+        libvirt.host.refresh_pool(libvirt.pool)
+    except VirtrbdError as exc:
+        log.warning("libvirt's pool %s still lists the restored image under its temporary name (%s): "
+                    "refresh the pool", libvirt.pool, exc)
+
+
 def _rename(cluster: Cluster, pool: str, name: str, new_name: str) -> None:
     with cluster.ioctx(pool) as ioctx, translated(f"renaming {pool}/{name} to {new_name}"):
         cluster.rbd.RBD().rename(ioctx, name, new_name)
@@ -780,6 +790,8 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
         raise
     if aside:
         _remove_replaced(cluster, target.pool, aside)
+    if uploading:
+        _refresh_libvirt_pool(libvirt)
     if progress:
         progress(plan.total_bytes, plan.total_bytes)
     return RestoreResult(image=str(target), chain=[str(m.data_path) for m in plan.links],
