@@ -288,8 +288,7 @@ def reachable_monitor(monitors: tuple[Monitor, ...], budget: float) -> Monitor |
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        ports = [monitor.port] if monitor.port else [3300, 6789]
-        for port in ports:
+        for port in monitor.ports:
             if listening(monitor.host, port, timeout=remaining):
                 return monitor
     return None

@@ -31,6 +31,11 @@ class Monitor:
     def is_ipv6(self) -> bool:
         return ":" in self.host
 
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The ports it answers on: its own, or without one Ceph's defaults (msgr v2 3300, then v1 6789)."""
+        return (self.port,) if self.port else (3300, 6789)
+
     def __str__(self) -> str:
         host = f"[{self.host}]" if self.is_ipv6 else self.host
         return host if self.port is None else f"{host}:{self.port}"

@@ -38,3 +38,8 @@ def test_list_and_mon_host():
 def test_list_rejects(text):
     with pytest.raises(ValueError):
         parse_monitors(text)
+
+
+def test_ports_are_its_own_or_cephs_two_defaults():
+    assert Monitor.parse("mon1:6790").ports == (6790,)
+    assert Monitor.parse("[2001:db8::1]").ports == (3300, 6789)

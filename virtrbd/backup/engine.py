@@ -648,11 +648,16 @@ def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STAL
     return removed
 
 
+def _in_use(cluster: Cluster, pool: str, name: str) -> bool:
+    """Whether a client has the image open (a watch on it)."""
+    with cluster.image(pool, name, read_only=True) as image, translated(f"inspecting {pool}/{name}"):
+        return bool(list(image.watchers_list()))
+
+
 def _unwatched(cluster: Cluster, pool: str, name: str) -> bool:
     """Whether the image exists and no client has it open (False when that cannot be told)."""
     try:
-        with cluster.image(pool, name, read_only=True) as image, translated(f"inspecting {pool}/{name}"):
-            return not list(image.watchers_list())
+        return not _in_use(cluster, pool, name)
     except NotFoundError:
         return False
     except VirtrbdError as exc:
@@ -696,9 +701,7 @@ def _step_aside(cluster: Cluster, target: ImageSpec) -> str:
     aside = _temp_image_name(target.image, REPLACED_IMAGE_MARK)
     _rename(cluster, target.pool, target.image, aside)
     try:
-        with cluster.image(target.pool, aside, read_only=True) as image, \
-                translated(f"inspecting {target.pool}/{aside}"):
-            in_use = bool(list(image.watchers_list()))
+        in_use = _in_use(cluster, target.pool, aside)
     except BaseException as exc:
         _step_back(cluster, target, aside, exc)
         raise

@@ -82,13 +82,13 @@ def _holds_our_pool(host, pool, config) -> bool:
 
 
 def _addresses(monitor) -> set[tuple[str, int]]:
-    """(host, port) pairs a monitor written this way answers on: no port means Ceph's two defaults."""
+    """(host, port) pairs a monitor written this way answers on (``Monitor.ports``), the host normalised."""
     import ipaddress
     try:
         host = str(ipaddress.ip_address(monitor.host))
     except ValueError:
         host = monitor.host.rstrip(".").casefold()
-    return {(host, port) for port in ((monitor.port,) if monitor.port else (3300, 6789))}
+    return {(host, port) for port in monitor.ports}
 
 
 def can_upload(target: LibvirtTarget) -> bool:

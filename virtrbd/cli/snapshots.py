@@ -85,6 +85,7 @@ def cmd_unprotect(args) -> int:
 def cmd_rollback(args) -> int:
     storage, spec = _open(args, snapshot=True)
     with storage:
-        storage.rollback_snapshot(spec, force=args.force, progress=terminal_progress(f"rolling back {spec}", counts_bytes=False))
+        storage.rollback_snapshot(spec, force=args.force,
+                                  progress=terminal_progress(f"rolling back {spec}", counts_bytes=False))
     print(f"rolled {spec.image_spec} back to {spec.snapshot}")
     return 0
