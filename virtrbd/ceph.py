@@ -24,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from . import errors
 from .config import Config
@@ -118,9 +118,11 @@ class Cluster:
 
     ``key`` overrides the keyring named in the config (the public API passes
     the value of the libvirt secret this way when only ``secret_uuid`` is set).
+    ``options`` are librados/librbd settings for this client alone, set before
+    it connects (a command that only restores turns librbd's cache off this way).
     """
 
-    def __init__(self, config: Config, *, key: CephKey | None = None,
+    def __init__(self, config: Config, *, key: CephKey | None = None, options: Mapping[str, str] | None = None,
                  rados_module: ModuleType | None = None, rbd_module: ModuleType | None = None):
         if rados_module is None or rbd_module is None:
             rados_module, rbd_module = _import_bindings()
@@ -128,6 +130,7 @@ class Cluster:
         self.rados = rados_module
         self.rbd = rbd_module
         self._key = key
+        self._options = dict(options or {})
         self._handle = None
         # A handle whose operations timed out during an outage was seen to keep timing out long after
         # the OSDs came back, so the next operation after a timeout gets a fresh one.  The old handle
@@ -155,6 +158,7 @@ class Cluster:
         }
         if self.config.layering.clone_format != "auto":
             options["rbd_default_clone_format"] = self.config.layering.clone_format
+        options = {**self._options, **options}       # extra settings never undo the ones above
         with translated("configuring the Ceph client"):
             for name, value in options.items():
                 handle.conf_set(name, str(value))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Mapping
 
 from . import config as config_module
 from .ceph import Cluster, translated
@@ -44,11 +44,13 @@ class Storage:
     """A connected view of the cluster for one agent, CLI call or hook run."""
 
     def __init__(self, config: Config | str | os.PathLike[str] | None = None, *,
+                 ceph_options: Mapping[str, str] | None = None,
                  rados_module: ModuleType | None = None, rbd_module: ModuleType | None = None,
                  libvirt_module: ModuleType | None = None):
+        """``ceph_options``: librados/librbd settings for this connection alone (see ``Cluster``)."""
         self.config = config if isinstance(config, Config) else config_module.load(config)
         self._libvirt_module = libvirt_module
-        self.cluster = Cluster(self.config, key=self._key_from_libvirt(),
+        self.cluster = Cluster(self.config, key=self._key_from_libvirt(), options=ceph_options,
                                rados_module=rados_module, rbd_module=rbd_module)
         self.layering = Layering(self.cluster, max_clone_depth=self.config.layering.max_clone_depth)
 

@@ -91,3 +91,17 @@ def test_no_progress_when_stderr_is_not_a_terminal(mocker):
 
     mocker.patch("sys.stderr", io.StringIO())
     assert terminal_progress("backup rbd/vm1@s1") is None
+
+
+def test_the_restore_command_connects_with_the_one_pass_settings(mocker, tmp_path):
+    from virtrbd.backup.engine import ONE_PASS_CONFIG
+    from virtrbd.cli.main import main
+
+    mocker.patch("virtrbd.cli.main.divert_native_stderr")     # in-process: keep pytest's stderr
+    mocker.patch("logging.basicConfig")
+    storage = mocker.patch("virtrbd.storage.Storage")
+    plan = mocker.patch("virtrbd.backup.plan_restore")
+    mocker.patch("virtrbd.backup.restore")
+    main(["restore", str(tmp_path / "b.raw"), "rbd/x"])
+    assert storage.call_args.kwargs["ceph_options"] == ONE_PASS_CONFIG
+    plan.assert_called_once()

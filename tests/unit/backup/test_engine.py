@@ -491,3 +491,27 @@ def test_a_replaced_image_that_cannot_be_removed_leaves_the_restore_standing(moc
     pool.remove = remove
     assert replace(pool).replaced
     assert "vm1" in pool.names and "remove it by hand" in caplog.text
+
+
+# --- the one-pass settings: per image, unless the client has them already ------------------------------
+
+@pytest.mark.parametrize("client, by_metadata", [
+    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false"}, False),   # the restore command's client
+    ({"rbd_cache": "true", "rbd_disable_zero_copy_writes": "true"}, True),      # librbd's defaults
+    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "true"}, True),     # only one of them
+])
+def test_the_one_pass_settings_go_into_the_image_only_when_the_client_lacks_them(mocker, make_full, client,
+                                                                                 by_metadata):
+    from virtrbd.backup import engine
+
+    plan = plan_restore(make_full(os.urandom(CHUNK)).path)
+    pool = SwapPool(mocker, [])
+    pool.cluster.handle.conf_get.side_effect = client.__getitem__
+    configure = mocker.patch.object(engine, "_configure_for_one_pass")
+    forget = mocker.patch.object(engine, "_forget_one_pass_config")
+    mocker.patch.object(engine, "restore_chain")
+    mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
+    mocker.patch.object(engine, "_image_exists", return_value=False)
+    engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"))
+    assert pool.names == {"vm1"}
+    assert configure.called is by_metadata and forget.called is by_metadata
