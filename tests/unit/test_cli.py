@@ -93,6 +93,52 @@ def test_no_progress_when_stderr_is_not_a_terminal(mocker):
     assert terminal_progress("backup rbd/vm1@s1") is None
 
 
+# --- a call loads only the module of its command -----------------------------------------------------
+
+@pytest.mark.parametrize("argv, command", [
+    (["restore", "f.raw", "rbd/x"], "restore"),
+    (["-v", "--debug", "ls"], "ls"),
+    (["--config", "restore", "ls"], "ls"),           # a config file that happens to be called "restore"
+    (["--conf", "restore", "ls"], "ls"),             # argparse takes abbreviations of --config too
+    (["--config=restore", "ls"], "ls"),
+    (["--help"], None),
+    ([], None),
+])
+def test_the_command_word_is_found_past_the_options(argv, command):
+    from virtrbd.cli.main import command_named
+    assert command_named(argv) == command
+
+
+def test_each_command_loads_its_own_module_and_the_table_lists_every_command():
+    from virtrbd.cli.main import COMMAND_MODULES, build_parser
+
+    def commands(parser):
+        action, = [a for a in parser._actions if a.dest == "command"]
+        return set(action.choices)
+
+    every = commands(build_parser([]))
+    assert every == {name for names in COMMAND_MODULES.values() for name in names}
+    for names in COMMAND_MODULES.values():
+        for name in names:
+            assert commands(build_parser([name])) == set(names)
+
+
+def test_a_command_call_does_not_import_the_other_commands():
+    import subprocess
+    import sys
+    probe = ("import sys; from virtrbd.cli.main import build_parser; build_parser(['restore']); "
+             "print(sorted(m for m in sys.modules if m.startswith(('virtrbd.cli.', 'virtrbd.lab'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "virtrbd.cli.backup_cmd" in loaded
+    assert "virtrbd.cli.lab" not in loaded and "virtrbd.lab" not in loaded
+
+
+def test_an_unknown_command_still_lists_them_all():
+    result = virtrbd("frobnicate")
+    assert_one_line_error(result, 2, "invalid choice")
+    assert all(name in result.err for name in ("restore", "lab", "golden", "snap", "xml"))
+
+
 def test_the_restore_command_connects_with_the_one_pass_settings(mocker, tmp_path):
     from virtrbd.backup.engine import ONE_PASS_CONFIG
     from virtrbd.cli.main import main

@@ -1,5 +1,5 @@
 """The ``virtrbd`` command: thin subcommands over the public API."""
 
-from .main import main
+from .main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
