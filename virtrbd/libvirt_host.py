@@ -16,20 +16,24 @@ import base64
 import logging
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Iterator
-
-from lxml import etree
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import InvalidXMLError, LibvirtError, NotFoundError
 from .keyring import CephKey
-from .xml import nodes, safe
-from .xml.common import SecretRef
-from .xml.disk import DiskDef, is_rbd_disk
-from .xml.pool import PoolDef
-from .xml.secret import SecretDef
-from .xml.volume import VolumeDef
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+    from .xml.common import SecretRef
+    from .xml.disk import DiskDef
+    from .xml.pool import PoolDef
+    from .xml.secret import SecretDef
+    from .xml.volume import VolumeDef
 
 log = logging.getLogger(__name__)
+
+# The XML layer (lxml and our templates, ~25 ms to load) is imported by the methods that read or
+# write XML, not here: a restore that only asks libvirtd whether it can upload never needs it.
 
 
 def _import_libvirt() -> ModuleType:
@@ -82,6 +86,8 @@ class Host:
 
     def find_secret(self, secret: SecretDef | SecretRef):
         """The defined secret with this UUID (or, without a UUID, this ceph usage name), or None."""
+        from .xml.secret import SecretDef
+
         lv = self.libvirt
         usage = secret.usage_name if isinstance(secret, SecretDef) else secret.usage
         try:
@@ -150,6 +156,7 @@ class Host:
                 found = self.conn.storagePoolDefineXML(pool.to_xml(template_dir), 0)
             log.info("defined libvirt %s", what)
         else:
+            from .xml.pool import PoolDef
             with translated(self.libvirt, f"reading {what}"):
                 existing = PoolDef.from_xml(found.XMLDesc(self.libvirt.VIR_STORAGE_XML_INACTIVE))
             if not _same_pool(existing, pool):
@@ -229,6 +236,8 @@ class Host:
         False when that target already holds this image (nothing to do); an error
         when it holds anything else, rather than a second disk fighting for it.
         """
+        from .xml import safe
+
         domain = self.find_domain(domain_name)
         if domain is None:
             raise NotFoundError(f"domain {domain_name}: not defined in libvirt")
@@ -249,7 +258,9 @@ class Host:
 
     def set_clone_markup(self, domain_name: str, markup: list) -> bool:
         """Merge virtrbd's clone markup into the domain's persistent ``<metadata>``; False when unchanged."""
-        from .xml import clone_markup
+        from lxml import etree
+
+        from .xml import clone_markup, safe
 
         domain = self.find_domain(domain_name)
         if domain is None:
@@ -277,16 +288,18 @@ class Host:
 def _same_pool(existing: PoolDef, wanted: PoolDef) -> bool:
     """Equal in what matters; libvirt adds a UUID of its own when none was given."""
     if wanted.uuid is None:
-        existing = PoolDef(**{**existing.__dict__, "uuid": None})
+        existing = type(existing)(**{**existing.__dict__, "uuid": None})
     return existing == wanted
 
 
 def _disk_at(domain: etree._Element, target: str) -> etree._Element | None:
+    from .xml import nodes
     return next((node for node in domain.iterfind("devices/disk") if nodes.attr(node, "target", "dev") == target),
                 None)
 
 
 def _holds_image(node: etree._Element, disk: DiskDef) -> bool:
+    from .xml.disk import DiskDef, is_rbd_disk
     if not is_rbd_disk(node):
         return False
     try:
