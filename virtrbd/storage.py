@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from types import ModuleType
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from . import config as config_module
 from .ceph import Cluster, translated
 from .config import Config
 from .errors import InvalidSpecError, UsageError
 from .keyring import CephKey
-from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 from .spec import ImageSpec
+
+if TYPE_CHECKING:
+    from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 
 Progress = Callable[[int, int], None]
 
@@ -52,7 +55,12 @@ class Storage:
         self._libvirt_module = libvirt_module
         self.cluster = Cluster(self.config, key=self._key_from_libvirt(), options=ceph_options,
                                rados_module=rados_module, rbd_module=rbd_module)
-        self.layering = Layering(self.cluster, max_clone_depth=self.config.layering.max_clone_depth)
+
+    @cached_property
+    def layering(self) -> Layering:
+        """Snapshots, golden images and clones; loaded on first use (a restore or a listing never needs it)."""
+        from .layering import Layering
+        return Layering(self.cluster, max_clone_depth=self.config.layering.max_clone_depth)
 
     def _key_from_libvirt(self) -> CephKey | None:
         """Without a keyring, the key is read from the (non-private) libvirt secret."""

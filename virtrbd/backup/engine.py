@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-import secrets
 import threading
 import time
 from contextlib import closing
@@ -598,7 +597,7 @@ _TEMP_TOKEN_HEX = 8
 
 def _temp_image_name(name: str, mark: str = TEMP_IMAGE_MARK) -> str:
     """``NAME.virtrbd-restore-XXXXXXXX``: the image a restore into ``name`` writes (a long name is cut to fit)."""
-    token = secrets.token_hex(_TEMP_TOKEN_HEX // 2)
+    token = os.urandom(_TEMP_TOKEN_HEX // 2).hex()
     return check_name("image", name[:255 - len(mark) - _TEMP_TOKEN_HEX] + mark + token)
 
 
