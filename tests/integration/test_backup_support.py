@@ -32,9 +32,11 @@ class Judge:
     keyring: Path
     monitor: str
 
-    def rbd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def rbd(self, *args: str, check: bool = True, progress_option: bool = True) -> subprocess.CompletedProcess:
+        """``progress_option``: pass --no-progress (which the listing commands, e.g. diff and info, refuse)."""
+        quiet = ["--no-progress"] if progress_option else []
         result = subprocess.run(["rbd", "-c", str(self.ceph_conf), "--id", "virt", "--keyring", str(self.keyring),
-                                 "--no-progress", *args], capture_output=True, text=True, timeout=300)
+                                 *quiet, *args], capture_output=True, text=True, timeout=300)
         if check:
             assert result.returncode == 0, result.stderr
         return result

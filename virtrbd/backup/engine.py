@@ -156,6 +156,12 @@ class RestorePlan:
     def total_bytes(self) -> int:
         return self.links[0].size + sum(m.file_size for m in self.links[1:])
 
+    @property
+    def data_bytes(self) -> int | None:
+        """The bytes of data the chain writes, at most (its manifests' stats); None when one does not say."""
+        sizes = [m.stats.get("data_bytes") for m in self.links]
+        return sum(sizes) if all(isinstance(n, int) for n in sizes) else None
+
 
 # --- the cluster as a source and a sink ---------------------------------------------------------------
 
@@ -759,18 +765,22 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
         one_pass_by_metadata = not uploading and not _client_writes_one_pass(cluster)
         if one_pass_by_metadata:
             _configure_for_one_pass(cluster, target.pool, temp)
+        what = f"{target.pool}/{temp}"
         with cluster.image(target.pool, temp) as image:
+            held_back = 0
             if uploading:
-                sink = LibvirtSink(libvirt, temp, base.size,
-                                   resize=lambda size: _resize(image, f"{target.pool}/{temp}", size))
+                sink = LibvirtSink(libvirt, temp, base.size, resize=lambda size: _resize(image, what, size))
             else:
-                sink = RbdSink(image, f"{target.pool}/{temp}")
+                held_back = _hold_back_object_map(cluster, image, plan, what)
+                sink = RbdSink(image, what)
             try:
                 restore_chain(plan, sink, progress=progress)
             finally:
                 sink.close()
+            if held_back:
+                _rebuild_object_map(image, held_back, what)
             if one_pass_by_metadata:
-                _forget_one_pass_config(image, f"{target.pool}/{temp}")
+                _forget_one_pass_config(image, what)
             if create_snapshot:
                 with translated(f"creating snapshot {target.pool}/{temp}@{plan.newest.snapshot}"):
                     image.create_snap(plan.newest.snapshot)
@@ -840,6 +850,34 @@ def _forget_one_pass_config(image, what: str) -> None:
     with translated(f"removing the restore's config of {what}"):
         for key in ONE_PASS_CONFIG:
             image.metadata_remove(f"conf_{key}")
+
+
+#: librbd updates a new image's object map (and fast-diff, which rests on it) before the first write
+#: to each of its objects: one more write that the OSD commits, per object.  A restore that fills a
+#: good part of the image writes faster with the map switched off and rebuilt once at the end, which
+#: costs a read of every object's state instead.  Measured on the bluestore lab: the updates cost
+#: ~0.4 ms per object written, the rebuild ~0.05 ms per object of the image (4 GiB half written:
+#: 3.46 s instead of 3.68 s, rebuild included).  So the map is held back when the backup holds data
+#: for at least this share of the image; below it the updates are cheaper.
+HOLD_BACK_OBJECT_MAP_SHARE = 1 / 8
+
+
+def _hold_back_object_map(cluster: Cluster, image, plan: RestorePlan, what: str) -> int:
+    """Switch the new image's object map off for the restore when rebuilding it is cheaper; what was switched off."""
+    features = image.features() & (cluster.rbd.RBD_FEATURE_OBJECT_MAP | cluster.rbd.RBD_FEATURE_FAST_DIFF)
+    data = plan.data_bytes
+    if not features or data is None or data < HOLD_BACK_OBJECT_MAP_SHARE * plan.newest.size:
+        return 0
+    with translated(f"switching the object map of {what} off while it is written"):
+        image.update_features(features, False)
+    return features
+
+
+def _rebuild_object_map(image, features: int, what: str) -> None:
+    """Switch the object map back on and build it from the objects written (before any snapshot)."""
+    with translated(f"rebuilding the object map of {what}"):
+        image.update_features(features, True)
+        image.rebuild_object_map()
 
 
 def _resize(image, what: str, size: int) -> None:

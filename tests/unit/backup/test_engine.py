@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from contextlib import nullcontext
 
 import pytest
 
@@ -515,3 +516,64 @@ def test_the_one_pass_settings_go_into_the_image_only_when_the_client_lacks_them
     engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"))
     assert pool.names == {"vm1"}
     assert configure.called is by_metadata and forget.called is by_metadata
+
+
+# --- the object map: held back while a restore fills a good part of the image, then rebuilt ---------------
+
+class FeatureImage:
+    """An open image as far as features, the object map and snapshots go; ``calls`` in order."""
+
+    OBJECT_MAP, FAST_DIFF = 8, 16
+
+    def __init__(self, features):
+        self._features = features
+        self.calls = []
+
+    def features(self):
+        return self._features
+
+    def update_features(self, features, enabled):
+        self._features = self._features | features if enabled else self._features & ~features
+        self.calls.append(("on" if enabled else "off", features))
+
+    def rebuild_object_map(self):
+        self.calls.append(("rebuild",))
+
+    def create_snap(self, name):
+        self.calls.append(("snap", self._features))
+
+
+@pytest.mark.parametrize("data_share, features, held_back", [
+    (1 / 2, 61, True),            # half the image written, the default features: held back
+    (1 / 8, 61, True),
+    (1 / 16, 61, False),          # a sparse image: the per-object updates cost less than a rebuild
+    (1 / 2, 1 | 4 | 32, False),   # no object map to hold back
+    (None, 61, False),            # a manifest without stats: as librbd does it
+])
+def test_the_object_map_is_held_back_only_when_rebuilding_it_is_cheaper(mocker, make_full, data_share, features,
+                                                                        held_back):
+    from virtrbd.backup import engine
+
+    size = 8 * CHUNK
+    plan = plan_restore(make_full(os.urandom(size)).path)
+    plan.links[0].stats = {} if data_share is None else {"data_bytes": int(size * data_share)}
+    image = FeatureImage(features)
+    pool = SwapPool(mocker, [])
+    pool.cluster.rbd.RBD_FEATURE_OBJECT_MAP = FeatureImage.OBJECT_MAP
+    pool.cluster.rbd.RBD_FEATURE_FAST_DIFF = FeatureImage.FAST_DIFF
+    pool.cluster.image.side_effect = lambda *a, **k: nullcontext(image)
+    features_while_writing = []
+    mocker.patch.object(engine, "RbdSink")
+    mocker.patch.object(engine, "restore_chain", side_effect=lambda *a, **k: features_while_writing.append(
+        image.features()))
+    for name in ("_configure_for_one_pass", "_forget_one_pass_config"):
+        mocker.patch.object(engine, name)
+    mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
+    mocker.patch.object(engine, "_image_exists", return_value=False)
+    engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"), create_snapshot=True)
+    assert image.features() == features                            # the image ends as it was created
+    if held_back:
+        assert features_while_writing == [features & ~24]
+        assert image.calls == [("off", 24), ("on", 24), ("rebuild",), ("snap", features)]
+    else:
+        assert features_while_writing == [features] and image.calls == [("snap", features)]
