@@ -579,12 +579,9 @@ def plan_restore(src: os.PathLike | str) -> RestorePlan:
     return RestorePlan(links)
 
 
-def _image_exists(cluster: Cluster, spec: ImageSpec) -> bool:
-    try:
-        with cluster.image(spec.pool, spec.image, read_only=True):
-            return True
-    except NotFoundError:
-        return False
+def _image_names(cluster: Cluster, pool: str) -> list[str]:
+    with cluster.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
+        return cluster.rbd.RBD().list(ioctx)
 
 
 def _check_replaceable(cluster: Cluster, spec: ImageSpec) -> None:
@@ -619,7 +616,8 @@ def _is_temp_image(candidate: str) -> bool:
 STALE_GRACE = 3.0
 
 
-def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STALE_GRACE) -> list[str]:
+def remove_stale_temp_images(cluster: Cluster, pool: str, *, names: list[str] | None = None,
+                             grace: float = STALE_GRACE) -> list[str]:
     """Remove the temporary images that killed restores left in ``pool``; their names.
 
     A restore removes its temporary image on every path it lives through;
@@ -629,10 +627,10 @@ def remove_stale_temp_images(cluster: Cluster, pool: str, *, grace: float = STAL
     it has renamed it (but for milliseconds, see STALE_GRACE); a killed one
     keeps its watch until the OSDs expire it (30 s by default), so its image
     waits for a later run.  Best effort: an image that cannot be inspected or
-    removed is logged and left, and the restore goes on.
+    removed is logged and left, and the restore goes on.  ``names``: the
+    pool's images, when the caller has just listed them.
     """
-    with cluster.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
-        candidates = [n for n in cluster.rbd.RBD().list(ioctx) if _is_temp_image(n)]
+    candidates = [n for n in (names if names is not None else _image_names(cluster, pool)) if _is_temp_image(n)]
     candidates = [name for name in candidates if _unwatched(cluster, pool, name)]
     if not candidates:
         return []
@@ -741,12 +739,13 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
     """Restore ``plan`` into ``target``; through libvirt's volume upload when ``libvirt`` can take it."""
     started = time.monotonic()
     base = plan.links[0]
-    exists = _image_exists(cluster, target)
+    names = _image_names(cluster, target.pool)
+    exists = target.image in names
     if exists and not force:
         raise AlreadyExistsError(f"image {target}: already exists (--force replaces it)")
     if exists:
         _check_replaceable(cluster, target)
-    remove_stale_temp_images(cluster, target.pool)
+    remove_stale_temp_images(cluster, target.pool, names=names)
     temp = _temp_image_name(target.image)
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False

@@ -422,7 +422,7 @@ def replace(mocker, make_full):
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
 
     def run(pool: SwapPool):
-        mocker.patch.object(engine, "_image_exists", side_effect=lambda _c, spec: spec.image in pool.names)
+        mocker.patch.object(engine, "_image_names", side_effect=lambda _c, _pool: sorted(pool.names))
         mocker.patch.object(engine, "_remove_image", side_effect=pool.remove)
         return engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"), force=True)
     return run
@@ -512,7 +512,7 @@ def test_the_one_pass_settings_go_into_the_image_only_when_the_client_lacks_them
     forget = mocker.patch.object(engine, "_forget_one_pass_config")
     mocker.patch.object(engine, "restore_chain")
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
-    mocker.patch.object(engine, "_image_exists", return_value=False)
+    mocker.patch.object(engine, "_image_names", return_value=[])
     engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"))
     assert pool.names == {"vm1"}
     assert configure.called is by_metadata and forget.called is by_metadata
@@ -569,7 +569,7 @@ def test_the_object_map_is_held_back_only_when_rebuilding_it_is_cheaper(mocker, 
     for name in ("_configure_for_one_pass", "_forget_one_pass_config"):
         mocker.patch.object(engine, name)
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
-    mocker.patch.object(engine, "_image_exists", return_value=False)
+    mocker.patch.object(engine, "_image_names", return_value=[])
     engine.run_restore(pool.cluster, plan, ImageSpec("rbd", "vm1"), create_snapshot=True)
     assert image.features() == features                            # the image ends as it was created
     if held_back:
