@@ -525,14 +525,17 @@ class FeatureImage:
 
     OBJECT_MAP, FAST_DIFF = 8, 16
 
-    def __init__(self, features):
+    def __init__(self, features, refuse=None):
         self._features = features
         self.calls = []
+        self.refuse = refuse                  # an exception for update_features
 
     def features(self):
         return self._features
 
     def update_features(self, features, enabled):
+        if self.refuse:
+            raise self.refuse
         self._features = self._features | features if enabled else self._features & ~features
         self.calls.append(("on" if enabled else "off", features))
 
@@ -577,3 +580,19 @@ def test_the_object_map_is_held_back_only_when_rebuilding_it_is_cheaper(mocker, 
         assert image.calls == [("off", 24), ("on", 24), ("rebuild",), ("snap", features)]
     else:
         assert features_while_writing == [features] and image.calls == [("snap", features)]
+
+
+def test_a_cluster_that_refuses_to_switch_the_map_off_gets_it_kept_up_to_date(mocker, make_full, caplog):
+    import logging
+
+    import rbd
+
+    from virtrbd.backup import engine
+
+    plan = plan_restore(make_full(os.urandom(2 * CHUNK)).path)
+    image = FeatureImage(61, refuse=rbd.InvalidArgument("[errno 22] error updating features"))
+    cluster = mocker.MagicMock()
+    cluster.rbd.RBD_FEATURE_OBJECT_MAP, cluster.rbd.RBD_FEATURE_FAST_DIFF = FeatureImage.OBJECT_MAP, FeatureImage.FAST_DIFF
+    with caplog.at_level(logging.INFO, logger="virtrbd"):
+        assert engine._hold_back_object_map(cluster, image, plan, "rbd/vm1.virtrbd-restore-0000aaaa") == 0
+    assert image.features() == 61 and "keeps it up to date" in caplog.text
