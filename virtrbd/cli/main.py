@@ -38,8 +38,8 @@ def command_named(argv: list[str]) -> str | None:
     """The command word of ``argv``: its first word that is neither an option nor the value of ``--config``."""
     words = iter(argv)
     for word in words:
-        if word.startswith("--c") and "--config".startswith(word.partition("=")[0]) and "=" not in word:
-            next(words, None)                   # --config PATH (or an abbreviation of it)
+        if word.startswith("--c") and "--config".startswith(word):
+            next(words, None)                   # --config PATH, or argparse's abbreviation of it
         elif not word.startswith("-"):
             return word
     return None
