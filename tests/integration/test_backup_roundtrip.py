@@ -182,16 +182,16 @@ def test_the_storage_api_backs_up_restores_and_verifies(storage, images, tmp_pat
     assert LEDGER.restore("Storage.backup/restore, QCOW2, 6 MiB + 1", same)
 
 
-def test_a_client_with_the_one_pass_settings_restores_without_per_image_overrides(lab, storage, images, tmp_path):
+def test_a_client_with_the_restore_settings_restores_without_per_image_overrides(lab, storage, images, tmp_path):
     """The restore command's connection has the settings itself: the image it writes carries none, ever."""
     from virtrbd import Storage
-    from virtrbd.backup.engine import ONE_PASS_CONFIG
+    from virtrbd.backup.engine import RESTORE_CONFIG
 
     name = images.create(3 * CHUNK, [(0, random_bytes(3 * CHUNK, 6))])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
     target = images.name()
     seen = []
-    with Storage(lab.config, ceph_options=ONE_PASS_CONFIG) as own:
+    with Storage(lab.config, ceph_options=RESTORE_CONFIG) as own:
         def progress(done, total):
             temps = [n for n in own.list_images() if n.startswith(f"{target}.virtrbd-restore-")]
             for temp in temps:
@@ -203,8 +203,8 @@ def test_a_client_with_the_one_pass_settings_restores_without_per_image_override
         assert sha256_of(own, f"rbd/{target}") == sha256_of(own, f"rbd/{name}@s1")
 
 
-def test_a_restore_writes_in_one_pass_and_leaves_no_config_behind(storage, images, tmp_path):
-    """The image being written has librbd's cache off and zero-copy writes on; the restored image has neither."""
+def test_a_restore_writes_with_its_settings_and_leaves_no_config_behind(storage, images, tmp_path):
+    """The image being written has the restore's settings as image config; the restored image has none."""
     name = images.create(3 * CHUNK, [(0, random_bytes(3 * CHUNK, 5))])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
     target = images.name()
@@ -219,7 +219,8 @@ def test_a_restore_writes_in_one_pass_and_leaves_no_config_behind(storage, image
 
     restored = backup.restore(storage, result.path, f"rbd/{target}", progress=progress)
     assert restored.path == "librbd"
-    assert while_writing == {"conf_rbd_cache": "false", "conf_rbd_disable_zero_copy_writes": "false"}
+    assert while_writing == {"conf_rbd_cache": "false", "conf_rbd_disable_zero_copy_writes": "false",
+                             "conf_rbd_concurrent_management_ops": "32"}
     with storage.cluster.image("rbd", target, read_only=True) as image:
         assert dict(image.metadata_list()) == {}
     assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s1")

@@ -139,8 +139,8 @@ def test_an_unknown_command_still_lists_them_all():
     assert all(name in result.err for name in ("restore", "lab", "golden", "snap", "xml"))
 
 
-def test_the_restore_command_connects_with_the_one_pass_settings(mocker, tmp_path):
-    from virtrbd.backup.engine import ONE_PASS_CONFIG
+def test_the_restore_command_connects_with_the_restore_settings(mocker, tmp_path):
+    from virtrbd.backup.engine import RESTORE_CONFIG
     from virtrbd.cli.main import main
 
     mocker.patch("virtrbd.cli.main.divert_native_stderr")     # in-process: keep pytest's stderr
@@ -149,5 +149,5 @@ def test_the_restore_command_connects_with_the_one_pass_settings(mocker, tmp_pat
     plan = mocker.patch("virtrbd.backup.plan_restore")
     mocker.patch("virtrbd.backup.restore")
     main(["restore", str(tmp_path / "b.raw"), "rbd/x"])
-    assert storage.call_args.kwargs["ceph_options"] == ONE_PASS_CONFIG
+    assert storage.call_args.kwargs["ceph_options"] == RESTORE_CONFIG
     plan.assert_called_once()

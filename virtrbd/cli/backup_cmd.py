@@ -84,9 +84,9 @@ def cmd_backup(args) -> int:
 
 def cmd_restore(args) -> int:
     from ..backup import plan_restore, restore
-    from ..backup.engine import ONE_PASS_CONFIG
+    from ..backup.engine import RESTORE_CONFIG
     from ..storage import Storage
-    storage = Storage(args.config, ceph_options=ONE_PASS_CONFIG)     # this process only restores
+    storage = Storage(args.config, ceph_options=RESTORE_CONFIG)     # this process only restores
     target = storage.spec(args.target, snapshot=False)
     plan = plan_restore(args.src)
     with storage, interruptible():

@@ -417,7 +417,7 @@ def replace(mocker, make_full):
     from virtrbd.backup import engine
 
     plan = plan_restore(make_full(os.urandom(CHUNK)).path)
-    for name in ("_configure_for_one_pass", "_forget_one_pass_config", "_check_replaceable", "restore_chain"):
+    for name in ("_configure_for_restore", "_forget_restore_config", "_check_replaceable", "restore_chain"):
         mocker.patch.object(engine, name)
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
 
@@ -494,22 +494,25 @@ def test_a_replaced_image_that_cannot_be_removed_leaves_the_restore_standing(moc
     assert "vm1" in pool.names and "remove it by hand" in caplog.text
 
 
-# --- the one-pass settings: per image, unless the client has them already ------------------------------
+# --- the restore's librbd settings: per image, unless the client has them already ------------------------------
 
 @pytest.mark.parametrize("client, by_metadata", [
-    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false"}, False),   # the restore command's client
-    ({"rbd_cache": "true", "rbd_disable_zero_copy_writes": "true"}, True),      # librbd's defaults
-    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "true"}, True),     # only one of them
+    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false",            # the restore command's client
+      "rbd_concurrent_management_ops": "32"}, False),
+    ({"rbd_cache": "true", "rbd_disable_zero_copy_writes": "true",              # librbd's defaults
+      "rbd_concurrent_management_ops": "10"}, True),
+    ({"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false",            # all but one of them
+      "rbd_concurrent_management_ops": "10"}, True),
 ])
-def test_the_one_pass_settings_go_into_the_image_only_when_the_client_lacks_them(mocker, make_full, client,
+def test_the_restore_settings_go_into_the_image_only_when_the_client_lacks_them(mocker, make_full, client,
                                                                                  by_metadata):
     from virtrbd.backup import engine
 
     plan = plan_restore(make_full(os.urandom(CHUNK)).path)
     pool = SwapPool(mocker, [])
     pool.cluster.handle.conf_get.side_effect = client.__getitem__
-    configure = mocker.patch.object(engine, "_configure_for_one_pass")
-    forget = mocker.patch.object(engine, "_forget_one_pass_config")
+    configure = mocker.patch.object(engine, "_configure_for_restore")
+    forget = mocker.patch.object(engine, "_forget_restore_config")
     mocker.patch.object(engine, "restore_chain")
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
     mocker.patch.object(engine, "_image_names", return_value=[])
@@ -569,7 +572,7 @@ def test_the_object_map_is_held_back_only_when_rebuilding_it_is_cheaper(mocker, 
     mocker.patch.object(engine, "RbdSink")
     mocker.patch.object(engine, "restore_chain", side_effect=lambda *a, **k: features_while_writing.append(
         image.features()))
-    for name in ("_configure_for_one_pass", "_forget_one_pass_config"):
+    for name in ("_configure_for_restore", "_forget_restore_config"):
         mocker.patch.object(engine, name)
     mocker.patch.object(engine, "remove_stale_temp_images", return_value=[])
     mocker.patch.object(engine, "_image_names", return_value=[])
