@@ -226,11 +226,15 @@ def test_a_restore_writes_with_its_settings_and_leaves_no_config_behind(storage,
     assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s1")
 
 
-@pytest.mark.parametrize("every, held_back", [(2, True), (32, False)])
+@pytest.mark.parametrize("every, minimum, held_back", [(2, 8, True), (32, 1, False), (2, 64, False)])
 def test_a_restore_leaves_a_valid_object_map_whether_it_held_it_back_or_not(storage, images, judge, tmp_path,
-                                                                            every, held_back):
-    """Half the objects written: the map is off while the data goes in, then rebuilt; one in 32: kept all along.
-    Either way rbd finds the map valid and fast-diff sees the objects the source snapshot has."""
+                                                                            monkeypatch, every, minimum, held_back):
+    """Half the objects written: the map is off while the data goes in, then rebuilt; one in 32, or fewer
+    objects than the minimum: kept all along.  Either way rbd finds the map valid and fast-diff sees the
+    objects the source snapshot has."""
+    from virtrbd.backup import engine
+
+    monkeypatch.setattr(engine, "HOLD_BACK_OBJECT_MAP_MIN", minimum)      # objects; 64 in real use
     size = 32 * CHUNK
     name = images.create(size, [(index * CHUNK, random_bytes(CHUNK, index)) for index in range(0, 32, every)])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)

@@ -863,8 +863,11 @@ def _forget_restore_config(image, what: str) -> None:
 #: costs a read of every object's state instead.  Measured on the bluestore lab: the updates cost
 #: ~0.4 ms per object written, the rebuild ~0.05 ms per object of the image (4 GiB half written:
 #: 3.46 s instead of 3.68 s, rebuild included).  So the map is held back when the backup holds data
-#: for at least this share of the image; below it the updates are cheaper.
+#: for at least this share of the image's objects; below it the updates are cheaper.  Switching the
+#: features off and on costs ~10 ms more, what the updates of a few dozen objects cost: a restore
+#: with less data than HOLD_BACK_OBJECT_MAP_MIN objects' worth keeps the map on whatever the share.
 HOLD_BACK_OBJECT_MAP_SHARE = 1 / 8
+HOLD_BACK_OBJECT_MAP_MIN = 64
 
 
 def _hold_back_object_map(cluster: Cluster, image, plan: RestorePlan, what: str) -> int:
@@ -874,7 +877,8 @@ def _hold_back_object_map(cluster: Cluster, image, plan: RestorePlan, what: str)
     """
     features = image.features() & (cluster.rbd.RBD_FEATURE_OBJECT_MAP | cluster.rbd.RBD_FEATURE_FAST_DIFF)
     data = plan.data_bytes
-    if not features or data is None or data < HOLD_BACK_OBJECT_MAP_SHARE * plan.newest.size:
+    enough = max(HOLD_BACK_OBJECT_MAP_SHARE * plan.newest.size, HOLD_BACK_OBJECT_MAP_MIN * plan.newest.object_size)
+    if not features or data is None or data < enough:
         return 0
     try:
         with translated(f"switching the object map of {what} off while it is written"):

@@ -549,17 +549,19 @@ class FeatureImage:
         self.calls.append(("snap", self._features))
 
 
-@pytest.mark.parametrize("data_share, features, held_back", [
-    (1 / 2, 61, True),            # half the image written, the default features: held back
-    (1 / 8, 61, True),
-    (1 / 16, 61, False),          # a sparse image: the per-object updates cost less than a rebuild
-    (1 / 2, 1 | 4 | 32, False),   # no object map to hold back
-    (None, 61, False),            # a manifest without stats: as librbd does it
+@pytest.mark.parametrize("data_share, features, minimum, held_back", [
+    (1 / 2, 61, 2, True),            # half the image written, the default features: held back
+    (1 / 8, 61, 1, True),
+    (1 / 16, 61, 1, False),          # a sparse image: the per-object updates cost less than a rebuild
+    (1 / 2, 61, 8, False),           # 4 objects of data, fewer than the minimum: not worth switching
+    (1 / 2, 1 | 4 | 32, 2, False),   # no object map to hold back
+    (None, 61, 2, False),            # a manifest without stats: as librbd does it
 ])
 def test_the_object_map_is_held_back_only_when_rebuilding_it_is_cheaper(mocker, make_full, data_share, features,
-                                                                        held_back):
+                                                                        minimum, held_back):
     from virtrbd.backup import engine
 
+    mocker.patch.object(engine, "HOLD_BACK_OBJECT_MAP_MIN", minimum)     # objects; 64 in real use
     size = 8 * CHUNK
     plan = plan_restore(make_full(os.urandom(size)).path)
     plan.links[0].stats = {} if data_share is None else {"data_bytes": int(size * data_share)}
@@ -592,6 +594,7 @@ def test_a_cluster_that_refuses_to_switch_the_map_off_gets_it_kept_up_to_date(mo
 
     from virtrbd.backup import engine
 
+    mocker.patch.object(engine, "HOLD_BACK_OBJECT_MAP_MIN", 1)
     plan = plan_restore(make_full(os.urandom(2 * CHUNK)).path)
     image = FeatureImage(61, refuse=rbd.InvalidArgument("[errno 22] error updating features"))
     cluster = mocker.MagicMock()
