@@ -102,6 +102,10 @@ def test_no_progress_when_stderr_is_not_a_terminal(mocker):
     (["--conf", "restore", "ls"], "ls"),             # argparse takes abbreviations of --config too
     (["--config=restore", "ls"], "ls"),
     (["--help"], None),
+    (["--help", "restore"], None),                   # the whole command's help, every subcommand in it
+    (["-h", "ls"], None),
+    (["--he", "ls"], None),
+    (["restore", "--help"], "restore"),              # the subcommand's own help
     ([], None),
 ])
 def test_the_command_word_is_found_past_the_options(argv, command):
@@ -133,6 +137,11 @@ def test_a_command_call_does_not_import_the_other_commands():
     assert "virtrbd.cli.lab" not in loaded and "virtrbd.lab" not in loaded
 
 
+def test_help_before_a_command_lists_every_command():
+    result = virtrbd("--help", "restore")
+    assert result.code == 0 and all(name in result.out for name in ("restore", "lab", "golden", "snap", "xml"))
+
+
 def test_an_unknown_command_still_lists_them_all():
     result = virtrbd("frobnicate")
     assert_one_line_error(result, 2, "invalid choice")
@@ -145,9 +154,14 @@ def test_the_restore_command_connects_with_the_restore_settings(mocker, tmp_path
 
     mocker.patch("virtrbd.cli.main.divert_native_stderr")     # in-process: keep pytest's stderr
     mocker.patch("logging.basicConfig")
+    from virtrbd.backup import RestoreResult
+
     storage = mocker.patch("virtrbd.storage.Storage")
+    storage.return_value.spec.return_value = "rbd/x"
     plan = mocker.patch("virtrbd.backup.plan_restore")
-    mocker.patch("virtrbd.backup.restore")
-    main(["restore", str(tmp_path / "b.raw"), "rbd/x"])
+    mocker.patch("virtrbd.backup.restore", return_value=RestoreResult(
+        image="rbd/x", chain=["b.raw"], snapshot="s1", size=1 << 20, written_bytes=1 << 20, seconds=0.1,
+        replaced=False, created_snapshot=None, path="librbd"))
+    assert main(["restore", str(tmp_path / "b.raw"), "rbd/x"]) == 0
     assert storage.call_args.kwargs["ceph_options"] == RESTORE_CONFIG
     plan.assert_called_once()
