@@ -257,6 +257,11 @@ class Cluster:
             self._stale = True
             raise
 
+    def image_names(self, pool: str) -> list[str]:
+        """The names of ``pool``'s images, in librbd's order."""
+        with self.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
+            return self.rbd.RBD().list(ioctx)
+
     @contextmanager
     def image(self, pool: str, name: str, *, snapshot: str | None = None,
               read_only: bool = False) -> Iterator:

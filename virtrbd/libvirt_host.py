@@ -287,8 +287,9 @@ class Host:
 
 def _same_pool(existing: PoolDef, wanted: PoolDef) -> bool:
     """Equal in what matters; libvirt adds a UUID of its own when none was given."""
+    from .xml.pool import PoolDef
     if wanted.uuid is None:
-        existing = type(existing)(**{**existing.__dict__, "uuid": None})
+        existing = PoolDef(**{**existing.__dict__, "uuid": None})
     return existing == wanted
 
 

@@ -104,8 +104,7 @@ class Storage:
 
     def list_images(self, pool: str | None = None) -> list[str]:
         pool = pool or self.config.ceph.pool
-        with self.cluster.ioctx(pool) as ioctx, translated(f"listing pool {pool}"):
-            return sorted(self.cluster.rbd.RBD().list(ioctx))
+        return sorted(self.cluster.image_names(pool))
 
     def image_exists(self, image: str | ImageSpec) -> bool:
         spec = self.spec(image, snapshot=False)

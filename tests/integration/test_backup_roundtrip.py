@@ -193,8 +193,7 @@ def test_a_client_with_the_restore_settings_restores_without_per_image_overrides
     seen = []
     with Storage(lab.config, ceph_options=RESTORE_CONFIG) as own:
         def progress(done, total):
-            temps = [n for n in own.list_images() if n.startswith(f"{target}.virtrbd-restore-")]
-            for temp in temps:
+            for temp in images.leftovers(target):
                 with own.cluster.image("rbd", temp, read_only=True) as image:
                     seen.append(dict(image.metadata_list()))
         restored = backup.restore(own, result.path, f"rbd/{target}", progress=progress)
@@ -213,7 +212,7 @@ def test_a_restore_writes_with_its_settings_and_leaves_no_config_behind(storage,
     def progress(done, total):
         if while_writing or done >= total:
             return
-        temp, = [n for n in storage.list_images() if n.startswith(f"{target}.virtrbd-restore-")]
+        temp, = images.leftovers(target)
         with storage.cluster.image("rbd", temp, read_only=True) as image:
             while_writing.update(image.metadata_list())
 
@@ -242,7 +241,7 @@ def test_a_restore_leaves_a_valid_object_map_whether_it_held_it_back_or_not(stor
     features_while_writing = set()
 
     def progress(done, total):
-        for temp in [n for n in storage.list_images() if n.startswith(f"{target}.virtrbd-restore-")]:
+        for temp in images.leftovers(target):
             with storage.cluster.image("rbd", temp, read_only=True) as image:
                 features_while_writing.add(image.features())
 
