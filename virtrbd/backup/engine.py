@@ -606,8 +606,8 @@ def _is_temp_image(candidate: str) -> bool:
 
 
 #: seconds a temporary image must stay without a watcher to count as a killed restore's: a running
-#: restore leaves its image unwatched only for milliseconds, between creating it and opening it (and
-#: between the two opens of the librbd path)
+#: restore leaves its image unwatched only for milliseconds, between creating it and opening it (and,
+#: when the restore settings go into the image as metadata, between the two opens that takes)
 STALE_GRACE = 3.0
 
 
@@ -742,6 +742,7 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
         _check_replaceable(cluster, target)
     remove_stale_temp_images(cluster, target.pool, names=names)
     temp = _temp_image_name(target.image)
+    what = f"{target.pool}/{temp}"
     order = base.object_size.bit_length() - 1 if base.object_size & (base.object_size - 1) == 0 else None
     created = renamed = False
     aside = None
@@ -752,14 +753,13 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
             created = True                       # from here on, a failure removes it
             create_volume(libvirt, temp, base.size)
         else:
-            with cluster.ioctx(target.pool) as ioctx, translated(f"creating image {target.pool}/{temp}"):
+            with cluster.ioctx(target.pool) as ioctx, translated(f"creating image {what}"):
                 options = {"order": order} if order else {}
                 cluster.rbd.RBD().create(ioctx, temp, base.size, old_format=False, **options)
                 created = True
         config_by_metadata = not uploading and not _client_has_restore_config(cluster)
         if config_by_metadata:
             _configure_for_restore(cluster, target.pool, temp)
-        what = f"{target.pool}/{temp}"
         with cluster.image(target.pool, temp) as image:
             held_back = 0
             if uploading:
@@ -776,7 +776,7 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
             if config_by_metadata:
                 _forget_restore_config(image, what)
             if create_snapshot:
-                with translated(f"creating snapshot {target.pool}/{temp}@{plan.newest.snapshot}"):
+                with translated(f"creating snapshot {what}@{plan.newest.snapshot}"):
                     image.create_snap(plan.newest.snapshot)
             # renamed while still open: an image under a temporary name that nobody has open is what
             # remove_stale_temp_images takes for a killed restore's
