@@ -12,7 +12,7 @@ DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
                 qemu-system-x86 qemu-block-extra qemu-utils \
                 python3-venv python3-lxml python3-setuptools
 
-.PHONY: setup packages demo test unit integration bench lab-up lab-down clean libvirt-patched
+.PHONY: setup packages demo lint test unit integration bench lab-up lab-down clean libvirt-patched
 
 setup: packages $(VENV)/.installed
 
@@ -27,7 +27,7 @@ packages:
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VPY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-	  --config-settings editable_mode=compat -e '.[test]'
+	  --config-settings editable_mode=compat -e '.[test,lint]'
 	@$(VPY) -c 'import rados, rbd, libvirt, lxml' || \
 	  { echo "the venv cannot import Debian's bindings; remove $(VENV) and run make setup" >&2; exit 1; }
 	@touch $@
@@ -41,7 +41,14 @@ demo: setup
 libvirt-patched: packages
 	@tools/build-libvirt-rbd
 
-test: setup libvirt-patched
+# ruff (bugs and uniform files), mypy (types; the public API fully typed) and import-linter (the layers in
+# setup.cfg: imports flow downward only, the hook never reaches libvirt, formats never reach librbd).
+lint: setup
+	$(VENV)/bin/ruff check virtrbd bench tools/gen-docs
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: setup lint libvirt-patched
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/unit tests/integration
 
 unit: setup

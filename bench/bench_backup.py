@@ -67,7 +67,7 @@ class Run:
         self.peak = 0
         self.out = ""
 
-    def __call__(self) -> "Run":
+    def __call__(self) -> Run:
         started = time.perf_counter()
         process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, **(self.env or {})})

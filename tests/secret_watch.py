@@ -41,7 +41,7 @@ class SecretWatcher:
         while not self._stop.wait(self.interval):
             self.scan_once()
 
-    def __enter__(self) -> "SecretWatcher":
+    def __enter__(self) -> SecretWatcher:
         self._thread.start()
         return self
 

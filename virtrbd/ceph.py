@@ -22,9 +22,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Iterator, Mapping
 
 from . import errors
 from .config import Config
@@ -141,7 +141,7 @@ class Cluster:
 
     # --- connection ---------------------------------------------------------
 
-    def connect(self) -> "Cluster":
+    def connect(self) -> Cluster:
         settings = self.config.ceph
         key = self._key or self._key_from_keyring()
         handle = self.rados.Rados(rados_id=settings.client_id)  # no conffile: nothing is read from disk
@@ -234,7 +234,7 @@ class Cluster:
         except Exception as exc:  # closing must never mask the error that got us here
             log.debug("rados shutdown: %r", exc)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.connect()
 
     def __exit__(self, *exc_info) -> None:

@@ -38,7 +38,7 @@ OWNER_KEY = "virtrbd.owner"
 def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=None) -> int:
     """Handle one hook call; ``argv`` is ``[GUEST, OP, SUBOP, EXTRA]``.  Returns the exit code."""
     stderr = stderr or sys.stderr
-    action = WORK.get(tuple(argv[1:3])) if len(argv) >= 3 else None
+    action = WORK.get((argv[1], argv[2])) if len(argv) >= 3 else None
     if action is None:
         return 0
     data = (stdin or sys.stdin.buffer).read(MAX_INPUT + 1)

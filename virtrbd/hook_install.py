@@ -58,14 +58,14 @@ def render(config_path: Path, interpreter: str = sys.executable) -> str:
 def module_dirs() -> list[str]:
     """Where this interpreter finds the compiled modules the hook needs (rados, rbd, lxml)."""
     import importlib.util
-    dirs = []
+    dirs: list[str] = []
     for name in ("rados", "rbd", "lxml"):
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise VirtrbdError(f"the {name} module is missing: run 'make setup' (python3-rados, python3-rbd, "
                                f"python3-lxml)")
-        folder = Path(spec.origin).parent
-        folder = str(folder.parent if name == "lxml" else folder)
+        module_dir = Path(spec.origin).parent
+        folder = str(module_dir.parent if name == "lxml" else module_dir)
         if folder not in dirs:
             dirs.append(folder)
     return dirs

@@ -22,12 +22,13 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterator
 
 from . import errors
 from .ceph import Cluster, translated
+from .progress import Progress
 from .spec import ImageSpec
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class Layering:
         return True
 
     def rollback(self, snap: ImageSpec, *, force: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Progress | None = None) -> None:
         """Roll the image back to the snapshot; refused while a client has it open, unless ``force``."""
         with self.cluster.image(snap.pool, snap.image, read_only=True) as image:
             self._snap_id(snap, image)
@@ -443,7 +444,7 @@ class Layering:
 
     def _parent_chain(self, image) -> list[ImageSpec]:
         """Ancestors of an open image (at its current snapshot), nearest first."""
-        chain = []
+        chain: list[ImageSpec] = []
         current = image
         opened = []
         try:
@@ -464,7 +465,7 @@ class Layering:
             for handle in reversed(opened):
                 handle.close()
 
-    def flatten(self, spec: ImageSpec, *, progress: Callable[[int, int], None] | None = None) -> bool:
+    def flatten(self, spec: ImageSpec, *, progress: Progress | None = None) -> bool:
         """Copy the parent's data into the image so it stands alone; False when it had no parent."""
         with self.cluster.image(spec.pool, spec.image) as image:
             with translated(f"flattening {spec}"):
@@ -612,7 +613,7 @@ class Layering:
             log.error("could not remove the half-made clone %s: %s", spec, exc)
 
 
-def flatten_safely(image, what: str, progress: Callable[[int, int], None] | None = None) -> None:
+def flatten_safely(image, what: str, progress: Progress | None = None) -> None:
     """Flatten an open image so that an interrupted flatten cannot lose data when it is run again.
 
     librbd marks an object as existing in the object map before the copy-up

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .errors import InvalidXMLError, LibvirtError, NotFoundError
 from .keyring import CephKey
@@ -73,7 +74,7 @@ class Host:
             except self.libvirt.libvirtError as exc:
                 log.debug("closing %s: %s", self.uri, exc)
 
-    def __enter__(self) -> "Host":
+    def __enter__(self) -> Host:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from . import errors
 from .libvirt_host import Host
@@ -170,7 +171,7 @@ def _translate(lv, exc, what: str) -> errors.VirtrbdError:
     if code == lv.VIR_ERR_NO_STORAGE_VOL:
         return errors.NotFoundError(f"{what}: {message}")
     if code == lv.VIR_ERR_SYSTEM_ERROR:
-        err = exc.err or ()
+        err: tuple = exc.err or ()
         errno = err[7] if len(err) > 7 else 0      # int1: the errno of a system error
         cls = errors.ERRNO_CLASSES.get(errno)
         if cls is not None:

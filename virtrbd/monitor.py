@@ -41,7 +41,7 @@ class Monitor:
         return host if self.port is None else f"{host}:{self.port}"
 
     @classmethod
-    def parse(cls, text: str) -> "Monitor":
+    def parse(cls, text: str) -> Monitor:
         """Parse ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
         text = text.strip()
         if not text:

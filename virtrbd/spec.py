@@ -38,7 +38,7 @@ class ImageSpec:
             check_name("snapshot", self.snapshot)
 
     @classmethod
-    def parse(cls, text: str, default_pool: str = "rbd") -> "ImageSpec":
+    def parse(cls, text: str, default_pool: str = "rbd") -> ImageSpec:
         if not isinstance(text, str) or not text.strip():
             raise InvalidSpecError("empty image spec (expected POOL/IMAGE[@SNAP])")
         if text.count("/") > 1 or text.count("@") > 1:
@@ -52,11 +52,11 @@ class ImageSpec:
         return cls(pool or default_pool, image, snapshot or None)
 
     @property
-    def image_spec(self) -> "ImageSpec":
+    def image_spec(self) -> ImageSpec:
         """The same image without the snapshot."""
         return ImageSpec(self.pool, self.image)
 
-    def at(self, snapshot: str) -> "ImageSpec":
+    def at(self, snapshot: str) -> ImageSpec:
         return ImageSpec(self.pool, self.image, snapshot)
 
     def __str__(self) -> str:

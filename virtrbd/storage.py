@@ -16,22 +16,24 @@ raises only ``virtrbd.errors`` classes.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from . import config as config_module
 from .ceph import Cluster, translated
 from .config import Config
 from .errors import InvalidSpecError, UsageError
 from .keyring import CephKey
+from .progress import Progress
 from .spec import ImageSpec
 
 if TYPE_CHECKING:
+    from .backup.engine import BackupResult, RestoreResult, VerifyResult
     from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,15 @@ class Storage:
             return None
         from .libvirt_host import Host
         with Host(self.config.libvirt.uri, libvirt_module=self._libvirt_module) as host:
-            return host.secret_key(self.config.libvirt.secret_uuid)
+            return host.secret_key(self.config.libvirt.secret_uuid or "")   # config.load requires one
 
     # --- lifetime ------------------------------------------------------------------
 
-    def __enter__(self) -> "Storage":
+    def __enter__(self) -> Storage:
         self.cluster.connect()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -191,7 +193,7 @@ class Storage:
         return self.layering.clone(self.spec(parent, snapshot=True), self.spec(child, snapshot=False),
                                    size=size, flatten=flatten, exist_ok=exist_ok)
 
-    def clone_many(self, parent: str | ImageSpec, children: list[str | ImageSpec], *, size: int | None = None,
+    def clone_many(self, parent: str | ImageSpec, children: Sequence[str | ImageSpec], *, size: int | None = None,
                    flatten: bool = False, exist_ok: bool = False, workers: int = 8) -> list[CloneResult]:
         """Many clones of one snapshot with several in flight (a fleet from one golden image)."""
         if size is not None:
@@ -216,20 +218,20 @@ class Storage:
     # --- backups to secondary storage ---------------------------------------------------------
 
     def backup(self, snapshot: str | ImageSpec, dest_dir: str | os.PathLike[str], *, format: str | None = None,
-               since: str | ImageSpec | None = None, progress: Progress | None = None):
+               since: str | ImageSpec | None = None, progress: Progress | None = None) -> BackupResult:
         """Back up POOL/IMAGE@SNAP into ``dest_dir``: RAW (sparse) or QCOW2, or with ``since`` (an older
         snapshot) an incremental rbd diff; atomic, with a manifest.  See ``virtrbd.backup``."""
         from . import backup
         return backup.backup(self, snapshot, dest_dir, format=format, since=since, progress=progress)
 
     def restore(self, src: str | os.PathLike[str], target: str | ImageSpec, *, force: bool = False,
-                progress: Progress | None = None):
+                progress: Progress | None = None) -> RestoreResult:
         """Restore a backup (or a chain ending in an incremental) into a new image, every byte checked
         before the image is published; through libvirt's volume upload where the daemon can."""
         from . import backup
         return backup.restore(self, src, target, force=force, progress=progress)
 
-    def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None):
+    def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None) -> VerifyResult:
         """Recompute a backup's SHA-256 against its manifest; ``against`` also compares with a live snapshot."""
         from . import backup
         return backup.verify(src, against=against, storage=self)

@@ -11,8 +11,17 @@ from virtrbd.backup import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
-from .test_backup_support import (CHUNK, MiB, content_of, images, judge, random_bytes,  # noqa: F401 (fixtures)
-                                  record_bad_input, scattered_writes, sha256_of)
+from .test_backup_support import (  # noqa: F401 (fixtures)
+    CHUNK,
+    MiB,
+    content_of,
+    images,
+    judge,
+    random_bytes,
+    record_bad_input,
+    scattered_writes,
+    sha256_of,
+)
 
 
 def four_snapshots(images, seed: int = 10) -> tuple[str, list[int]]:

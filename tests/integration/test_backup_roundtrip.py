@@ -11,8 +11,7 @@ from virtrbd.backup import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
-from .test_backup_support import (CHUNK, MiB, content_of, images, judge, random_bytes,  # noqa: F401 (fixtures)
-                                  scattered_writes, sha256_of)
+from .test_backup_support import CHUNK, MiB, content_of, images, judge, random_bytes, scattered_writes, sha256_of  # noqa: F401 (fixtures)
 
 #: name -> (image size, writes); sizes kept small: the lab is shared and memory-backed
 IMAGES = {

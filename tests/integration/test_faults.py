@@ -32,8 +32,8 @@ from virtrbd.lab import CephSpec, Lab, faults
 from virtrbd.lab.domains import domain_xml, remove_domain, wait_for_reads
 
 from ..cli_helpers import virtrbd
-from .fault_clients import fill, kill_all_osds, start_all_osds
 from ..ledger import LEDGER
+from .fault_clients import fill, kill_all_osds, start_all_osds
 
 TIMEOUT = 3
 REPO = Path(__file__).resolve().parents[2]

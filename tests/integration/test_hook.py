@@ -10,10 +10,10 @@ import libvirt
 import pytest
 
 from virtrbd import errors, hook, hook_install
-
-from ..cli_helpers import virtrbd
 from virtrbd.lab.domains import BOOT_SECTOR, remove_domain, wait_for_reads
 from virtrbd.lab.domains import domain_xml as make_domain_xml
+
+from ..cli_helpers import virtrbd
 
 PREFIX = "virtrbd-test-"
 

@@ -7,8 +7,7 @@ import stat
 import time
 from pathlib import Path
 
-from virtrbd.lab import CephSpec, Lab
-from virtrbd.lab import processes
+from virtrbd.lab import CephSpec, Lab, processes
 from virtrbd.probe import listening
 
 from ..cli_helpers import virtrbd
@@ -78,8 +77,9 @@ def test_a_second_lab_comes_up_and_down_leaving_nothing(tmp_path):
 
 
 def test_up_refuses_a_busy_port(tmp_path, lab):
-    from virtrbd.errors import LabError
     import pytest
+
+    from virtrbd.errors import LabError
     other = Lab(tmp_path / "lab3")
     with pytest.raises(LabError, match="already in use"):
         other.up(CephSpec(port=lab.config.ceph.monitors[0].port, mgr=False))

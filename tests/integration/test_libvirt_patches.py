@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import libvirt
 import pytest

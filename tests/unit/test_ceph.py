@@ -154,6 +154,7 @@ def test_handle_requires_connection(conf, fake_rados, fake_rbd):
 
 def test_reachable_monitor_finds_a_listening_port():
     import socket
+
     from virtrbd.monitor import Monitor
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -193,11 +193,6 @@ def test_the_script_no_op_path_imports_not_even_virtrbd():
     assert imported and not imported & {"site", "os", "virtrbd", "virtrbd.hook", "lxml", "rados"}, imported
 
 
-def test_the_hook_never_imports_the_libvirt_side():
-    source = (REPO / "virtrbd" / "hook.py").read_text()
-    assert "libvirt_host" not in source and "import libvirt" not in source
-
-
 def test_the_work_path_parses_without_lxml(conf, tmp_path):
     """lxml costs ~10 ms to import; the hook reads the domain with the standard library instead."""
     from virtrbd import hook_install
@@ -210,3 +205,5 @@ def test_the_work_path_parses_without_lxml(conf, tmp_path):
     imported = {line.rsplit(b"|", 1)[-1].strip().decode() for line in out.stderr.splitlines() if b"|" in line}
     assert "virtrbd.xml.clone_markup" in imported, out.stderr[-500:]
     assert not {name for name in imported if name.startswith("lxml")}
+    # libvirtd waits for its hook: a call back would deadlock (make lint's contract checks every import path)
+    assert not {name for name in imported if name == "libvirt" or name.startswith("virtrbd.libvirt")}

@@ -38,12 +38,22 @@ from pathlib import Path
 from ..errors import UsageError
 from ..spec import ImageSpec
 from . import manifest as manifests
-from .engine import (BackupPlan, BackupResult, Progress, RestorePlan, RestoreResult, VerifyResult, plan_restore,
-                     run_backup, run_restore, run_verify)
+from .engine import (
+    BackupPlan,
+    BackupResult,
+    Progress,
+    RestorePlan,
+    RestoreResult,
+    VerifyResult,
+    plan_restore,
+    run_backup,
+    run_restore,
+    run_verify,
+)
 from .manifest import DIFF_FORMAT, FORMATS, Manifest
 from .qcow2 import DEFAULT_CLUSTER_SIZE, cluster_bits_for
-from .via_libvirt import libvirt_target
 from .stream import Cancelled, cancel, cancellable
+from .via_libvirt import libvirt_target
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
            "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT"]
@@ -91,8 +101,12 @@ def backup(storage, spec: str | ImageSpec | BackupPlan, dest_dir: os.PathLike | 
     temporary name, synced and published with its manifest; on any failure
     (or KeyboardInterrupt) nothing is left under the final name.
     """
-    plan = spec if isinstance(spec, BackupPlan) else plan_backup(
-        storage, spec, dest_dir, format=format, since=since, cluster_size=cluster_size)
+    if isinstance(spec, BackupPlan):
+        plan = spec
+    elif dest_dir is None:
+        raise UsageError(f"a backup of {spec} needs a destination directory")
+    else:
+        plan = plan_backup(storage, spec, dest_dir, format=format, since=since, cluster_size=cluster_size)
     with cancellable(cancel):
         return run_backup(storage.cluster, plan, progress=progress, direct_io=direct_io)
 

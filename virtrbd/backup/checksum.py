@@ -149,7 +149,7 @@ class BackgroundCRC:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._queue.clear()
 
-    def __enter__(self) -> "BackgroundCRC":
+    def __enter__(self) -> BackgroundCRC:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -198,7 +198,7 @@ class BackgroundDigest:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._queue.clear()
 
-    def __enter__(self) -> "BackgroundDigest":
+    def __enter__(self) -> BackgroundDigest:
         return self
 
     def __exit__(self, *exc) -> None:

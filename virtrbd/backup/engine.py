@@ -23,16 +23,25 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
 from ..ceph import FADVISE_NOCACHE, Cluster, translate, translated
-from ..errors import (AlreadyExistsError, BackupError, BusyError, CorruptBackupError, HasSnapshotsError,
-                      NotFoundError, UsageError, VirtrbdError)
+from ..errors import (
+    AlreadyExistsError,
+    BackupError,
+    BusyError,
+    CorruptBackupError,
+    HasSnapshotsError,
+    NotFoundError,
+    UsageError,
+    VirtrbdError,
+)
+from ..progress import Progress
 from ..spec import ImageSpec, check_name
 from . import manifest as manifests
 from .checksum import ALGORITHM as CONTENT_ALGORITHM
@@ -42,14 +51,26 @@ from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Reader, Qcow2Writer
 from .raw import RawReader, RawWriter
 from .rbddiff import DiffReader, DiffWriter
+from .stream import (
+    BLOCK,
+    CHUNK,
+    Granules,
+    Job,
+    MiB,
+    ReadWindow,
+    check_cancel,
+    is_zero,
+    nonzero_runs,
+    read_chunks,
+    split_at,
+    wait_until,
+    within,
+)
 from .via_libvirt import DEFAULT_OBJECT_SIZE, LibvirtSink, LibvirtTarget, can_upload, create_volume
-from .stream import (BLOCK, CHUNK, Granules, Job, MiB, ReadWindow, check_cancel, is_zero, nonzero_runs,
-                     read_chunks, split_at, wait_until, within)
 
 log = logging.getLogger(__name__)
 
 #: progress(done, total): bytes of the image (or of the backup files) covered so far
-Progress = Callable[[int, int], None]
 
 #: reads (or writes) in flight: 24 MiB in at most 12 requests.  Each in-flight read costs about twice its
 #: size (librados' receive buffer and ours); with the writer's 12 MiB a backup peaks near 100 MiB RSS
@@ -350,7 +371,7 @@ def _reserve_name(dest: Path, name: str) -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run_backup(cluster: Cluster, plan: BackupPlan, *, progress: Progress | None = None,
@@ -1033,7 +1054,7 @@ def _compare_full(m: Manifest, digests: BackgroundDigest, source: RbdSource) -> 
             live.add(chunk.index, chunk.data)
             read += chunk.length
     live.hexdigest()
-    for index, (ours, theirs) in enumerate(zip(digests.digests, live.digests)):
+    for index, (ours, theirs) in enumerate(zip(digests.digests, live.digests, strict=False)):
         if ours != theirs:
             raise BackupError(f"{m.data_path} differs from {source.what} in the 4 MiB chunk at offset "
                               f"{index * CHUNK}")

@@ -63,7 +63,7 @@ def _process_gone(pid: int) -> bool:
 
 def remove_stale_temps(directory: Path) -> list[Path]:
     """Remove temp files left in ``directory`` by backups on this host whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     prefix = f"{TEMP_MARK}{_host()}-"
     try:
         entries = list(os.scandir(directory))
@@ -132,7 +132,7 @@ class AtomicFile:
             else:
                 self.fd = os.open(self.temp, flags, FILE_MODE)
         except OSError as exc:
-            raise BackupError(f"{self.temp}: cannot create ({exc.strerror.lower()})") from None
+            raise BackupError(f"{self.temp}: cannot create ({(exc.strerror or str(exc)).lower()})") from None
         os.fchmod(self.fd, FILE_MODE)      # whatever the umask
         self._open = True
 
@@ -159,7 +159,7 @@ class AtomicFile:
             self._open = False
             os.close(self.fd)
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, exc_type, *_exc) -> None:

@@ -136,7 +136,7 @@ def load(path: os.PathLike | str) -> Manifest:
         raise CorruptBackupError(f"{path}: manifest not found (a backup without its manifest is "
                                  f"incomplete)") from None
     except OSError as exc:
-        raise CorruptBackupError(f"{path}: cannot read the manifest ({exc.strerror.lower()})") from None
+        raise CorruptBackupError(f"{path}: cannot read the manifest ({(exc.strerror or str(exc)).lower()})") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise CorruptBackupError(f"{path}: not a virtrbd manifest (larger than 1 MiB)")
     try:
@@ -249,12 +249,14 @@ def chain(newest: Manifest) -> list[Manifest]:
     seen = {newest.path}
     while links[-1].incremental:
         child = links[-1]
-        parent_path = manifest_path(child.path.parent / child.parent["file"])
+        link = child.parent or {}       # an incremental always names its parent (load checks it)
+        assert child.path is not None, "a manifest read from a file knows its path"
+        parent_path = manifest_path(child.path.parent / link["file"])
         if parent_path in seen or len(links) > 10000:
             raise CorruptBackupError(f"{child.path}: the chain of parents loops")
         seen.add(parent_path)
         if not parent_path.exists():
-            raise CorruptBackupError(f"{child.path}: its parent backup {child.parent['file']} is missing "
+            raise CorruptBackupError(f"{child.path}: its parent backup {link['file']} is missing "
                                      f"(no {parent_path.name})")
         parent = load(parent_path)
         where = f"{child.file}: a diff"
@@ -264,7 +266,7 @@ def chain(newest: Manifest) -> list[Manifest]:
         if parent.snapshot != child.from_snapshot:
             raise CorruptBackupError(f"{where} from @{child.from_snapshot} cannot apply to {parent.file}, "
                                      f"which holds @{parent.snapshot}")
-        if parent.checksum["value"] != child.parent["checksum"]:
+        if parent.checksum["value"] != link["checksum"]:
             raise CorruptBackupError(f"{where} was made on top of another {parent.file} (checksum differs)")
         links.append(parent)
     links.reverse()

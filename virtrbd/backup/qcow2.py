@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import CorruptBackupError, UsageError
 from .files import BlockWriter
@@ -101,6 +101,7 @@ class Qcow2Writer:
             self._flush_l2()
             self._l2_index = index
             self._l2 = bytearray(self.cluster_size)
+        assert self._l2 is not None, "the table of a mapped cluster is open until its range completes"
         struct.pack_into(">Q", self._l2, (guest_cluster & (self.l2_entries - 1)) * 8, host_offset | COPIED)
 
     def _flush_l2(self) -> None:
@@ -207,7 +208,7 @@ class Qcow2Reader:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "Qcow2Reader":
+    def __enter__(self) -> Qcow2Reader:
         return self
 
     def __exit__(self, *exc) -> None:

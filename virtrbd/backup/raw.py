@@ -13,7 +13,7 @@ import errno
 import os
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import CorruptBackupError
 from .files import BlockWriter
@@ -85,7 +85,7 @@ class RawReader:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "RawReader":
+    def __enter__(self) -> RawReader:
         return self
 
     def __exit__(self, *exc) -> None:

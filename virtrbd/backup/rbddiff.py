@@ -19,8 +19,9 @@ end and a stream cut short are each one-line ``CorruptBackupError``\\ s.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, NoReturn
 
 from ..errors import CorruptBackupError
 from .stream import CHUNK
@@ -101,7 +102,7 @@ class DiffReader:
         self.position = 0
         self.header = self._read_header()
 
-    def _fail(self, what: str):
+    def _fail(self, what: str) -> NoReturn:
         raise CorruptBackupError(f"{self.name}: {what}")
 
     def _read(self, length: int, what: str) -> bytes:

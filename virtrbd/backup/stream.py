@@ -23,9 +23,10 @@ from __future__ import annotations
 import collections
 import contextvars
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol, cast
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -245,7 +246,7 @@ class Granules:
     def _finish_pending(self) -> None:
         at, buf = self._pending_at, self._pending
         self._pending_at = None
-        if not is_zero(buf):
+        if at is not None and not is_zero(buf):
             self._emit(at, buf, 0, self.granule)
         self._pending = bytearray(self.granule)
 
@@ -334,7 +335,7 @@ class ReadWindow:
                     upcoming = next(pending, None)
                 head = self._queue[0]
                 with self._cond:
-                    wait_until(self._cond, lambda: head.remaining <= 0)
+                    wait_until(self._cond, lambda: head.remaining <= 0)  # noqa: B023 - waited on before the loop moves on
                 self._queue.popleft()
                 self._bytes -= head.nbytes
                 self._ops -= len(head.ranges)
@@ -372,7 +373,7 @@ class ReadWindow:
         def done(data, error) -> None:
             with self._cond:
                 if error is None and (data is None or len(data) != length):
-                    error = IOError(f"short read: {0 if data is None else len(data)} of {length} bytes")
+                    error = OSError(f"short read: {0 if data is None else len(data)} of {length} bytes")
                 if error is not None:
                     job.error = job.error or error
                 else:
@@ -452,12 +453,12 @@ def chunk_jobs(source: Source, size: int, *, chunk: int = CHUNK, map_window: int
 
 def assemble(job: Job) -> Chunk:
     """The job's chunk with ``data`` filled: the read itself when it covers the chunk, else a copy."""
-    chunk: Chunk = job.key
+    chunk = cast(Chunk, job.key)
     if len(job.ranges) == 1 and job.ranges[0] == (chunk.offset, chunk.length):
         chunk.data = job.results[0]
         return chunk
     buf = bytearray(chunk.length)
-    for (offset, length), data in zip(job.ranges, job.results):
+    for (offset, length), data in zip(job.ranges, job.results, strict=False):
         buf[offset - chunk.offset:offset - chunk.offset + length] = data
     chunk.data = buf
     return chunk
@@ -495,7 +496,7 @@ class MemorySink:
 
     def __init__(self, size: int):
         self.data = bytearray(size)
-        self.written = []               # (offset, length) of every write, to check sparseness
+        self.written: list[tuple[int, int]] = []               # (offset, length) of every write, to check sparseness
 
     @property
     def size(self) -> int:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import VirtrbdError
+
+if TYPE_CHECKING:
+    from ..libvirt_host import Host
 from .stream import CHUNK, within, zeros
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,7 @@ DEFAULT_OBJECT_SIZE = 4 << 20
 class LibvirtTarget:
     """Where a restore may upload: an open libvirt connection and the rbd pool's libvirt name."""
 
-    host: object          # virtrbd.libvirt_host.Host
+    host: Host
     pool: str             # the libvirt pool
     ceph_pool: str        # the Ceph pool it stands for
 

@@ -13,9 +13,10 @@ import dataclasses
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from ..units import format_size
 from .common import emit_json, size_arg
@@ -135,7 +136,7 @@ def bound_memory() -> None:
 
 
 def _summary(result, **extra) -> dict:
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+    data: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
     data.update(extra)
     if "seconds" in data:
         data["seconds"] = round(data["seconds"], 3)

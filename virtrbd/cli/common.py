@@ -9,8 +9,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from ..errors import UsageError
 from ..spec import ImageSpec

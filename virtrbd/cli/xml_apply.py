@@ -18,7 +18,7 @@ from ..errors import InvalidSpecError, InvalidXMLError, UsageError
 from ..libvirt_host import Host
 from ..spec import ImageSpec
 from ..storage import Storage
-from ..xml import clone_markup, schema, safe
+from ..xml import clone_markup, safe, schema
 from ..xml.clone_markup import CloneMarkup
 from ..xml.disk import DiskDef, rbd_disks
 from ..xml.pool import PoolDef

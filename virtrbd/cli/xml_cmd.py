@@ -23,7 +23,6 @@ from ..xml.choices import BUSES, CACHE_MODES, DISCARD_MODES, IO_MODES
 from .common import size_arg
 
 
-
 def add_parser(subparsers) -> None:
     xml = subparsers.add_parser(
         "xml", help="libvirt XML for the ceph secret, the rbd pool, volumes and disks (or --define them)",
@@ -100,5 +99,5 @@ def _iotune_arg(text: str) -> tuple[str, int]:
 # --- the command ---------------------------------------------------------------------------
 
 def cmd_xml(args) -> int:
-    from .xml_apply import run   # lxml and the libvirt side load only for this command
+    from .xml_apply import run  # lxml and the libvirt side load only for this command
     return run(args)

@@ -17,9 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from ..errors import VirtrbdError
 from ..lab import Lab
@@ -209,7 +209,8 @@ class Tour:
     def stop_batch(self, step: Step) -> str:
         with ThreadPoolExecutor(self.settings.parallel) as pool:
             list(pool.map(lambda dom: dom.destroy(), self.batch))
-        kept, gone = [], []
+        kept: list[str] = []
+        gone: list[str] = []
         for i, dom in enumerate(self.batch):
             exists = self.storage.image_exists(f"{dom.name()}-disk")
             if exists == self._ephemeral(i):

@@ -15,9 +15,9 @@ import logging
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import LabError
 from ..keyring import CephKey

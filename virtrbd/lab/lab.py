@@ -17,9 +17,9 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .. import config as config_module
 from ..errors import LabError, VirtrbdError
@@ -83,7 +83,7 @@ class Lab:
         """Every recorded daemon runs and the restricted client can list the pool."""
         return not self.problems(state)
 
-    def _client_error(self, timeout: float) -> str | None:
+    def _client_error(self, timeout: int) -> str | None:
         """Why the restricted client cannot list the pool within ``timeout``; None when it can."""
         from ..ceph import Cluster
         try:
@@ -127,7 +127,7 @@ class Lab:
         with self._locked():
             state = self._read_state()
             if self._only_stopped_on_purpose(state):
-                from . import faults   # 'lab up' after 'lab kill osd.1' restarts it instead of rebuilding
+                from . import faults  # 'lab up' after 'lab kill osd.1' restarts it instead of rebuilding
                 faults.wait_serving([faults.launch(self, d["name"]) for d in state["daemons"] if d.get("stopped")])
                 state = self._read_state()
             problems = self.problems(state)

@@ -24,7 +24,7 @@ class SecretRef:
             raise ValueError("a secret is referenced by uuid or by usage, exactly one of them")
         if self.uuid is not None:
             object.__setattr__(self, "uuid", str(uuid_module.UUID(self.uuid)))
-        elif not self.usage.strip():
+        elif not (self.usage or "").strip():
             raise ValueError("empty secret usage name")
 
     def fill(self, node: etree._Element) -> None:
@@ -32,7 +32,7 @@ class SecretRef:
         nodes.put_attr(node, ".", "usage", self.usage)
 
     @classmethod
-    def read(cls, node: etree._Element, what: str) -> "SecretRef":
+    def read(cls, node: etree._Element, what: str) -> SecretRef:
         try:
             return cls(uuid=node.get("uuid"), usage=node.get("usage"))
         except ValueError as exc:

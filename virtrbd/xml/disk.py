@@ -122,7 +122,7 @@ class DiskDef:
     # --- parsing -------------------------------------------------------------------------
 
     @classmethod
-    def from_element(cls, root: etree._Element) -> "DiskDef":
+    def from_element(cls, root: etree._Element) -> DiskDef:
         """A virtrbd disk, or one of libvirt's own (``virsh dumpxml``: alias, address… are ignored)."""
         if root.tag != "disk":
             raise InvalidXMLError(f"expected a <disk> document, got <{root.tag}>")
@@ -152,7 +152,7 @@ class DiskDef:
             raise InvalidXMLError(f"{what}: {exc}") from None
 
     @classmethod
-    def from_xml(cls, text: str | bytes) -> "DiskDef":
+    def from_xml(cls, text: str | bytes) -> DiskDef:
         return cls.from_element(safe.parse(text, what="disk XML"))
 
 

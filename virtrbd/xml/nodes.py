@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from lxml import etree
 

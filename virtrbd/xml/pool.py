@@ -57,7 +57,7 @@ class PoolDef:
         return safe.tostring(self.to_element(template_dir))
 
     @classmethod
-    def from_element(cls, root: etree._Element) -> "PoolDef":
+    def from_element(cls, root: etree._Element) -> PoolDef:
         if root.tag != "pool" or root.get("type") != "rbd":
             raise InvalidXMLError("expected a <pool type='rbd'> document")
         source = root.find("source")
@@ -80,7 +80,7 @@ class PoolDef:
             raise InvalidXMLError(f"pool: {exc}") from None
 
     @classmethod
-    def from_xml(cls, text: str | bytes) -> "PoolDef":
+    def from_xml(cls, text: str | bytes) -> PoolDef:
         return cls.from_element(safe.parse(text, what="pool XML"))
 
 

@@ -9,7 +9,7 @@ devices in interleave".
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from lxml import etree
@@ -30,7 +30,7 @@ SCHEMAS = {
 _RNG = "http://relaxng.org/ns/structure/1.0"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _relaxng(path: Path, start: str | None) -> etree.RelaxNG:
     if not path.is_file():
         raise ConfigError(f"{path}: libvirt's RelaxNG schema is missing (install libvirt0)")

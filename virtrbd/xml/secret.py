@@ -42,7 +42,7 @@ class SecretDef:
         return safe.tostring(self.to_element(template_dir))
 
     @classmethod
-    def from_element(cls, root: etree._Element) -> "SecretDef":
+    def from_element(cls, root: etree._Element) -> SecretDef:
         if root.tag != "secret":
             raise InvalidXMLError(f"expected a <secret> document, got <{root.tag}>")
         if nodes.attr(root, "usage", "type") != "ceph":
@@ -54,5 +54,5 @@ class SecretDef:
             raise InvalidXMLError(f"secret: {exc}") from None
 
     @classmethod
-    def from_xml(cls, text: str | bytes) -> "SecretDef":
+    def from_xml(cls, text: str | bytes) -> SecretDef:
         return cls.from_element(safe.parse(text, what="secret XML"))

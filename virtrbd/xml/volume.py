@@ -36,7 +36,7 @@ class VolumeDef:
         return safe.tostring(self.to_element(template_dir))
 
     @classmethod
-    def from_element(cls, root: etree._Element) -> "VolumeDef":
+    def from_element(cls, root: etree._Element) -> VolumeDef:
         """Also reads ``virsh vol-dumpxml``: key, allocation and target path are libvirt's, not ours."""
         if root.tag != "volume":
             raise InvalidXMLError(f"expected a <volume> document, got <{root.tag}>")
@@ -55,5 +55,5 @@ class VolumeDef:
             raise InvalidXMLError(f"volume: {exc}") from None
 
     @classmethod
-    def from_xml(cls, text: str | bytes) -> "VolumeDef":
+    def from_xml(cls, text: str | bytes) -> VolumeDef:
         return cls.from_element(safe.parse(text, what="volume XML"))

@@ -10,10 +10,9 @@ from contextlib import nullcontext
 
 import pytest
 
-from virtrbd.backup.checksum import ContentDigest
-from virtrbd.backup.engine import (BackupPlan, ImageInfo, plan_restore, restore_chain, run_verify,
-                                   write_full_backup)
 from virtrbd.backup import manifest as manifests
+from virtrbd.backup.checksum import ContentDigest
+from virtrbd.backup.engine import BackupPlan, ImageInfo, plan_restore, restore_chain, run_verify, write_full_backup
 from virtrbd.backup.stream import BLOCK, CHUNK, Cancelled, MemorySink, MemorySource, cancellable
 from virtrbd.errors import BackupError, CorruptBackupError
 from virtrbd.spec import ImageSpec

@@ -8,8 +8,21 @@ import time
 
 import pytest
 
-from virtrbd.backup.stream import (BLOCK, CHUNK, Cancelled, Granules, Job, MemorySink, MemorySource, ReadWindow,
-                                   cancellable, is_zero, normalized, read_chunks, split_at)
+from virtrbd.backup.stream import (
+    BLOCK,
+    CHUNK,
+    Cancelled,
+    Granules,
+    Job,
+    MemorySink,
+    MemorySource,
+    ReadWindow,
+    cancellable,
+    is_zero,
+    normalized,
+    read_chunks,
+    split_at,
+)
 
 from .conftest import scattered
 
@@ -239,6 +252,7 @@ def _runs_by_hand(data: bytes, gap: int) -> list[tuple[int, int]]:
 
 def test_nonzero_runs_match_their_definition():
     import random
+
     from virtrbd.backup.stream import nonzero_runs
     rng = random.Random(7)
     for _ in range(1500):
