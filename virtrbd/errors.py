@@ -68,7 +68,11 @@ class PermissionDeniedError(CephError):
 
 
 class NotFoundError(CephError):
-    """A pool, image or snapshot does not exist."""
+    """A pool, image or snapshot does not exist; ``missing`` says which of them, where it is known."""
+
+    def __init__(self, message: str, *, errno: int | None = None, missing: str | None = None):
+        super().__init__(message, errno=errno)
+        self.missing = missing
 
 
 class AlreadyExistsError(CephError):

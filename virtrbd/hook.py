@@ -126,7 +126,7 @@ def _prepare(layering, disk, image, uuid: str, log) -> None:
         log.info("%s: %s exists (not a clone of %s); left as it is", disk.target, image, disk.clone_of)
         return
     except NotFoundError:
-        if _exists(layering, image):
+        if layering.cluster.exists(image.pool, image.image):   # a missing pool is an error, not "make the clone"
             log.info("%s: %s exists; left as it is", disk.target, image)
             return
         raise
@@ -135,18 +135,6 @@ def _prepare(layering, disk, image, uuid: str, log) -> None:
         return
     log.info("%s: cloned %s to %s for domain %s (%s)%s", disk.target, disk.clone_of, image, uuid,
              "ephemeral" if disk.ephemeral else "persistent", f"; {result.note}" if result.note else "")
-
-
-def _exists(layering, image) -> bool:
-    from .errors import NotFoundError
-
-    try:
-        with layering.cluster.image(image.pool, image.image, read_only=True):
-            return True
-    except NotFoundError as exc:
-        if str(exc).startswith(f"image {image}:"):
-            return False
-        raise  # the pool is missing: an error, not "make the clone"
 
 
 def _release(layering, image, uuid: str, log, stderr, guest: str) -> None:

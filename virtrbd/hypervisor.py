@@ -19,12 +19,11 @@ Every ``ensure_*`` is idempotent and says what it changed (nothing, the second t
 
 from __future__ import annotations
 
-from contextlib import closing
 from dataclasses import dataclass
 
 from .ceph import Cluster, translated
 from .config import Config
-from .errors import AlreadyExistsError, ConfigError, LibvirtError, UsageError
+from .errors import AlreadyExistsError, ConfigError, LibvirtError, NotFoundError, UsageError
 from .keyring import read_key
 from .libvirt_host import Host
 from .libvirt_host import translated as libvirt_translated
@@ -173,13 +172,14 @@ def attach_disk(host: Host, config: Config, domain: str, disk: DiskDef,
 
 def find_volume(cluster: Cluster, image: ImageSpec) -> VolumeDef | None:
     """The image as a volume (name, capacity), or None: one librbd open, no pool refresh."""
-    with cluster.ioctx(image.pool) as ioctx, translated(f"looking up image {image}"):
-        try:
-            opened = cluster.rbd.Image(ioctx, image.image, read_only=True)
-        except cluster.rbd.ImageNotFound:
-            return None
-        with closing(opened):
+    try:
+        with cluster.image(image.pool, image.image, read_only=True) as opened, \
+                translated(f"looking up image {image}"):
             return VolumeDef(image.image, opened.size())
+    except NotFoundError as exc:
+        if exc.missing == "image":
+            return None
+        raise
 
 
 def libvirt_volume(host: Host, cluster: Cluster, config: Config, name: str):

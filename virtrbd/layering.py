@@ -18,16 +18,19 @@ parses user text and delegates here.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import errors
-from .ceph import Cluster, translated
+from .ceph import Cluster, parent_of, translated
+from .ceph.image import FEATURE_NAMES, OBJECT_MAP_FEATURES, SNAP_NAMESPACE_TRASH, SNAP_NAMESPACE_USER
 from .progress import Progress
 from .spec import ImageSpec
 
@@ -39,14 +42,6 @@ DEFAULT_GOLDEN_SNAPSHOT = "golden"
 #: libvirt's vol-clone protects a snapshot named libvirt-<random number> on the source
 _LIBVIRT_SNAPSHOT = re.compile(r"^libvirt-\d+$")
 
-_FEATURE_NAMES = {
-    1: "layering", 2: "striping", 4: "exclusive-lock", 8: "object-map", 16: "fast-diff",
-    32: "deep-flatten", 64: "journaling", 128: "data-pool", 256: "operations", 512: "migrating",
-    1024: "non-primary",
-}
-_USER_NAMESPACE = 0
-_TRASH_NAMESPACE = 2
-_OBJECT_MAP_FEATURES = 8 | 16          # object-map and fast-diff (which needs it)
 #: image metadata set while a flatten runs; found by the next flatten, it means "interrupted"
 FLATTEN_MARK = "virtrbd.flattening"
 
@@ -137,15 +132,11 @@ class Layering:
         self.max_clone_depth = max_clone_depth
         self._cache = _Cache()
 
-    @property
-    def _rbd(self):
-        return self.cluster.rbd
-
     # --- snapshots -----------------------------------------------------------------
 
     def create_snapshot(self, snap: ImageSpec) -> None:
         with self.cluster.image(snap.pool, snap.image) as image, translated(f"snapshot {snap}"):
-            image.create_snap(snap.snapshot)
+            image.create_snap(snap.snap)
 
     def list_snapshots(self, spec: ImageSpec) -> list[SnapshotInfo]:
         with self.cluster.image(spec.pool, spec.image, read_only=True) as image:
@@ -156,7 +147,7 @@ class Layering:
         result = []
         with translated(f"listing snapshots of {spec}"):
             for snap in image.list_snaps():
-                if snap.get("namespace", _USER_NAMESPACE) != _USER_NAMESPACE:
+                if snap.get("namespace", SNAP_NAMESPACE_USER) != SNAP_NAMESPACE_USER:
                     continue
                 name = snap["name"]
                 origin = "golden" if name == golden else "libvirt" if _LIBVIRT_SNAPSHOT.match(name) else "user"
@@ -171,12 +162,12 @@ class Layering:
         with self.cluster.image(snap.pool, snap.image) as image:
             self._refuse_with_clones(snap, image)
             with translated(f"removing snapshot {snap}"):
-                if image.is_protected_snap(snap.snapshot):
+                if image.is_protected_snap(snap.snap):
                     if not force:
                         raise errors.BusyError(f"snapshot {snap}: is protected; unprotect it first "
                                                f"(or use force / --force)")
-                    image.unprotect_snap(snap.snapshot)
-                image.remove_snap(snap.snapshot)
+                    image.unprotect_snap(snap.snap)
+                image.remove_snap(snap.snap)
         self._forget(snap)
 
     def protect_snapshot(self, snap: ImageSpec) -> bool:
@@ -186,16 +177,19 @@ class Layering:
             return self._protect(snap, image)
 
     def _protect(self, snap: ImageSpec, image) -> bool:
-        with translated(f"protecting snapshot {snap}"):
+        what = f"protecting snapshot {snap}"
+        with translated(what):
             if image.is_protected_snap(snap.snapshot):
                 return False
-            try:
+        try:
+            with translated(what):
                 image.protect_snap(snap.snapshot)
-            except self._rbd.ImageBusy:
-                # another agent protected it at the same moment: that is what we wanted
+        except errors.BusyError:
+            # another agent protected it at the same moment: that is what we wanted
+            with translated(what):
                 if image.is_protected_snap(snap.snapshot):
                     return False
-                raise
+            raise
         return True
 
     def unprotect_snapshot(self, snap: ImageSpec) -> bool:
@@ -203,9 +197,9 @@ class Layering:
         with self.cluster.image(snap.pool, snap.image) as image:
             self._refuse_with_clones(snap, image)
             with translated(f"unprotecting snapshot {snap}"):
-                if not image.is_protected_snap(snap.snapshot):
+                if not image.is_protected_snap(snap.snap):
                     return False
-                image.unprotect_snap(snap.snapshot)
+                image.unprotect_snap(snap.snap)
         self._forget(snap)
         return True
 
@@ -222,9 +216,9 @@ class Layering:
             try:
                 with translated(f"rolling back to {snap}"):
                     if progress is None:
-                        image.rollback_to_snap(snap.snapshot)
+                        image.rollback_to_snap(snap.snap)
                     else:
-                        image.rollback_to_snap(snap.snapshot, on_progress=progress)
+                        image.rollback_to_snap(snap.snap, on_progress=progress)
             except errors.CephError as exc:
                 if exc.errno != 30:  # EROFS: the exclusive lock stayed with another client
                     raise
@@ -242,8 +236,8 @@ class Layering:
         snap = spec if spec.snapshot else spec.at(DEFAULT_GOLDEN_SNAPSHOT)
         with self.cluster.image(snap.pool, snap.image) as image:
             with translated(f"snapshot {snap}"):
-                if not image.snap_exists(snap.snapshot):
-                    image.create_snap(snap.snapshot)
+                if not image.snap_exists(snap.snap):
+                    image.create_snap(snap.snap)
             self._protect(snap, image)
             with translated(f"recording {snap} as golden"):
                 image.metadata_set(GOLDEN_KEY, json.dumps({"snapshot": snap.snapshot, "image_id": image.id()}))
@@ -300,7 +294,7 @@ class Layering:
             return CloneResult(image=child, parent=parent, depth=depth, flattened=False)
         try:
             with self.cluster.image(child.pool, child.image) as image:
-                if resize:
+                if resize and size is not None:
                     with translated(f"resizing clone {child}"):
                         image.resize(size)
                 if flatten or too_deep:
@@ -322,14 +316,15 @@ class Layering:
     def _existing_clone(self, parent: ImageSpec, child: ImageSpec, *, flattened: bool, size: int | None,
                         on_created: Callable[[object], None] | None) -> CloneResult:
         """``child`` exists: the result of an earlier run when it is a clone of ``parent`` (or was to be flattened)."""
-        try:
-            with self.cluster.image(child.pool, child.image, read_only=True) as image:
-                chain = self._parent_chain(image)
-                kept = None if chain else self._why_not_remains(child, image)
-        except errors.NotFoundError as exc:
-            if not str(exc).startswith(f"image {child}:"):
-                raise
-            chain, kept = [], None         # named in the pool's directory, but no image behind the name
+        with ExitStack() as opened:
+            try:
+                image = opened.enter_context(self.cluster.image(child.pool, child.image, read_only=True))
+            except errors.NotFoundError as exc:
+                if exc.missing != "image":
+                    raise
+                image = None           # named in the pool's directory, but no image behind the name
+            chain = self._parent_chain(image) if image is not None else []
+            kept = self._why_not_remains(child, image) if image is not None and not chain else None
         if not chain and kept is None:
             # a clone cut short before librbd attached the parent, and not rolled back (the cluster
             # was gone): no data, no snapshots, nobody using it — replace it with the clone asked for
@@ -346,7 +341,7 @@ class Layering:
                                note="existed already", existed=True)
         why = f" (its parent is {chain[0]})" if chain else f" ({kept})"
         raise errors.AlreadyExistsError(f"image {child}: already exists but is not a clone of {parent}{why}",
-                                        errno=17)
+                                        errno=errno.EEXIST)
 
     def _why_not_remains(self, spec: ImageSpec, image) -> str | None:
         """None for the empty remains of an interrupted clone (no snapshot, no client, not a byte of
@@ -408,20 +403,17 @@ class Layering:
 
     def _clone(self, parent: ImageSpec, child: ImageSpec, facts: _SnapshotFacts) -> None:
         """Clone, protecting the snapshot first when the cluster's clone format (v1) needs it."""
-        with self.cluster.ioctx(parent.pool) as parent_ioctx, self.cluster.ioctx(child.pool) as child_ioctx:
-            for attempt in (1, 2):
-                try:
-                    with translated(f"cloning {parent} to {child}"):
-                        self._rbd.RBD().clone(parent_ioctx, parent.image, parent.snapshot,
-                                              child_ioctx, child.image)
-                    return
-                except errors.CephError as exc:
-                    # clone v1 refuses an unprotected parent snapshot with EINVAL
-                    if attempt == 2 or exc.errno != 22 or facts.protected:
-                        raise
-                    with self.cluster.image(parent.pool, parent.image) as image:
-                        self._protect(parent, image)
-                    facts.protected = True
+        for attempt in (1, 2):
+            try:
+                self.cluster.clone(parent, child)
+                return
+            except errors.CephError as exc:
+                # clone v1 refuses an unprotected parent snapshot with EINVAL
+                if attempt == 2 or exc.errno != errno.EINVAL or facts.protected:
+                    raise
+                with self.cluster.image(parent.pool, parent.image) as image:
+                    self._protect(parent, image)
+                facts.protected = True
 
     def _snapshot_facts(self, parent: ImageSpec) -> _SnapshotFacts:
         if parent.snapshot is None:
@@ -443,38 +435,16 @@ class Layering:
             self._cache.facts.pop(snap, None)
 
     def _parent_chain(self, image) -> list[ImageSpec]:
-        """Ancestors of an open image (at its current snapshot), nearest first."""
-        chain: list[ImageSpec] = []
-        current = image
-        opened = []
-        try:
-            while True:
-                try:
-                    parent = current.get_parent_image_spec()
-                except self._rbd.ImageNotFound:
-                    return chain
-                spec = ImageSpec(parent["pool_name"], parent["image_name"], parent["snap_name"])
-                if spec in chain or len(chain) > 64:
-                    raise errors.CephError(f"parent chain of {chain[0]} loops or is absurdly deep")
-                chain.append(spec)
-                ioctx = self.cluster.handle.open_ioctx(spec.pool)
-                opened.append(ioctx)
-                current = self._rbd.Image(ioctx, spec.image, snapshot=spec.snapshot, read_only=True)
-                opened.append(current)
-        finally:
-            for handle in reversed(opened):
-                handle.close()
+        return self.cluster.parent_chain(image)
 
     def flatten(self, spec: ImageSpec, *, progress: Progress | None = None) -> bool:
         """Copy the parent's data into the image so it stands alone; False when it had no parent."""
         with self.cluster.image(spec.pool, spec.image) as image:
-            with translated(f"flattening {spec}"):
-                try:
-                    image.get_parent_image_spec()
-                except self._rbd.ImageNotFound:
+            if parent_of(image) is None:
+                with translated(f"flattening {spec}"):
                     if _metadata(image, FLATTEN_MARK) is not None:
                         image.metadata_remove(FLATTEN_MARK)   # a flatten that finished but could not say so
-                    return False
+                return False
             flatten_safely(image, f"flattening {spec}", progress)
         return True
 
@@ -496,7 +466,7 @@ class Layering:
     def _children_at(self, spec: ImageSpec, image, snap_id: int, name: str | None = None) -> list[Dependent]:
         with translated(f"listing clones of {spec}"):
             name = name or image.snap_get_name(snap_id)
-            if image.snap_get_namespace_type(snap_id) == _TRASH_NAMESPACE:
+            if image.snap_get_namespace_type(snap_id) == SNAP_NAMESPACE_TRASH:
                 name = image.snap_get_trash_namespace(snap_id).get("original_name", name)
             image.set_snap_by_id(snap_id)
             try:
@@ -516,7 +486,7 @@ class Layering:
     def _snap_id(self, snap: ImageSpec, image) -> int:
         with translated(f"snapshot {snap}"):
             for entry in image.list_snaps():
-                if entry["name"] == snap.snapshot and entry.get("namespace", 0) == _USER_NAMESPACE:
+                if entry["name"] == snap.snapshot and entry.get("namespace", 0) == SNAP_NAMESPACE_USER:
                     return entry["id"]
         raise errors.NotFoundError(f"snapshot {snap}: does not exist")
 
@@ -536,7 +506,7 @@ class Layering:
             snapshots = self._snapshots(spec, image)
             return ImageInfo(
                 image=spec, id=image_id, size=stat["size"], object_size=stat["obj_size"],
-                features=tuple(name for bit, name in _FEATURE_NAMES.items() if features & bit),
+                features=tuple(name for bit, name in FEATURE_NAMES.items() if features & bit),
                 created=created, parent_chain=tuple(self._parent_chain(image)), snapshots=tuple(snapshots),
                 dependents=tuple(self._all_children(spec, image)), golden_snapshot=self._golden_of(image),
                 watchers=len(self._watchers(spec, image)))
@@ -583,32 +553,24 @@ class Layering:
                         image.remove_snap(snap.name)
                     self._forget(spec.at(snap.name))
                     removed.append(snap.name)
-        with self.cluster.ioctx(spec.pool) as ioctx:
-            if trash:
-                with translated(f"moving image {spec} to the trash"):
-                    self._rbd.RBD().trash_move(ioctx, spec.image, 0)
-            else:
-                with translated(f"removing image {spec}"):
-                    self._rbd.RBD().remove(ioctx, spec.image)
+        if trash:
+            self.cluster.move_to_trash(spec.pool, spec.image)
+        else:
+            self.cluster.remove(spec.pool, spec.image)
         return RemoveResult(spec, tuple(removed), tuple(flattened), trash)
 
     def _flatten_dependent(self, dependent: Dependent) -> None:
         child = dependent.image
-        with self.cluster.ioctx(child.pool) as ioctx:
-            with translated(f"opening clone {dependent}"):
-                if dependent.in_trash:
-                    image = self._rbd.Image(ioctx, image_id=dependent.image_id)
-                else:
-                    image = self._rbd.Image(ioctx, child.image)
-            try:
-                flatten_safely(image, f"flattening clone {dependent}")
-            finally:
-                image.close()
+        if dependent.in_trash:
+            opened = self.cluster.image(child.pool, image_id=dependent.image_id)
+        else:
+            opened = self.cluster.image(child.pool, child.image)
+        with opened as image:
+            flatten_safely(image, f"flattening clone {dependent}")
 
     def _remove_quietly(self, spec: ImageSpec) -> None:
         try:
-            with self.cluster.ioctx(spec.pool) as ioctx, translated(f"removing half-made {spec}"):
-                self._rbd.RBD().remove(ioctx, spec.image)
+            self.cluster.remove(spec.pool, spec.image, what=f"removing half-made {spec}")
         except errors.VirtrbdError as exc:
             log.error("could not remove the half-made clone %s: %s", spec, exc)
 
@@ -628,7 +590,7 @@ def flatten_safely(image, what: str, progress: Progress | None = None) -> None:
     with translated(what):
         interrupted = _metadata(image, FLATTEN_MARK) is not None
         image.metadata_set(FLATTEN_MARK, "in progress")
-        object_map = image.features() & _OBJECT_MAP_FEATURES if interrupted else 0
+        object_map = image.features() & OBJECT_MAP_FEATURES if interrupted else 0
         if object_map:
             log.warning("%s: an earlier flatten was interrupted; this one does not trust the object map", what)
             image.update_features(object_map, False)

@@ -56,6 +56,13 @@ class ImageSpec:
         """The same image without the snapshot."""
         return ImageSpec(self.pool, self.image)
 
+    @property
+    def snap(self) -> str:
+        """The snapshot's name, for operations that need one (an InvalidSpecError for a bare image)."""
+        if self.snapshot is None:
+            raise InvalidSpecError(f"{self}: name a snapshot (POOL/IMAGE@SNAP)")
+        return self.snapshot
+
     def at(self, snapshot: str) -> ImageSpec:
         return ImageSpec(self.pool, self.image, snapshot)
 

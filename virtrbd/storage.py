@@ -100,7 +100,7 @@ class Storage:
     def check(self) -> ClusterInfo:
         """Prove the connection works: who we are, where, and how many images the default pool holds."""
         pool = self.config.ceph.pool
-        return ClusterInfo(fsid=self.cluster.handle.get_fsid(),
+        return ClusterInfo(fsid=self.cluster.fsid(),
                            monitors=", ".join(str(m) for m in self.config.ceph.monitors),
                            user=self.config.ceph.entity, pool=pool, images=len(self.list_images(pool)))
 
@@ -110,19 +110,13 @@ class Storage:
 
     def image_exists(self, image: str | ImageSpec) -> bool:
         spec = self.spec(image, snapshot=False)
-        with self.cluster.ioctx(spec.pool) as ioctx, translated(f"looking up {spec}"):
-            try:
-                self.cluster.rbd.Image(ioctx, spec.image, read_only=True).close()
-                return True
-            except self.cluster.rbd.ImageNotFound:
-                return False
+        return self.cluster.exists(spec.pool, spec.image)
 
     def create_image(self, image: str | ImageSpec, size: int) -> ImageSpec:
         """A new format-2 image with the cluster's default features (layering, exclusive-lock, …)."""
         spec = self.spec(image, snapshot=False)
         _check_size(size)
-        with self.cluster.ioctx(spec.pool) as ioctx, translated(f"creating image {spec}"):
-            self.cluster.rbd.RBD().create(ioctx, spec.image, size, old_format=False)
+        self.cluster.create(spec.pool, spec.image, size)
         return spec
 
     def resize_image(self, image: str | ImageSpec, size: int, *, allow_shrink: bool = False) -> None:

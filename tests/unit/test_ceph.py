@@ -42,7 +42,7 @@ def test_key_given_by_caller_wins_over_keyring(conf, fake_rados, fake_rbd):
 
 def test_timed_out_with_reachable_monitor_is_an_authentication_error(conf, fake_rados, fake_rbd, mocker):
     fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
-    mocker.patch.object(ceph, "reachable_monitor", return_value=conf.ceph.monitors[0])
+    mocker.patch.object(ceph.cluster, "reachable_monitor", return_value=conf.ceph.monitors[0])
     with pytest.raises(errors.AuthenticationError, match=r"192.0.2.10:3300 is reachable .* client.virt within 4 s"):
         make_cluster(conf, fake_rados, fake_rbd).connect()
     fake_rados.Rados.return_value.shutdown.assert_called_once_with()
@@ -50,7 +50,7 @@ def test_timed_out_with_reachable_monitor_is_an_authentication_error(conf, fake_
 
 def test_timed_out_with_no_monitor_is_a_connection_error(conf, fake_rados, fake_rbd, mocker):
     fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
-    mocker.patch.object(ceph, "reachable_monitor", return_value=None)
+    mocker.patch.object(ceph.cluster, "reachable_monitor", return_value=None)
     with pytest.raises(errors.ConnectionFailedError, match="no monitor reachable at .* within 4 s") as info:
         make_cluster(conf, fake_rados, fake_rbd).connect()
     assert not isinstance(info.value, errors.AuthenticationError)
@@ -70,7 +70,7 @@ def test_unresolvable_monitor(conf, fake_rados, fake_rbd):
 
 def test_errors_never_carry_the_key(conf, fake_rados, fake_rbd, mocker):
     fake_rados.Rados.return_value.connect.side_effect = fake_rados.TimedOut("t", errno=errno.ETIMEDOUT)
-    mocker.patch.object(ceph, "reachable_monitor", return_value=None)
+    mocker.patch.object(ceph.cluster, "reachable_monitor", return_value=None)
     with pytest.raises(errors.VirtrbdError) as info:
         make_cluster(conf, fake_rados, fake_rbd).connect()
     assert KEY not in str(info.value) and KEY not in repr(info.value.args)
@@ -185,3 +185,103 @@ def test_a_timed_out_operation_gets_the_next_one_a_fresh_connection(conf, fake_r
 
 def test_the_nocache_hint_is_librados_own():
     assert ceph.FADVISE_NOCACHE == rados.LIBRADOS_OP_FLAG_FADVISE_NOCACHE
+
+
+def test_librbd_constants_are_the_bindings_own():
+    import rbd
+
+    from virtrbd.ceph import image
+    assert image.FEATURE_NAMES == {getattr(rbd, f"RBD_FEATURE_{name.upper().replace('-', '_')}"): name
+                                   for name in image.FEATURE_NAMES.values() if name != "striping"} | {
+                                       rbd.RBD_FEATURE_STRIPINGV2: "striping"}
+    assert image.SNAP_NAMESPACE_USER == rbd.RBD_SNAP_NAMESPACE_TYPE_USER
+    assert image.SNAP_NAMESPACE_TRASH == rbd.RBD_SNAP_NAMESPACE_TYPE_TRASH
+
+
+def test_every_method_of_the_image_protocol_is_the_bindings_own():
+    import rbd
+
+    from virtrbd.ceph import RbdImage
+    methods = [name for name in vars(RbdImage) if not name.startswith("_")]
+    assert len(methods) > 30
+    assert [name for name in methods if not callable(getattr(rbd.Image, name, None))] == []
+
+
+def image_missing(fake_rbd):
+    fake_rbd.Image.side_effect = fake_rbd.ImageNotFound("no such image", errno=errno.ENOENT)
+
+
+def test_a_missing_image_says_so_as_data(conf, fake_rados, fake_rbd):
+    image_missing(fake_rbd)
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(errors.NotFoundError, match="image rbd/vm1: does not exist") as raised:
+            with cluster.image("rbd", "vm1"):
+                pass
+        assert raised.value.missing == "image"
+        assert cluster.exists("rbd", "vm1") is False
+
+
+def test_a_missing_pool_is_an_error_not_a_missing_image(conf, fake_rados, fake_rbd):
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        cluster.handle.open_ioctx.side_effect = rados.ObjectNotFound("no pool", errno=errno.ENOENT)
+        with pytest.raises(errors.NotFoundError, match="pool nopool: does not exist") as raised:
+            cluster.exists("nopool", "vm1")
+        assert raised.value.missing == "pool"
+
+
+def test_a_missing_snapshot_of_an_image_that_exists_is_named(conf, fake_rados, fake_rbd):
+    opened = []
+
+    def open_image(ioctx, name, snapshot=None, read_only=False, image_id=None):
+        if snapshot is not None:
+            raise fake_rbd.ImageNotFound("no snap", errno=errno.ENOENT)
+        opened.append(name)
+        return mock.create_autospec(rbd_image_class(), instance=True)
+
+    fake_rbd.Image.side_effect = open_image
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with pytest.raises(errors.NotFoundError, match="snapshot rbd/vm1@s1: does not exist") as raised:
+            with cluster.image("rbd", "vm1", snapshot="s1"):
+                pass
+    assert raised.value.missing == "snapshot" and opened == ["vm1"]
+
+
+def rbd_image_class():
+    import rbd
+    return rbd.Image
+
+
+def test_create_rename_remove_and_trash_go_through_one_rbd_handle(conf, fake_rados, fake_rbd):
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        ioctx = cluster.handle.open_ioctx.return_value
+        cluster.create("rbd", "vm1", 1 << 30, order=22)
+        cluster.rename("rbd", "vm1", "vm2")
+        cluster.move_to_trash("rbd", "vm2")
+        cluster.remove("rbd", "vm3")
+    api = fake_rbd.RBD.return_value
+    api.create.assert_called_once_with(ioctx, "vm1", 1 << 30, old_format=False, order=22)
+    api.rename.assert_called_once_with(ioctx, "vm1", "vm2")
+    api.trash_move.assert_called_once_with(ioctx, "vm2", 0)
+    api.remove.assert_called_once_with(ioctx, "vm3")
+    assert ioctx.close.call_count == 4
+
+
+def test_parent_chain_closes_every_ancestor_it_opened(conf, fake_rados, fake_rbd):
+    from virtrbd.spec import ImageSpec
+    parents = {"child": ("rbd", "mid", "s2"), "mid": ("rbd", "base", "s1")}
+    handles = []
+
+    def open_image(ioctx, name, snapshot=None, read_only=False, image_id=None):
+        handle = mock.create_autospec(rbd_image_class(), instance=True)
+        if name in parents:
+            pool, image, snap = parents[name]
+            handle.get_parent_image_spec.return_value = {"pool_name": pool, "image_name": image, "snap_name": snap}
+        else:
+            handle.get_parent_image_spec.side_effect = fake_rbd.ImageNotFound("none", errno=errno.ENOENT)
+        handles.append(handle)
+        return handle
+
+    fake_rbd.Image.side_effect = open_image
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster, cluster.image("rbd", "child") as child:
+        assert cluster.parent_chain(child) == [ImageSpec("rbd", "mid", "s2"), ImageSpec("rbd", "base", "s1")]
+        assert all(h.close.called for h in handles[1:]) and not handles[0].close.called

@@ -81,7 +81,7 @@ def test_a_config_without_keyring_is_refused(tmp_path):
 @pytest.fixture
 def cluster_fakes(mocker, fake_rados, fake_rbd, conf):
     """Point the hook at the fake bindings; the image of the domain does not exist yet."""
-    mocker.patch.object(ceph, "_import_bindings", return_value=(fake_rados, fake_rbd))
+    mocker.patch.object(ceph.cluster, "_import_bindings", return_value=(fake_rados, fake_rbd))
     image = fake_rbd.Image.return_value
     image.size.return_value = 1 << 30
     image.is_protected_snap.return_value = True

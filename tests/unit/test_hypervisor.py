@@ -154,7 +154,7 @@ def image_missing(fake_rbd):
 def test_find_volume_opens_the_image_read_only_and_closes_it(cluster, fake_rbd):
     fake_rbd.Image.return_value.size.return_value = 8 << 20
     assert hypervisor.find_volume(cluster, ImageSpec("rbd", "vm1")) == VolumeDef("vm1", 8 << 20)
-    assert fake_rbd.Image.call_args.args[1] == "vm1" and fake_rbd.Image.call_args.kwargs == {"read_only": True}
+    assert fake_rbd.Image.call_args.args[1] == "vm1" and fake_rbd.Image.call_args.kwargs["read_only"] is True
     fake_rbd.Image.return_value.close.assert_called_once_with()
 
 

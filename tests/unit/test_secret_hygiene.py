@@ -26,7 +26,7 @@ def test_a_connection_logs_no_key(conf, fake_rados, fake_rbd, caplog):
 
 def test_failed_connections_say_nothing_of_the_key(conf, fake_rados, fake_rbd, mocker, caplog):
     caplog.set_level(logging.DEBUG)
-    mocker.patch.object(ceph, "reachable_monitor", return_value=None)
+    mocker.patch.object(ceph.cluster, "reachable_monitor", return_value=None)
     for failure in (fake_rados.TimedOut("t", errno=110), fake_rados.PermissionDeniedError("p", errno=13),
                     fake_rados.InvalidArgumentError("i", errno=22)):
         fake_rados.Rados.return_value.connect.side_effect = failure

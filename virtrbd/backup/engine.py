@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__
-from ..ceph import FADVISE_NOCACHE, Cluster, translate, translated
+from ..ceph import FADVISE_NOCACHE, Cluster, errno_error, translated
+from ..ceph.image import OBJECT_MAP_FEATURES
 from ..errors import (
     AlreadyExistsError,
     BackupError,
@@ -186,11 +187,6 @@ class RestorePlan:
 
 # --- the cluster as a source and a sink ---------------------------------------------------------------
 
-def _errno_error(ret: int, what: str) -> VirtrbdError:
-    code = abs(ret)
-    return translate(OSError(code, os.strerror(code)), what)
-
-
 class RbdSource:
     """An open RBD image (snapshot) as a ``stream.Source``; reads carry the ``NOCACHE`` hint (read once)."""
 
@@ -222,7 +218,7 @@ class RbdSource:
         def complete(completion, data) -> None:
             ret = completion.get_return_value()
             if ret < 0:
-                done(None, _errno_error(ret, what))
+                done(None, errno_error(ret, what))
             else:
                 done(data, None)
 
@@ -302,7 +298,7 @@ class RbdSink:
             ret = completion.get_return_value()
             with self._cond:
                 if ret < 0 and self._error is None:
-                    self._error = _errno_error(ret, what)
+                    self._error = errno_error(ret, what)
                 self._bytes -= nbytes
                 self._ops -= 1
                 self._cond.notify_all()
@@ -689,8 +685,7 @@ def _remove_image(cluster: Cluster, pool: str, name: str) -> None:
     with cluster.image(pool, name) as image, translated(f"removing snapshots of {pool}/{name}"):
         for snap in list(image.list_snaps()):
             image.remove_snap(snap["name"])
-    with cluster.ioctx(pool) as ioctx, translated(f"removing image {pool}/{name}"):
-        cluster.rbd.RBD().remove(ioctx, name)
+    cluster.remove(pool, name)
 
 
 def _refresh_libvirt_pool(libvirt: LibvirtTarget) -> None:
@@ -704,8 +699,7 @@ def _refresh_libvirt_pool(libvirt: LibvirtTarget) -> None:
 
 
 def _rename(cluster: Cluster, pool: str, name: str, new_name: str) -> None:
-    with cluster.ioctx(pool) as ioctx, translated(f"renaming {pool}/{name} to {new_name}"):
-        cluster.rbd.RBD().rename(ioctx, name, new_name)
+    cluster.rename(pool, name, new_name)
 
 
 def _step_aside(cluster: Cluster, target: ImageSpec) -> str:
@@ -774,10 +768,8 @@ def run_restore(cluster: Cluster, plan: RestorePlan, target: ImageSpec, *, force
             created = True                       # from here on, a failure removes it
             create_volume(libvirt, temp, base.size)
         else:
-            with cluster.ioctx(target.pool) as ioctx, translated(f"creating image {what}"):
-                options = {"order": order} if order else {}
-                cluster.rbd.RBD().create(ioctx, temp, base.size, old_format=False, **options)
-                created = True
+            cluster.create(target.pool, temp, base.size, order=order)
+            created = True
         config_by_metadata = not uploading and not _client_has_restore_config(cluster)
         if config_by_metadata:
             _configure_for_restore(cluster, target.pool, temp)
@@ -854,8 +846,7 @@ def _client_has_restore_config(cluster: Cluster) -> bool:
     (A pool-level override, ``rbd config pool set``, still wins over it, as
     it does for every image of that pool.)
     """
-    with translated("reading the Ceph client's settings"):
-        return all(cluster.handle.conf_get(key) == value for key, value in RESTORE_CONFIG.items())
+    return all(cluster.setting(key) == value for key, value in RESTORE_CONFIG.items())
 
 
 def _configure_for_restore(cluster: Cluster, pool: str, name: str) -> None:
@@ -894,7 +885,7 @@ def _hold_back_object_map(cluster: Cluster, image, plan: RestorePlan, what: str)
     writes with the map on; an error that may have come after the change
     (a timeout) is settled at the end, when the features are compared.
     """
-    features = image.features() & (cluster.rbd.RBD_FEATURE_OBJECT_MAP | cluster.rbd.RBD_FEATURE_FAST_DIFF)
+    features = image.features() & OBJECT_MAP_FEATURES
     data = plan.data_bytes
     enough = max(HOLD_BACK_OBJECT_MAP_SHARE * plan.newest.size, HOLD_BACK_OBJECT_MAP_MIN * plan.newest.object_size)
     if not features or data is None or data < enough:

@@ -385,14 +385,10 @@ class SwapPool:
             handle.watchers_list.return_value = [{"addr": "a"}] if name in pool.watched else []
             yield handle
 
-        @contextmanager
-        def ioctx(_pool):
-            yield object()
-
-        def create(_ioctx, name, size, **_options):
+        def create(_pool, name, size, **_options):
             pool.names.add(name)
 
-        def rename(_ioctx, old, new):
+        def rename(_pool, old, new):
             failure = self.fail_rename and self.fail_rename(old, new)
             if failure:
                 raise failure
@@ -401,9 +397,8 @@ class SwapPool:
 
         self.cluster = mocker.MagicMock()
         self.cluster.image.side_effect = image
-        self.cluster.ioctx.side_effect = ioctx
-        self.cluster.rbd.RBD.return_value.create.side_effect = create
-        self.cluster.rbd.RBD.return_value.rename.side_effect = rename
+        self.cluster.create.side_effect = create
+        self.cluster.rename.side_effect = rename
         self.cluster.image_names.side_effect = lambda _pool: sorted(pool.names)
 
     def remove(self, _cluster, _pool, name):
@@ -509,7 +504,7 @@ def test_the_restore_settings_go_into_the_image_only_when_the_client_lacks_them(
 
     plan = plan_restore(make_full(os.urandom(CHUNK)).path)
     pool = SwapPool(mocker, [])
-    pool.cluster.handle.conf_get.side_effect = client.__getitem__
+    pool.cluster.setting.side_effect = client.__getitem__
     configure = mocker.patch.object(engine, "_configure_for_restore")
     forget = mocker.patch.object(engine, "_forget_restore_config")
     mocker.patch.object(engine, "restore_chain")
@@ -559,8 +554,6 @@ def restore_onto(mocker):
 
     def run(image, plan):
         pool = SwapPool(mocker, [])
-        pool.cluster.rbd.RBD_FEATURE_OBJECT_MAP = FeatureImage.OBJECT_MAP
-        pool.cluster.rbd.RBD_FEATURE_FAST_DIFF = FeatureImage.FAST_DIFF
         pool.cluster.image.side_effect = lambda *a, **k: nullcontext(image)
         while_writing = []
         mocker.patch.object(engine, "RbdSink")

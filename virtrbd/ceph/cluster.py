@@ -1,4 +1,4 @@
-"""The one place that talks to Ceph: connections, pools and images through librados/librbd.
+"""The one door to Ceph: a connection, and every operation on pools and images, through librados/librbd.
 
 Three rules are kept here so the rest of virtrbd need not think about them:
 
@@ -19,82 +19,22 @@ from __future__ import annotations
 
 import errno as errno_codes
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
-from . import errors
-from .config import Config
-from .keyring import CephKey, read_key
-from .monitor import Monitor, mon_host
-from .probe import listening
+from .. import errors
+from ..config import Config
+from ..keyring import CephKey, read_key
+from ..monitor import Monitor, mon_host
+from ..probe import listening
+from ..spec import ImageSpec
+from .image import RbdImage, parent_of
+from .translate import is_ceph_error, translate, translated
 
 log = logging.getLogger(__name__)
-#: ``LIBRADOS_OP_FLAG_FADVISE_NOCACHE`` (librados.h; part of its ABI): data read or written once, by a
-#: backup or a restore, should not push what the running guests use out of the OSDs' caches.
-#: Spelled here so that modules above this one need not import the bindings.
-FADVISE_NOCACHE = 0x40
-
-#: what each errno means to a user, in the words a message uses after the object's name
-_CAUSES = {
-    errno_codes.ENOENT: "does not exist",
-    errno_codes.EEXIST: "already exists",
-    errno_codes.EBUSY: "is in use (open by a client or locked)",
-    errno_codes.ENOTEMPTY: "has snapshots",
-    errno_codes.EPERM: "permission denied",
-    errno_codes.EACCES: "permission denied",
-    errno_codes.ETIMEDOUT: "timed out",
-    errno_codes.ENOSPC: "no space left in the cluster",
-    errno_codes.EDQUOT: "pool quota exceeded",
-    errno_codes.EROFS: "is read-only",
-    errno_codes.EINVAL: "invalid argument",
-    errno_codes.ENOTCONN: "not connected to the cluster",
-    errno_codes.ESHUTDOWN: "connection to the cluster shut down",
-    errno_codes.EOPNOTSUPP: "operation not supported (by the cluster or the image's features)",
-    errno_codes.ENOSYS: "operation not supported by this Ceph release",
-}
-
-
-def is_ceph_error(exc: BaseException) -> bool:
-    """True for exceptions raised by the rados or rbd bindings (real or fake)."""
-    return type(exc).__module__ in ("rados", "rbd") or getattr(exc, "_virtrbd_fake_ceph", False)
-
-
-def translate(exc: BaseException, what: str, *, timeout: float | None = None) -> errors.VirtrbdError:
-    """A ``virtrbd.errors`` instance saying what happened to ``what``."""
-    code = abs(getattr(exc, "errno", None) or 0)
-    cls = errors.ERRNO_CLASSES.get(code, errors.CephError)
-    cause = _CAUSES.get(code)
-    if cause is None:
-        cause = f"{os.strerror(code).lower()} ({_plain(exc)})" if code else _plain(exc)
-    if code == errno_codes.ETIMEDOUT and timeout:
-        cause = f"timed out after {timeout:g} s"
-    return cls(f"{what}: {cause}", errno=code or None)
-
-
-def _plain(exc: BaseException) -> str:
-    """The binding's message without its '[errno N] ' prefix."""
-    text = str(exc)
-    if text.startswith("[errno"):
-        text = text.partition("]")[2].strip()
-    return text or type(exc).__name__
-
-
-@contextmanager
-def translated(what: str, *, timeout: float | None = None) -> Iterator[None]:
-    """Run a block of binding calls; Ceph errors come out as ``virtrbd.errors``."""
-    try:
-        yield
-    except errors.VirtrbdError:
-        raise
-    except Exception as exc:
-        if not is_ceph_error(exc):
-            raise
-        log.debug("%s: %r", what, exc)
-        raise translate(exc, what, timeout=timeout) from None
 
 
 def _import_bindings() -> tuple[ModuleType, ModuleType]:
@@ -247,7 +187,7 @@ class Cluster:
         """An open I/O context on ``pool``, closed on every path."""
         self._fresh_if_stale()
         try:
-            with translated(f"pool {pool}", timeout=self.config.ceph.rados_osd_op_timeout):
+            with translated(f"pool {pool}", timeout=self.config.ceph.rados_osd_op_timeout, missing="pool"):
                 ioctx = self.handle.open_ioctx(pool)
             try:
                 yield ioctx
@@ -263,27 +203,93 @@ class Cluster:
             return self.rbd.RBD().list(ioctx)
 
     @contextmanager
-    def image(self, pool: str, name: str, *, snapshot: str | None = None,
-              read_only: bool = False) -> Iterator:
-        """An open ``rbd.Image``, closed on every path (including a failed open)."""
-        what = f"image {pool}/{name}" + (f"@{snapshot}" if snapshot else "")
+    def image(self, pool: str, name: str | None = None, *, image_id: str | None = None,
+              snapshot: str | None = None, read_only: bool = False) -> Iterator[RbdImage]:
+        """An open image, by name or by id (one in the trash has only its id), closed on every path.
+
+        A missing image raises ``NotFoundError`` with ``missing`` ``"image"``, a
+        missing snapshot of an image that exists ``"snapshot"``, a missing pool
+        ``"pool"``.
+        """
+        what = f"image {pool}/{name or image_id}" + (f"@{snapshot}" if snapshot else "")
         with self.ioctx(pool) as ioctx:
             try:
-                with translated(what, timeout=self.config.ceph.rados_osd_op_timeout):
-                    image = self.rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only)
+                by_id = {"image_id": image_id} if image_id is not None else {}
+                with translated(what, timeout=self.config.ceph.rados_osd_op_timeout, missing="image"):
+                    image = self.rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only, **by_id)
             except errors.NotFoundError:
                 if snapshot is None:
                     raise
                 # librbd says ENOENT for a missing image and for a missing snapshot alike
-                with self.image(pool, name, read_only=True):
+                with self.image(pool, name, image_id=image_id, read_only=True):
                     pass
                 raise errors.NotFoundError(f"snapshot {pool}/{name}@{snapshot}: does not exist",
-                                           errno=errno_codes.ENOENT) from None
+                                           errno=errno_codes.ENOENT, missing="snapshot") from None
             try:
                 yield image
             finally:
                 with translated(f"closing {what}"):
                     image.close()
+
+    def exists(self, pool: str, name: str) -> bool:
+        """Whether ``pool`` holds an image ``name``; a missing pool is an error, not a no."""
+        try:
+            with self.image(pool, name, read_only=True):
+                return True
+        except errors.NotFoundError as exc:
+            if exc.missing == "image":
+                return False
+            raise
+
+    def create(self, pool: str, name: str, size: int, *, order: int | None = None) -> None:
+        """A new format-2 image; ``order``: log2 of its object size (None: the pool's default)."""
+        options = {"order": order} if order else {}
+        with self.ioctx(pool) as ioctx, translated(f"creating image {pool}/{name}"):
+            self.rbd.RBD().create(ioctx, name, size, old_format=False, **options)
+
+    def remove(self, pool: str, name: str, *, what: str | None = None) -> None:
+        """Remove an image that has no snapshots (librbd refuses one that has: ``HasSnapshotsError``)."""
+        with self.ioctx(pool) as ioctx, translated(what or f"removing image {pool}/{name}"):
+            self.rbd.RBD().remove(ioctx, name)
+
+    def move_to_trash(self, pool: str, name: str) -> None:
+        """Defer an image's deletion: it leaves the pool's directory, its clones keep reading it."""
+        with self.ioctx(pool) as ioctx, translated(f"moving image {pool}/{name} to the trash"):
+            self.rbd.RBD().trash_move(ioctx, name, 0)
+
+    def rename(self, pool: str, name: str, new_name: str) -> None:
+        with self.ioctx(pool) as ioctx, translated(f"renaming {pool}/{name} to {new_name}"):
+            self.rbd.RBD().rename(ioctx, name, new_name)
+
+    def clone(self, parent: ImageSpec, child: ImageSpec) -> None:
+        """A copy-on-write clone of the snapshot ``parent`` (clone v1 refuses an unprotected one: EINVAL)."""
+        if parent.snapshot is None:
+            raise errors.InvalidSpecError(f"{parent}: clone from a snapshot (POOL/IMAGE@SNAP)")
+        with self.ioctx(parent.pool) as parent_ioctx, self.ioctx(child.pool) as child_ioctx, \
+                translated(f"cloning {parent} to {child}"):
+            self.rbd.RBD().clone(parent_ioctx, parent.image, parent.snapshot, child_ioctx, child.image)
+
+    def parent_chain(self, image: RbdImage) -> list[ImageSpec]:
+        """Ancestors of an open image (at its current snapshot), nearest first."""
+        chain: list[ImageSpec] = []
+        with ExitStack() as opened:
+            current = image
+            while (parent := parent_of(current)) is not None:
+                if parent in chain or len(chain) > 64:
+                    raise errors.CephError(f"parent chain of {chain[0]} loops or is absurdly deep")
+                chain.append(parent)
+                current = opened.enter_context(
+                    self.image(parent.pool, parent.image, snapshot=parent.snapshot, read_only=True))
+        return chain
+
+    def setting(self, name: str) -> str:
+        """The value of a librados/librbd setting of this connection."""
+        with translated(f"reading the Ceph client's setting {name}"):
+            return self.handle.conf_get(name)
+
+    def fsid(self) -> str:
+        with translated("reading the cluster's fsid"):
+            return self.handle.get_fsid()
 
 
 def reachable_monitor(monitors: tuple[Monitor, ...], budget: float) -> Monitor | None:
