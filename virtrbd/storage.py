@@ -31,7 +31,7 @@ from .progress import Progress
 from .spec import ImageSpec
 
 if TYPE_CHECKING:
-    from .backup.engine import BackupResult, RestoreResult, VerifyResult
+    from .backup.results import BackupResult, RestoreResult, VerifyResult
     from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 
 

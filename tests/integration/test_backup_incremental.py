@@ -7,7 +7,7 @@ import json
 import pytest
 
 from virtrbd import backup, errors
-from virtrbd.backup import manifest as manifests
+from virtrbd.backup.formats import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from virtrbd import backup, errors
-from virtrbd.backup import manifest as manifests
+from virtrbd.backup.formats import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
@@ -120,18 +120,16 @@ def test_restore_refuses_an_existing_image_unless_forced(storage, images, lab, t
 
 def test_force_keeps_the_old_image_when_the_new_one_cannot_take_its_name(storage, images, tmp_path, mocker):
     """The rename into place fails (as a cluster might refuse it): the old image is back under its name."""
-    from virtrbd.backup import engine
-
     name = images.create(8 * MiB, [(0, b"backup content")])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
     target = images.create(4 * MiB, [(0, b"old content")], snapshot=None)
-    real_rename = engine._rename
+    real_rename = storage.cluster.rename
 
-    def rename(cluster, pool, old, new):
+    def rename(pool, old, new):
         if ".virtrbd-restore-" in old:
             raise errors.CephError(f"renaming {pool}/{old} to {new}: Input/output error")
-        real_rename(cluster, pool, old, new)
-    mocker.patch.object(engine, "_rename", side_effect=rename)
+        real_rename(pool, old, new)
+    mocker.patch.object(storage.cluster, "rename", side_effect=rename)
     with pytest.raises(errors.CephError, match="Input/output error"):
         backup.restore(storage, result.path, f"rbd/{target}", force=True)
     assert content_of(storage, f"rbd/{target}")[:11] == b"old content"
@@ -184,7 +182,7 @@ def test_the_storage_api_backs_up_restores_and_verifies(storage, images, tmp_pat
 def test_a_client_with_the_restore_settings_restores_without_per_image_overrides(lab, storage, images, tmp_path):
     """The restore command's connection has the settings itself: the image it writes carries none, ever."""
     from virtrbd import Storage
-    from virtrbd.backup.engine import RESTORE_CONFIG
+    from virtrbd.backup.tuning import RESTORE_CONFIG
 
     name = images.create(3 * CHUNK, [(0, random_bytes(3 * CHUNK, 6))])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
@@ -230,9 +228,9 @@ def test_a_restore_leaves_a_valid_object_map_whether_it_held_it_back_or_not(stor
     """Half the objects written: the map is off while the data goes in, then rebuilt; one in 32, or fewer
     objects than the minimum: kept all along.  Either way rbd finds the map valid and fast-diff sees the
     objects the source snapshot has."""
-    from virtrbd.backup import engine
+    from virtrbd.backup import tuning
 
-    monkeypatch.setattr(engine, "HOLD_BACK_OBJECT_MAP_MIN", minimum)      # objects; 64 in real use
+    monkeypatch.setattr(tuning, "HOLD_BACK_OBJECT_MAP_MIN", minimum)      # objects; 64 in real use
     size = 32 * CHUNK
     name = images.create(size, [(index * CHUNK, random_bytes(CHUNK, index)) for index in range(0, 32, every)])
     result = backup.backup(storage, f"rbd/{name}@s1", tmp_path)

@@ -149,7 +149,7 @@ def test_an_unknown_command_still_lists_them_all():
 
 
 def test_the_restore_command_connects_with_the_restore_settings(mocker, tmp_path):
-    from virtrbd.backup.engine import RESTORE_CONFIG
+    from virtrbd.backup.tuning import RESTORE_CONFIG
     from virtrbd.cli.main import main
 
     mocker.patch("virtrbd.cli.main.divert_native_stderr")     # in-process: keep pytest's stderr

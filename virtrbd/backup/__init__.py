@@ -36,23 +36,16 @@ import threading
 from pathlib import Path
 
 from ..errors import UsageError
+from ..progress import Progress
 from ..spec import ImageSpec
-from . import manifest as manifests
-from .engine import (
-    BackupPlan,
-    BackupResult,
-    Progress,
-    RestorePlan,
-    RestoreResult,
-    VerifyResult,
-    plan_restore,
-    run_backup,
-    run_restore,
-    run_verify,
-)
-from .manifest import DIFF_FORMAT, FORMATS, Manifest
-from .qcow2 import DEFAULT_CLUSTER_SIZE, cluster_bits_for
+from .formats import manifest as manifests
+from .formats.manifest import DIFF_FORMAT, FORMATS, Manifest
+from .formats.qcow2 import DEFAULT_CLUSTER_SIZE, cluster_bits_for
+from .make import run_backup
+from .restore import plan_restore, run_restore
+from .results import BackupPlan, BackupResult, RestorePlan, RestoreResult, VerifyResult
 from .stream import Cancelled, cancel, cancellable
+from .verify import run_verify
 from .via_libvirt import libvirt_target
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",

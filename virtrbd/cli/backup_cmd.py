@@ -85,7 +85,7 @@ def cmd_backup(args) -> int:
 
 def cmd_restore(args) -> int:
     from ..backup import plan_restore, restore
-    from ..backup.engine import RESTORE_CONFIG
+    from ..backup.tuning import RESTORE_CONFIG
     from ..storage import Storage
     storage = Storage(args.config, ceph_options=RESTORE_CONFIG)     # this process only restores
     target = storage.spec(args.target, snapshot=False)
@@ -114,7 +114,7 @@ def cmd_verify(args) -> int:
         bound_memory()
         storage = Storage(args.config)
         against = storage.spec(args.against, snapshot=True)
-        from ..backup import manifest
+        from ..backup.formats import manifest
         manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
         with storage, interruptible():
             result = verify(args.src, against=against, storage=storage, progress=progress)
@@ -130,8 +130,8 @@ def cmd_verify(args) -> int:
 
 def bound_memory() -> None:
     """For commands that read snapshots: a peak RSS that does not depend on thread timing
-    (see engine.return_large_buffers_to_the_system)."""
-    from ..backup.engine import return_large_buffers_to_the_system
+    (see rbd_io.return_large_buffers_to_the_system)."""
+    from ..backup.rbd_io import return_large_buffers_to_the_system
     return_large_buffers_to_the_system()
 
 

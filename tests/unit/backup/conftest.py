@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from virtrbd.backup.engine import BackupPlan, ImageInfo, write_full_backup, write_incremental_backup
-from virtrbd.backup.stream import MemorySource
+from virtrbd.backup.make import write_full_backup, write_incremental_backup
+from virtrbd.backup.memory import MemorySource
+from virtrbd.backup.results import BackupPlan, ImageInfo
 from virtrbd.spec import ImageSpec
 
 MiB = 1 << 20

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from virtrbd.backup.checksum import ALGORITHM, BackgroundDigest, ContentDigest, zero_digest
+from virtrbd.backup.formats.checksum import ALGORITHM, BackgroundDigest, ContentDigest, zero_digest
 from virtrbd.backup.stream import CHUNK
 
 

@@ -8,7 +8,7 @@ import stat
 import google_crc32c
 import pytest
 
-from virtrbd.backup import manifest as manifests
+from virtrbd.backup.formats import manifest as manifests
 from virtrbd.errors import CorruptBackupError, UsageError
 from virtrbd.spec import ImageSpec
 

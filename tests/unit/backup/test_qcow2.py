@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from virtrbd.backup.files import AtomicFile, BlockWriter
-from virtrbd.backup.qcow2 import Qcow2Reader, Qcow2Writer
-from virtrbd.backup.stream import CHUNK, MemorySource, read_chunks
+from virtrbd.backup.formats.qcow2 import Qcow2Reader, Qcow2Writer
+from virtrbd.backup.memory import MemorySource
+from virtrbd.backup.stream import CHUNK
+from virtrbd.backup.window import read_chunks
 from virtrbd.errors import CorruptBackupError, UsageError
 
 from .conftest import scattered

@@ -7,8 +7,10 @@ import os
 import pytest
 
 from virtrbd.backup.files import AtomicFile, BlockWriter
-from virtrbd.backup.raw import RawReader, RawWriter, data_extents
-from virtrbd.backup.stream import BLOCK, CHUNK, MemorySource, read_chunks
+from virtrbd.backup.formats.raw import RawReader, RawWriter, data_extents
+from virtrbd.backup.memory import MemorySource
+from virtrbd.backup.stream import BLOCK, CHUNK
+from virtrbd.backup.window import read_chunks
 from virtrbd.errors import CorruptBackupError
 
 from .conftest import scattered

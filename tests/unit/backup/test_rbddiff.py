@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from virtrbd.backup.rbddiff import DiffReader, DiffWriter, Record
+from virtrbd.backup.formats.rbddiff import DiffReader, DiffWriter, Record
 from virtrbd.errors import CorruptBackupError
 
 

@@ -8,21 +8,10 @@ import time
 
 import pytest
 
-from virtrbd.backup.stream import (
-    BLOCK,
-    CHUNK,
-    Cancelled,
-    Granules,
-    Job,
-    MemorySink,
-    MemorySource,
-    ReadWindow,
-    cancellable,
-    is_zero,
-    normalized,
-    read_chunks,
-    split_at,
-)
+from virtrbd.backup.granules import Granules
+from virtrbd.backup.memory import MemorySink, MemorySource
+from virtrbd.backup.stream import BLOCK, CHUNK, Cancelled, cancellable, is_zero, split_at
+from virtrbd.backup.window import Job, ReadWindow, normalized, read_chunks
 
 from .conftest import scattered
 
@@ -102,7 +91,7 @@ def test_granules_emit_maximal_runs():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_zero_granules_match_their_definition(seed):
-    from virtrbd.backup.stream import zero_granules
+    from virtrbd.backup.granules import zero_granules
     rng = random.Random(seed)
     g = rng.choice([512, BLOCK])
     pieces = [rng.choice([bytes(g), b"\0" * (g - 1) + b"\1", b"\1" + bytes(g - 1), rng.randbytes(g)])

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
-from ..errors import CorruptBackupError
-from .stream import CHUNK
+from ...errors import CorruptBackupError
+from ..stream import CHUNK
 
 HEADER = b"rbd diff v1\n"
 _NAME_LEN = struct.Struct("<I")

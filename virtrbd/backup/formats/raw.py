@@ -15,9 +15,10 @@ import queue
 import threading
 from collections.abc import Iterator
 
-from ..errors import CorruptBackupError
-from .files import BlockWriter
-from .stream import BLOCK, CHUNK, Granules
+from ...errors import CorruptBackupError
+from ..files import BlockWriter
+from ..granules import Granules
+from ..stream import BLOCK, CHUNK
 
 
 class RawWriter:

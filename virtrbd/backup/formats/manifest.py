@@ -41,10 +41,10 @@ from pathlib import Path
 
 import google_crc32c
 
-from ..errors import CorruptBackupError, UsageError
-from ..spec import ImageSpec
+from ...errors import CorruptBackupError, UsageError
+from ...spec import ImageSpec
+from ..files import AtomicFile
 from .checksum import ALGORITHM as CONTENT_ALGORITHM
-from .files import AtomicFile
 
 SUFFIX = ".manifest.json"
 FORMATS = ("raw", "qcow2")

@@ -26,9 +26,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import CorruptBackupError, UsageError
-from .files import BlockWriter
-from .stream import Granules
+from ...errors import CorruptBackupError, UsageError
+from ..files import BlockWriter
+from ..granules import Granules
 
 MAGIC = b"QFI\xfb"
 #: the version 3 header up to header_length (104 bytes), big-endian

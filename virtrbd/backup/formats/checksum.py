@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import google_crc32c
 
-from .stream import CHUNK, is_zero, zeros
+from ..stream import CHUNK, is_zero, zeros
 
 ALGORITHM = "sha256-of-4MiB-chunk-sha256"
 

@@ -1,0 +1,118 @@
+"""The backup file formats, as plain stream code that knows nothing of Ceph or libvirt.
+
+``raw`` (a sparse file), ``qcow2`` (version 3, written by virtrbd), ``rbddiff``
+(the ``rbd diff v1`` stream of an incremental), ``manifest`` (the JSON beside
+every backup file) and ``checksum`` (what a manifest records of the content).
+
+``FORMAT_TABLE`` is the one table of what each format needs: how its file's
+structure is checked, and for the formats that hold a whole image how it is
+written and read back.  Code above asks the table instead of testing the
+format's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import CorruptBackupError
+from ..files import BlockWriter
+from .manifest import DIFF_FORMAT, Manifest
+from .qcow2 import Qcow2Reader, Qcow2Writer
+from .raw import RawReader, RawWriter
+from .rbddiff import DiffReader
+
+#: ``(offset, data, extents)`` of a chunk of a full backup: ``extents`` are the ``(start, end)`` ranges
+#: of ``data`` that hold the image's data, in absolute offsets
+DataChunk = tuple[int, Any, list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A backup format: how its file's structure is checked (every link of a chain, before any data)."""
+
+    name: str
+    check_structure: Callable[[Manifest], None]
+
+
+@dataclass(frozen=True)
+class FullFormat(Format):
+    """A format that holds a whole image: written from a snapshot's data, read back chunk by chunk."""
+
+    writer: Callable[[BlockWriter, int, int], Any]                 # (blocks, image size, cluster size)
+    reader: Callable[[Manifest], AbstractContextManager[Any]]
+    chunks: Callable[[Any], Iterator[DataChunk]]                   # (an open reader)
+
+
+def _no_structure(_m: Manifest) -> None:
+    """A RAW file has no structure beyond its size, which ``check_backup_file`` checked."""
+
+
+def _check_qcow2(m: Manifest) -> None:
+    with Qcow2Reader(m.data_path, expected_size=m.size) as reader:
+        if reader.cluster_size != m.cluster_size:
+            raise CorruptBackupError(f"{m.data_path}: cluster size {reader.cluster_size}, the manifest says "
+                                     f"{m.cluster_size}")
+        reader.validate()
+
+
+def _qcow2_chunks(reader: Qcow2Reader) -> Iterator[DataChunk]:
+    for offset, data in reader.chunks():
+        yield offset, data, [(offset, offset + len(data))]
+
+
+def _check_diff(m: Manifest) -> None:
+    with open(m.data_path, "rb", buffering=256 << 10) as f:
+        reader = DiffReader(f, str(m.data_path), file_size=m.file_size)
+        check_diff_header(reader, m)
+        for _ in reader.records(with_data=False):
+            pass
+
+
+FULL_FORMATS: dict[str, FullFormat] = {
+    "raw": FullFormat("raw", _no_structure,
+                      writer=lambda blocks, size, _cluster_size: RawWriter(blocks, size),
+                      reader=lambda m: RawReader(m.data_path, expected_size=m.size),
+                      chunks=lambda reader: reader.chunks()),
+    "qcow2": FullFormat("qcow2", _check_qcow2,
+                        writer=lambda blocks, size, cluster_size: Qcow2Writer(blocks, size, cluster_size),
+                        reader=lambda m: Qcow2Reader(m.data_path, expected_size=m.size),
+                        chunks=_qcow2_chunks),
+}
+FORMAT_TABLE: dict[str, Format] = {**FULL_FORMATS, DIFF_FORMAT: Format(DIFF_FORMAT, _check_diff)}
+
+
+def full_format(m: Manifest) -> FullFormat:
+    """The table entry of a full backup's format (a manifest's format was checked when it was loaded)."""
+    return FULL_FORMATS[m.format]
+
+
+def check_backup_file(m: Manifest) -> None:
+    """The file exists, has the recorded size, and its structure holds (no data hashed)."""
+    path = m.data_path
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptBackupError(f"{path}: the backup file is missing (its manifest is there)") from None
+    if actual != m.file_size:
+        kind = "truncated" if actual < m.file_size else "longer than recorded"
+        raise CorruptBackupError(f"{path}: {kind}: {actual} bytes, the manifest says {m.file_size}")
+    FORMAT_TABLE[m.format].check_structure(m)
+
+
+def check_diff_header(reader: DiffReader, m: Manifest) -> None:
+    """The diff goes between the snapshots, and ends at the size, its manifest names."""
+    h = reader.header
+    if (h.from_snapshot, h.to_snapshot, h.size) != (m.from_snapshot, m.snapshot, m.size):
+        raise CorruptBackupError(
+            f"{m.data_path}: the diff goes from @{h.from_snapshot} to @{h.to_snapshot} ({h.size} bytes), its "
+            f"manifest says @{m.from_snapshot} to @{m.snapshot} ({m.size} bytes)")
+
+
+def check_checksum(m: Manifest, value: str) -> None:
+    """The content's recomputed checksum is the one the manifest records."""
+    if value != m.checksum["value"]:
+        raise CorruptBackupError(f"{m.data_path}: checksum mismatch: the content hashes to {value[:16]}…, "
+                                 f"the manifest says {m.checksum['value'][:16]}… (corrupt backup)")

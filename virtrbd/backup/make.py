@@ -1,0 +1,239 @@
+"""Making backups: a snapshot to a RAW or QCOW2 file, or the changes since an older one to an rbd diff.
+
+Every backup is written under a temporary name, synced, and published with its
+manifest; the manifest is the commit point (without it the data file goes too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+from .. import __version__
+from ..ceph import Cluster
+from ..errors import BackupError, NotFoundError, UsageError
+from ..progress import Progress
+from .files import AtomicFile, BlockWriter, fsync_directory, remove_stale_temps
+from .formats import FULL_FORMATS
+from .formats import manifest as manifests
+from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM
+from .formats.checksum import ContentDigest, DataCRC
+from .formats.manifest import DIFF_FORMAT, Manifest
+from .formats.rbddiff import DiffWriter
+from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource, image_info
+from .results import BackupPlan, BackupResult, ImageInfo
+from .stream import CHUNK, MiB, check_cancel, nonzero_runs, split_at
+from .window import Job, ReadWindow, read_chunks
+
+log = logging.getLogger(__name__)
+
+#: the allocation map of an incremental is asked for this much of the image at a time
+MAP_WINDOW = 64 * CHUNK
+
+
+def _reserve_name(dest: Path, name: str) -> Path:
+    """The final path for a new backup; a committed one (with manifest) is never replaced."""
+    final = dest / name
+    committed = manifests.manifest_path(final)
+    if committed.exists():
+        raise BackupError(f"{final}: a backup of this snapshot exists already (remove it and its manifest "
+                          f"to make a new one)")
+    if final.exists():          # published data whose manifest never was: an interrupted backup's remains
+        log.info("removing %s: its backup was interrupted before the manifest was written", final)
+        final.unlink()
+    return final
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_backup(cluster: Cluster, plan: BackupPlan, *, progress: Progress | None = None,
+               direct_io: bool = True) -> BackupResult:
+    spec = plan.spec
+    started = time.monotonic()
+    with cluster.image(spec.pool, spec.image, snapshot=spec.snapshot, read_only=True) as image:
+        info = image_info(image, spec)
+        source = RbdSource(image, str(spec))
+        if plan.since is None:
+            return write_full_backup(source, info, plan, progress=progress, direct_io=direct_io, started=started)
+        older = plan.since.snap
+        if older not in info.snapshots:
+            raise NotFoundError(f"snapshot {plan.since}: does not exist")
+        if info.snapshots[older] >= info.snapshot_id:
+            raise UsageError(f"--since {plan.since} is not older than {spec}")
+        return write_incremental_backup(source, info, plan, progress=progress, started=started)
+
+
+def write_full_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Progress | None = None,
+                      direct_io: bool = True, started: float | None = None) -> BackupResult:
+    """A RAW or QCOW2 backup of ``source`` (a ``stream.Source``) and its manifest, published atomically."""
+    spec = plan.spec
+    started = time.monotonic() if started is None else started
+    final = _reserve_name(plan.dest, manifests.backup_name(spec, plan.format))
+    remove_stale_temps(plan.dest)
+    size = info.size
+    data_bytes = 0
+    digest = ContentDigest(size)
+    crc = DataCRC()
+    with AtomicFile(final, direct=direct_io) as out:
+        blocks = BlockWriter(out.fd, direct=out.direct, buffers=3, threads=2)
+        try:
+            writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)
+            # closing(): on any failure, wait for the reads in flight before the image is closed
+            with closing(read_chunks(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
+                for chunk in chunks:
+                    check_cancel()
+                    digest.add(chunk.index, chunk.data)
+                    crc.add(chunk.index, chunk.data)
+                    for start, end in chunk.extents:
+                        writer.write(start, chunk.data, start - chunk.offset, end - chunk.offset)
+                        data_bytes += end - start
+                    if progress:
+                        progress(chunk.offset + chunk.length, size)
+            writer.finish()
+            blocks.flush()
+        finally:
+            blocks.close()
+        file_size = os.fstat(out.fd).st_size
+        manifest = Manifest(
+            kind="full", format=plan.format, file=final.name, file_size=file_size, image=str(spec.image_spec),
+            image_id=info.image_id, snapshot=spec.snap, snapshot_id=info.snapshot_id, size=size,
+            object_size=info.object_size, checksum={"algorithm": CONTENT_ALGORITHM, "chunk_size": CHUNK,
+                                                    "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
+            created=_now(), tool=f"virtrbd {__version__}",
+            cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
+            stats={"data_bytes": data_bytes, "direct_io": out.direct})
+        out.commit()
+    return _finish(plan, manifest, final, data_bytes, started, progress)
+
+
+def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, started: float,
+            progress: Progress | None) -> BackupResult:
+    """Publish the manifest (the commit point of a backup); without it the data file goes too."""
+    try:
+        manifest.stats["seconds"] = round(time.monotonic() - started, 3)
+        manifest_file = manifest.save(final)
+        fsync_directory(plan.dest)
+    except BaseException:
+        try:
+            final.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    if progress:
+        progress(manifest.size, manifest.size)
+    return BackupResult(path=final, manifest=manifest_file, kind=manifest.kind, format=manifest.format,
+                        image=f"{manifest.image}@{manifest.snapshot}", size=manifest.size, data_bytes=data_bytes,
+                        file_size=manifest.file_size, checksum=manifest.checksum["value"],
+                        seconds=time.monotonic() - started, from_snapshot=manifest.from_snapshot,
+                        parent=(manifest.parent or {}).get("file"))
+
+
+class _HashingFile(io.RawIOBase):
+    """A raw file descriptor that also feeds SHA-256 with everything written."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.write(self.fd, view[done:])
+        self.sha256.update(view)
+        self.bytes += len(view)
+        return len(view)
+
+
+def write_incremental_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Progress | None = None,
+                             started: float | None = None) -> BackupResult:
+    """An rbd diff of what changed since ``plan.since`` and its manifest, on top of a backup in ``plan.dest``.
+
+    ``source`` reads the newer snapshot and lists ``changes(offset, length, older)``.
+    """
+    if plan.since is None:
+        raise UsageError(f"an incremental backup of {plan.spec} needs the older snapshot it starts from")
+    spec, older = plan.spec, plan.since.snap
+    started = time.monotonic() if started is None else started
+    parents = manifests.find_backups(plan.dest, info.image_id, older)
+    if not parents:
+        raise BackupError(f"no backup of {plan.since} in {plan.dest}: an incremental needs the backup it "
+                          f"applies to (make a full backup of @{older} first)")
+    parent = parents[0]
+    final = _reserve_name(plan.dest, manifests.backup_name(spec, DIFF_FORMAT, since=older))
+    remove_stale_temps(plan.dest)
+    size = info.size
+    data_bytes = 0
+    with AtomicFile(final) as out:
+        raw = _HashingFile(out.fd)
+        stream = io.BufferedWriter(raw, buffer_size=1 * MiB)
+        diff = DiffWriter(stream, from_snapshot=older, to_snapshot=spec.snap, size=size)
+        window = ReadWindow(source.submit_read, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)
+        with closing(window.run(_change_jobs(source, size, older))) as pieces:
+            for piece in pieces:
+                check_cancel()
+                offset, length, exists = cast(tuple[int, int, bool], piece.key)
+                if not exists:
+                    diff.zero(offset, length)
+                    continue
+                data = piece.results[0]
+                # librbd reports changes by whole extents it knows of (an object that did not exist
+                # before comes whole); the data in them is sent, the zero stretches only as 'z'
+                # records: correct whatever the older snapshot held, and the file stays close to
+                # the bytes that really changed
+                cursor = 0
+                for run_start, run_end in nonzero_runs(data):
+                    if run_start > cursor:
+                        diff.zero(offset + cursor, run_start - cursor)
+                    diff.data(offset + run_start, data, run_start, run_end)
+                    cursor = run_end
+                if cursor < length:
+                    diff.zero(offset + cursor, length - cursor)
+                data_bytes += length
+                if progress:
+                    progress(offset + length, size)
+        diff.finish()
+        stream.flush()
+        manifest = Manifest(
+            kind="incremental", format=DIFF_FORMAT, file=final.name, file_size=raw.bytes,
+            image=str(spec.image_spec), image_id=info.image_id, snapshot=spec.snap,
+            snapshot_id=info.snapshot_id, size=size, object_size=info.object_size,
+            checksum={"algorithm": manifests.DIFF_ALGORITHM, "value": raw.sha256.hexdigest()},
+            created=_now(), tool=f"virtrbd {__version__}", from_snapshot=older,
+            parent={"file": parent.file, "checksum": parent.checksum["value"]},
+            stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records})
+        out.commit()
+    return _finish(plan, manifest, final, data_bytes, started, progress)
+
+
+def _change_jobs(source: RbdSource, size: int, older: str) -> Iterator[Job]:
+    """Changed extents in offset order, data ones cut into reads of at most one chunk."""
+    for window_start in range(0, size, MAP_WINDOW):
+        window_end = min(size, window_start + MAP_WINDOW)
+        changes = sorted(source.changes(window_start, window_end - window_start, older))
+        cursor = window_start
+        for offset, length, exists in changes:
+            end = min(offset + length, window_end)
+            offset = max(offset, cursor)             # never emit a byte twice
+            if end <= offset:
+                continue
+            cursor = end
+            if not exists:
+                yield Job(key=(offset, end - offset, False), ranges=())
+                continue
+            for piece_offset, piece_length in split_at(offset, end - offset, CHUNK):
+                yield Job(key=(piece_offset, piece_length, True), ranges=((piece_offset, piece_length),))

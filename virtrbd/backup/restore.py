@@ -1,0 +1,117 @@
+"""Restoring a backup, or a chain of a full backup and its incrementals, into a new image.
+
+The steps: check the chain (``plan_restore``, no cluster), make the target
+(``target.RestoreTarget``), write every link's data checking every checksum on
+the way, settle the image, and only then give it the target's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from ..ceph import Cluster
+from ..errors import CorruptBackupError
+from ..progress import Progress
+from ..spec import ImageSpec
+from .formats import check_backup_file, check_checksum, check_diff_header, full_format
+from .formats import manifest as manifests
+from .formats.checksum import BackgroundCRC, BackgroundDigest
+from .formats.manifest import Manifest
+from .formats.rbddiff import DiffReader
+from .granules import Granules
+from .results import RestorePlan, RestoreResult
+from .stream import BLOCK, CHUNK, MiB, check_cancel
+from .target import RestoreTarget
+from .via_libvirt import LibvirtTarget
+
+
+def plan_restore(src: os.PathLike | str) -> RestorePlan:
+    """Resolve ``src`` (newest backup file or its manifest) into a checked chain; reads no data."""
+    links = manifests.chain(manifests.resolve(src))
+    for m in links:
+        check_backup_file(m)
+    return RestorePlan(links)
+
+
+def run_restore(cluster: Cluster, plan: RestorePlan, spec: ImageSpec, *, force: bool = False,
+                create_snapshot: bool = False, progress: Progress | None = None,
+                libvirt: LibvirtTarget | None = None) -> RestoreResult:
+    """Restore ``plan`` into ``spec``; through libvirt's volume upload when ``libvirt`` can take it."""
+    started = time.monotonic()
+    target = RestoreTarget(cluster, spec, plan, force=force, libvirt=libvirt)
+    with target.building() as image:
+        sink = target.sink(image)
+        try:
+            restore_chain(plan, sink, progress=progress)
+        finally:
+            sink.close()
+        target.settle(image)
+        if create_snapshot:
+            target.snapshot(image, plan.newest.snapshot)
+        target.publish()
+    target.clean_up()
+    if progress:
+        progress(plan.total_bytes, plan.total_bytes)
+    return RestoreResult(image=str(spec), chain=[str(m.data_path) for m in plan.links],
+                         snapshot=plan.newest.snapshot, size=plan.newest.size, written_bytes=sink.written_bytes,
+                         seconds=time.monotonic() - started, replaced=target.replaces,
+                         created_snapshot=plan.newest.snapshot if create_snapshot else None, path=target.path)
+
+
+def restore_chain(plan: RestorePlan, sink, *, progress: Progress | None = None) -> None:
+    """Write the chain's content into ``sink`` (sized for the full backup), checking every checksum."""
+    done = _restore_full(plan.links[0], sink, 0, plan.total_bytes, progress)
+    for m in plan.links[1:]:
+        done = _apply_diff(m, sink, done, plan.total_bytes, progress)
+    sink.flush()
+
+
+def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
+    """Write a full backup's data; every chunk is checked against the manifest before the image is published.
+
+    The manifest's CRC-32C of the data is what is checked when it has one (at
+    CRC speed); older manifests get their SHA-256 recomputed.
+    """
+    granules = Granules(BLOCK, sink.write)      # zero blocks are not written: a sparse image
+    crc_wanted = m.checksum.get("data_crc32c")
+    fmt = full_format(m)
+    with fmt.reader(m) as reader, (BackgroundCRC() if crc_wanted else BackgroundDigest(m.size)) as check:
+        for offset, data, extents in fmt.chunks(reader):
+            check_cancel()
+            check.add(offset // CHUNK, data)
+            for start, end in extents:
+                granules.write(start, data, start - offset, end - offset)
+            if progress:
+                progress(done + offset + len(data), total)
+        granules.finish()
+        value = check.hexdigest()
+    if crc_wanted:
+        if value != crc_wanted:
+            raise CorruptBackupError(f"{m.data_path}: checksum mismatch: its data has CRC-32C {value}, "
+                                     f"the manifest says {crc_wanted} (corrupt backup)")
+    else:
+        check_checksum(m, value)
+    return done + m.size
+
+
+def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
+    sha = hashlib.sha256()
+    with open(m.data_path, "rb", buffering=1 * MiB) as f:
+        reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=sha.update)
+        check_diff_header(reader, m)
+        sink.drain()
+        if reader.header.size != sink.size:
+            sink.resize(reader.header.size)
+        for record in reader.records():
+            check_cancel()
+            if record.kind == "w":
+                sink.write(record.offset, record.data)
+            else:
+                sink.zero(record.offset, record.length)
+            if progress:
+                progress(done + reader.position, total)
+    sink.drain()
+    check_checksum(m, sha.hexdigest())
+    return done + m.file_size
