@@ -119,7 +119,7 @@ def _measure(storage: Storage, tag: str, clones: int, rounds: int, libvirt_clone
 
 def _libvirt_rate(storage: Storage, source: str, tag: str, count: int) -> float:
     """libvirt's own layered clone: vol-clone (createXMLFrom) into the lab's rbd pool."""
-    from virtrbd.libvirt_host import Host
+    from virtrbd.libvirt.host import Host
     with Host(storage.config.libvirt.uri) as host:
         pool = host.find_pool(storage.config.libvirt_pool)
         pool.refresh(0)

@@ -2,7 +2,7 @@
 
 libvirt learns of an image it did not create itself only by refreshing the whole pool, and its
 rbd backend opens every image to do so (CloudStack #14188: 11.7 s for 950 images, paid on every
-VM start).  virtrbd asks librbd for the one image instead (``hypervisor.find_volume``: one
+VM start).  virtrbd asks librbd for the one image instead (``policy.find_volume``: one
 read-only open).  Target (issue 3): <= 20 ms median with 1000 images, measured in the same run
 as libvirt's refresh + lookup of the same pool.  The images are made in the lab's pool under a
 unique prefix and removed afterwards.  Run: .venv/bin/python -m bench.bench_xml_lookup
@@ -17,10 +17,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from virtrbd import Storage, hypervisor
+from virtrbd import Storage
 from virtrbd import config as config_module
 from virtrbd.lab import Lab
-from virtrbd.libvirt_host import Host
+from virtrbd.libvirt import policy
+from virtrbd.libvirt.host import Host
 from virtrbd.spec import ImageSpec
 
 from .common import Row, median_time, print_table
@@ -54,7 +55,7 @@ def _measure(storage: Storage, host: Host, config, images: int, runs: int, looku
                 host.find_volume(libvirt_pool, wanted[0]).info()
 
             refresh = median_time(libvirt_lookup, runs)
-            ours = _median_each(lambda name: hypervisor.find_volume(cluster, ImageSpec(pool, name)), wanted)
+            ours = _median_each(lambda name: policy.find_volume(cluster, ImageSpec(pool, name)), wanted)
             known = _median_each(lambda name: host.find_volume(libvirt_pool, name), wanted)
         finally:
             _each(lambda name: rbd.remove(ioctx, name), names)

@@ -2,7 +2,7 @@
 
 Callers of the library, the CLI and the hook only ever see these classes:
 librados, librbd and libvirt errors are translated once, where they are met
-(``virtrbd.ceph`` and ``virtrbd.libvirt_host``), so that a message always names
+(``virtrbd.ceph`` and ``virtrbd.libvirt.host``), so that a message always names
 the object and the true cause.  Every class carries the process exit code the
 CLI uses for it: 2 for a problem with what the user typed or configured, 1 for
 a problem met at run time.

@@ -68,7 +68,7 @@ class Storage:
         """Without a keyring, the key is read from the (non-private) libvirt secret."""
         if self.config.ceph.keyring is not None:
             return None
-        from .libvirt_host import Host
+        from .libvirt.host import Host
         with Host(self.config.libvirt.uri, libvirt_module=self._libvirt_module) as host:
             return host.secret_key(self.config.libvirt.secret_uuid or "")   # config.load requires one
 

@@ -348,7 +348,7 @@ def test_missing_image_deletion_is_not_found(storage):
 # --- libvirt interplay ------------------------------------------------------------------------
 
 def test_libvirt_vol_clone_snapshots_are_recognised(lab, storage, names):
-    from virtrbd.libvirt_host import Host
+    from virtrbd.libvirt.host import Host
     source, copy = names("src"), names("virshclone")
     storage.create_image(source, 4 * MiB)
     with Host(lab.config.libvirt.uri) as host:
@@ -367,7 +367,7 @@ def test_libvirt_vol_clone_snapshots_are_recognised(lab, storage, names):
 
 
 def test_images_made_by_the_shim_appear_in_the_libvirt_pool(lab, storage, names):
-    from virtrbd.libvirt_host import Host
+    from virtrbd.libvirt.host import Host
     parent = golden(storage, names)
     child = names("child")
     storage.clone(parent, child, size=32 * MiB)

@@ -26,8 +26,9 @@ import pytest
 import rados
 import rbd
 
-from virtrbd import errors, libvirt_stream
-from virtrbd.libvirt_host import Host
+from virtrbd import errors
+from virtrbd.libvirt import streams
+from virtrbd.libvirt.host import Host
 from virtrbd.xml.volume import VolumeDef
 
 from ..cli_helpers import virtrbd
@@ -397,19 +398,19 @@ def test_patched_vol_download_error_reaches_the_client(lab, patched, volumes, re
 
 def test_patched_streams_are_detected(lab, patched):
     with Host(lab.config.libvirt.uri) as host:
-        assert libvirt_stream.supports_volume_upload(host, lab.libvirt_pool)
-        assert libvirt_stream.supports_volume_download(host, lab.libvirt_pool)
+        assert streams.supports_volume_upload(host, lab.libvirt_pool)
+        assert streams.supports_volume_download(host, lab.libvirt_pool)
 
 
 def test_patched_upload_and_download_through_virtrbd(lab, patched, volumes):
     content = os.urandom(ODD_SIZE)
     name = volumes.make(ODD_SIZE)
     with Host(lab.config.libvirt.uri) as host:
-        sent = libvirt_stream.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(content))
+        sent = streams.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(content))
         sink = io.BytesIO()
-        received = libvirt_stream.download_volume(host, lab.libvirt_pool, name, sink)
+        received = streams.download_volume(host, lab.libvirt_pool, name, sink)
         part = io.BytesIO()
-        libvirt_stream.download_volume(host, lab.libvirt_pool, name, part, offset=MiB + 1, length=100)
+        streams.download_volume(host, lab.libvirt_pool, name, part, offset=MiB + 1, length=100)
     assert sent == received == ODD_SIZE
     assert sha256(sink.getvalue()) == sha256(content) == sha256(volumes.read(name))
     assert part.getvalue() == content[MiB + 1:MiB + 101]
@@ -419,9 +420,9 @@ def test_patched_upload_failure_through_virtrbd_is_one_virtrbd_error(lab, patche
     name = volumes.make(MiB)
     with Host(lab.config.libvirt.uri) as host:
         with pytest.raises(errors.UsageError, match=f"cannot upload past the end of RBD image 'rbd/{name}'"):
-            libvirt_stream.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(bytes(2 * MiB)))
+            streams.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(bytes(2 * MiB)))
         with pytest.raises(errors.UsageError, match="the source ended after 10 of the 20 bytes"):
-            libvirt_stream.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(bytes(10)), length=20)
+            streams.upload_volume(host, lab.libvirt_pool, name, io.BytesIO(bytes(10)), length=20)
 
 
 # --- Debian's module: the behaviour the patches change ---------------------------------------------
@@ -465,10 +466,10 @@ def test_unpatched_has_no_upload_or_download(lab, unpatched, volumes, tmp_path):
 def test_unpatched_streams_are_detected_as_missing(lab, unpatched, volumes):
     volumes.make(MiB)                               # a volume to probe on
     with Host(lab.config.libvirt.uri) as host:
-        assert not libvirt_stream.supports_volume_upload(host, lab.libvirt_pool)
-        assert not libvirt_stream.supports_volume_download(host, lab.libvirt_pool)
+        assert not streams.supports_volume_upload(host, lab.libvirt_pool)
+        assert not streams.supports_volume_download(host, lab.libvirt_pool)
         with pytest.raises(errors.LibvirtError, match="needs virtrbd's patches"):
-            libvirt_stream.upload_volume(host, lab.libvirt_pool, volumes.made[-1], io.BytesIO(b"x"))
+            streams.upload_volume(host, lab.libvirt_pool, volumes.made[-1], io.BytesIO(b"x"))
 
 
 def test_lab_status_shows_the_backend_libvirtd_runs(lab, backends):

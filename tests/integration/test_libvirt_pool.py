@@ -5,7 +5,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from virtrbd.libvirt_host import Host
+from virtrbd.libvirt.host import Host
 from virtrbd.xml.pool import PoolDef
 from virtrbd.xml.secret import SecretDef
 

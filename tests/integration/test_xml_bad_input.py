@@ -6,7 +6,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from virtrbd.libvirt_host import Host
+from virtrbd.libvirt.host import Host
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 

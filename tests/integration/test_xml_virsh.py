@@ -20,8 +20,8 @@ import uuid
 import libvirt
 import pytest
 
-from virtrbd import hypervisor
-from virtrbd.libvirt_host import Host
+from virtrbd.libvirt import policy
+from virtrbd.libvirt.host import Host
 from virtrbd.spec import ImageSpec
 from virtrbd.xml import safe
 from virtrbd.xml.disk import DiskDef, rbd_disks
@@ -182,4 +182,4 @@ def test_lab_objects_read_back_as_what_virtrbd_would_write(lab):
     """libvirt's dump of the lab's pool is the pool virtrbd.conf describes (the lab defined it with the same policy)."""
     with Host(lab.config.libvirt.uri) as host:
         dumped = PoolDef.from_xml(host.find_pool(lab.libvirt_pool).XMLDesc(0))
-    assert dataclasses.replace(dumped, uuid=None) == hypervisor.pool_def(lab.config)
+    assert dataclasses.replace(dumped, uuid=None) == policy.pool_def(lab.config)

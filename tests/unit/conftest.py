@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 from unittest import mock
 
+import libvirt
 import pytest
 import rados
 import rbd
@@ -45,3 +46,30 @@ def fake_rbd():
     module.RBD = mock.create_autospec(rbd.RBD)
     module.Image = mock.create_autospec(rbd.Image)
     return module
+
+
+@pytest.fixture
+def lv(mocker):
+    """A stand-in for the libvirt module: its constants and error class, and a connection, a pool, a volume, a
+    domain, a secret and a stream autospecced from the real binding's classes, so that a misspelt or missing
+    libvirt call fails the test.  ``lv.conn``, ``lv.pool``, ``lv.vol``, ``lv.stream`` are what it hands out."""
+    module = types.SimpleNamespace(**{n: getattr(libvirt, n) for n in dir(libvirt) if n.isupper()})
+    module.libvirtError = libvirt.libvirtError
+    conn = mocker.create_autospec(libvirt.virConnect, instance=True)
+    module.open = mocker.Mock(return_value=conn)
+    pool = mocker.create_autospec(libvirt.virStoragePool, instance=True)
+    conn.storagePoolLookupByName.return_value = pool
+    vol = mocker.create_autospec(libvirt.virStorageVol, instance=True)
+    pool.storageVolLookupByName.return_value = vol
+    conn.lookupByName.return_value = mocker.create_autospec(libvirt.virDomain, instance=True)
+    conn.secretLookupByUUIDString.return_value = mocker.create_autospec(libvirt.virSecret, instance=True)
+    stream = mocker.create_autospec(libvirt.virStream, instance=True)
+    conn.newStream.return_value = stream
+    module.conn, module.pool, module.vol, module.stream = conn, pool, vol, stream
+    return module
+
+
+@pytest.fixture
+def conn(lv):
+    """The connection the fake libvirt module opens."""
+    return lv.conn

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import libvirt
+
 from virtrbd import errors
 
 DEFAULT_FEATURES = 61          # layering, exclusive-lock, object-map, fast-diff, deep-flatten: Pacific's default
@@ -207,3 +209,22 @@ class FakeCluster:
 
     def setting(self, name: str) -> str:
         return self.settings[name]
+
+
+# --- libvirt ---------------------------------------------------------------------------------------------
+
+#: the secret UUID the unit tests' configs name
+UUID = "2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11"
+
+
+def libvirt_error(code: int, message: str = "failed", int1: int = -1,
+                  domain: int = libvirt.VIR_FROM_STORAGE) -> libvirt.libvirtError:
+    """The error libvirt raises, with its error code, domain and (for a system error) errno in ``int1``."""
+    exc = libvirt.libvirtError(message)
+    exc.err = (code, domain, message, 2, None, None, None, int1, 0)
+    return exc
+
+
+def missing(code: int) -> libvirt.libvirtError:
+    """libvirt's "no such object" for the object kind of ``code`` (VIR_ERR_NO_SECRET, ...)."""
+    return libvirt_error(code, "no such object", int1=0, domain=0)

@@ -1,14 +1,13 @@
 """The libvirt side, against a mocked libvirt module (pytest-mock)."""
 
 import base64
-import types
 
 import libvirt
 import pytest
 
 from virtrbd import errors
 from virtrbd.keyring import CephKey
-from virtrbd.libvirt_host import Host
+from virtrbd.libvirt.host import Host
 from virtrbd.monitor import Monitor
 from virtrbd.spec import ImageSpec
 from virtrbd.xml.common import SecretRef
@@ -18,32 +17,7 @@ from virtrbd.xml.secret import SecretDef
 from virtrbd.xml.volume import VolumeDef
 
 from .conftest import KEY
-
-UUID = "2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11"
-
-
-def missing(code):
-    exc = libvirt.libvirtError("missing")
-    exc.err = (code, 0, "no such object", 0, None, None, None, 0, 0)
-    return exc
-
-
-@pytest.fixture
-def lv(mocker):
-    module = types.SimpleNamespace(**{n: getattr(libvirt, n) for n in dir(libvirt) if n.isupper()})
-    module.libvirtError = libvirt.libvirtError
-    # built from the real binding's classes, so a misspelt or missing libvirt call fails the test
-    module.open = mocker.Mock(return_value=mocker.create_autospec(libvirt.virConnect, instance=True))
-    return module
-
-
-@pytest.fixture
-def conn(lv, mocker):
-    conn = lv.open.return_value
-    conn.storagePoolLookupByName.return_value = mocker.create_autospec(libvirt.virStoragePool, instance=True)
-    conn.lookupByName.return_value = mocker.create_autospec(libvirt.virDomain, instance=True)
-    conn.secretLookupByUUIDString.return_value = mocker.create_autospec(libvirt.virSecret, instance=True)
-    return conn
+from .fakes import UUID, missing
 
 
 def test_connection_failure_is_one_line(lv):

@@ -46,7 +46,6 @@ from .restore import plan_restore, run_restore
 from .results import BackupPlan, BackupResult, RestorePlan, RestoreResult, VerifyResult
 from .stream import Cancelled, cancel, cancellable
 from .verify import run_verify
-from .via_libvirt import libvirt_target
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
            "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT"]
@@ -118,7 +117,8 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
     plan = src if isinstance(src, RestorePlan) else plan_restore(src)
     spec = storage.spec(target, snapshot=False)
     # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
-    with cancellable(cancel), libvirt_target(storage.config) as libvirt:
+    from ..libvirt.policy import upload_target
+    with cancellable(cancel), upload_target(storage.config) as libvirt:
         return run_restore(storage.cluster, plan, spec, force=force, create_snapshot=create_snapshot,
                            progress=progress, libvirt=libvirt)
 

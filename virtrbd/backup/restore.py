@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from typing import TYPE_CHECKING
 
 from ..ceph import Cluster
 from ..errors import CorruptBackupError
@@ -24,7 +25,9 @@ from .granules import Granules
 from .results import RestorePlan, RestoreResult
 from .stream import BLOCK, CHUNK, MiB, check_cancel
 from .target import RestoreTarget
-from .via_libvirt import LibvirtTarget
+
+if TYPE_CHECKING:
+    from ..libvirt.policy import LibvirtTarget
 
 
 def plan_restore(src: os.PathLike | str) -> RestorePlan:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..ceph import Cluster, RbdImage, translated
 from ..errors import AlreadyExistsError, BackupError, BusyError, HasSnapshotsError, VirtrbdError
@@ -30,7 +31,10 @@ from .tuning import (
     hold_back_object_map,
     restore_object_map,
 )
-from .via_libvirt import DEFAULT_OBJECT_SIZE, LibvirtSink, LibvirtTarget, can_upload, create_volume
+from .via_libvirt import DEFAULT_OBJECT_SIZE, LibvirtSink, can_upload, create_volume
+
+if TYPE_CHECKING:
+    from ..libvirt.policy import LibvirtTarget
 
 log = logging.getLogger(__name__)
 

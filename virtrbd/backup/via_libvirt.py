@@ -3,7 +3,7 @@
 libvirt 9.0's rbd backend cannot upload; with virtrbd's patches
 (``patches/libvirt-9.0``) it can, and the restored data then reaches Ceph
 through the hypervisor's daemon.  Whether it can is *detected* on the volume
-being restored (``libvirt_stream.supports_volume_upload``), never configured:
+being restored (``virtrbd.libvirt.streams.supports_volume_upload``), never configured:
 where it cannot, the restore writes through librbd as always.  Only images of
 the pool that libvirt's rbd pool stands for, with the default 4 MiB objects
 (libvirt cannot choose another object size), take this path.
@@ -13,91 +13,22 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import VirtrbdError
-
-if TYPE_CHECKING:
-    from ..libvirt_host import Host
 from .stream import CHUNK, within, zeros
+
+if TYPE_CHECKING:        # the libvirt side (and lxml) load only when a restore goes through libvirt
+    from ..libvirt.policy import LibvirtTarget
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_SIZE = 4 << 20
 
 
-@dataclass
-class LibvirtTarget:
-    """Where a restore may upload: an open libvirt connection and the rbd pool's libvirt name."""
-
-    host: Host
-    pool: str             # the libvirt pool
-    ceph_pool: str        # the Ceph pool it stands for
-
-
-@contextmanager
-def libvirt_target(config) -> Iterator[LibvirtTarget | None]:
-    """The libvirt side of ``config`` when libvirtd answers and runs an rbd pool on [ceph] pool; None otherwise."""
-    if not config.libvirt.uri:
-        yield None
-        return
-    try:
-        from ..libvirt_host import Host
-        host = Host(config.libvirt.uri)
-    except VirtrbdError as exc:
-        log.info("restore through librbd: libvirt is not reachable (%s)", exc)
-        yield None
-        return
-    try:
-        pool = host.find_pool(config.libvirt_pool)
-        if pool is None or not pool.isActive():
-            yield None
-        elif not _holds_our_pool(host, pool, config):
-            log.info("restore through librbd: libvirt's pool %s is not Ceph pool %s of monitors %s",
-                     config.libvirt_pool, config.ceph.pool, ", ".join(map(str, config.ceph.monitors)))
-            yield None
-        else:
-            yield LibvirtTarget(host, config.libvirt_pool, config.ceph.pool)
-    finally:
-        host.close()
-
-
-def _holds_our_pool(host, pool, config) -> bool:
-    """Whether libvirt's pool is ``config``'s Ceph pool on ``config``'s cluster (a monitor in common).
-
-    A libvirt pool of the same name may stand for another pool, or for a pool
-    of the same name in another cluster: an upload there would put the
-    restored image where the user did not ask for it.
-    """
-    from ..libvirt_host import translated
-    from ..xml.pool import PoolDef
-    try:
-        with translated(host.libvirt, f"reading storage pool {config.libvirt_pool}"):
-            found = PoolDef.from_xml(pool.XMLDesc(0))
-    except VirtrbdError as exc:
-        log.info("restore through librbd: %s", exc)
-        return False
-    ours = {address for monitor in config.ceph.monitors for address in _addresses(monitor)}
-    return found.source_name == config.ceph.pool and any(
-        address in ours for monitor in found.monitors for address in _addresses(monitor))
-
-
-def _addresses(monitor) -> set[tuple[str, int]]:
-    """(host, port) pairs a monitor written this way answers on (``Monitor.ports``), the host normalised."""
-    import ipaddress
-    try:
-        host = str(ipaddress.ip_address(monitor.host))
-    except ValueError:
-        host = monitor.host.rstrip(".").casefold()
-    return {(host, port) for port in monitor.ports}
-
-
 def can_upload(target: LibvirtTarget) -> bool:
     """Whether the running libvirtd can upload into the pool's volumes (asked of it: ~1 ms, no data)."""
-    from ..libvirt_stream import supports_volume_upload
+    from ..libvirt.streams import supports_volume_upload
     return supports_volume_upload(target.host, target.pool)
 
 
@@ -124,7 +55,7 @@ class LibvirtSink:
         self.written_bytes = 0
 
     def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
-        from ..libvirt_stream import upload_volume
+        from ..libvirt.streams import upload_volume
         end = within(self.size, offset, start, len(data) if end is None else end)
         length = end - start
         if length <= 0:

@@ -12,10 +12,10 @@ import sys
 from lxml import etree
 
 from .. import config as config_module
-from .. import hypervisor
 from ..config import Config
 from ..errors import InvalidSpecError, InvalidXMLError, UsageError
-from ..libvirt_host import Host
+from ..libvirt import policy
+from ..libvirt.host import Host
 from ..spec import ImageSpec
 from ..storage import Storage
 from ..xml import clone_markup, safe, schema
@@ -86,16 +86,16 @@ def _build(args, config: Config):
     kind = args.xml_kind
     try:
         if kind == "secret":
-            return hypervisor.secret_def(config)
+            return policy.secret_def(config)
         if kind == "pool":
-            return hypervisor.pool_def(config)
+            return policy.pool_def(config)
         if kind == "volume":
             _require(args, "image", "size")
             return VolumeDef(_image(args, config, allow_snapshot=False).image, args.size)
         _require(args, "image", "target")
         tuning = dict(bus=args.bus, cache=args.cache, discard=args.discard, io=args.io, serial=args.serial,
                       iotune=tuple(args.iotune or ()))
-        return hypervisor.disk_def(config, _image(args, config, allow_snapshot=True), args.target,
+        return policy.disk_def(config, _image(args, config, allow_snapshot=True), args.target,
                                    read_only=args.read_only, **tuning)
     except ValueError as exc:
         raise UsageError(f"xml {kind}: {exc}") from None
@@ -155,17 +155,17 @@ def _check_define(args, config: Config) -> None:
     if args.xml_kind == "disk" and not args.domain:
         raise UsageError("xml disk: --define needs --domain NAME")
     if args.xml_kind == "volume" and args.image:
-        hypervisor.volume_pool(config, _image(args, config, allow_snapshot=False))
+        policy.volume_pool(config, _image(args, config, allow_snapshot=False))
 
 
-def _apply(args, config: Config, model, markup: CloneMarkup | None = None) -> hypervisor.Applied:
+def _apply(args, config: Config, model, markup: CloneMarkup | None = None) -> policy.Applied:
     kind = args.xml_kind
     if kind == "volume":
         with Storage(config) as storage, Host(config.libvirt.uri) as host:
-            return hypervisor.ensure_volume(host, storage.cluster, config, model)
+            return policy.ensure_volume(host, storage.cluster, config, model)
     with Host(config.libvirt.uri) as host:
         if kind == "secret":
-            return hypervisor.ensure_secret(host, config, model)
+            return policy.ensure_secret(host, config, model)
         if kind == "pool":
-            return hypervisor.ensure_pool(host, config, model, autostart=not args.no_autostart)
-        return hypervisor.attach_disk(host, config, args.domain, model, markup)
+            return policy.ensure_pool(host, config, model, autostart=not args.no_autostart)
+        return policy.attach_disk(host, config, args.domain, model, markup)

@@ -12,8 +12,8 @@ import uuid
 
 from lxml import etree
 
-from .. import hypervisor
 from ..config import Config
+from ..libvirt import policy
 from ..spec import ImageSpec
 from ..xml import clone_markup
 
@@ -30,7 +30,7 @@ def domain_xml(config: Config, name: str, image: str | ImageSpec, *, domain_type
     image as a clone of that snapshot when the domain starts.
     """
     image = image if isinstance(image, ImageSpec) else ImageSpec.parse(image, config.ceph.pool)
-    disk = hypervisor.disk_def(config, image, "vda", bus="virtio", cache="none")
+    disk = policy.disk_def(config, image, "vda", bus="virtio", cache="none")
     root = etree.Element("domain", type=domain_type)
     etree.SubElement(root, "name").text = name
     etree.SubElement(root, "uuid").text = domain_uuid or str(uuid.uuid4())

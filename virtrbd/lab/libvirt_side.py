@@ -167,7 +167,7 @@ def plan_objects(cluster: CephCluster) -> dict:
 
 def define_objects(cluster: CephCluster, info: dict) -> None:
     """Define the ceph secret (its value set through the API) and the rbd pool, and start the pool."""
-    from ..libvirt_host import Host
+    from ..libvirt.host import Host
 
     spec = cluster.spec
     secret = SecretDef(usage_name=info["secret_usage"], uuid=info["secret_uuid"],
@@ -188,13 +188,13 @@ def define_objects(cluster: CephCluster, info: dict) -> None:
 
 def remove_objects(info: dict, mon_port: int) -> None:
     """Destroy the lab's domains (those whose disks use the lab's monitor), its pool and its secret."""
-    from ..libvirt_host import Host, translated
+    from ..libvirt.host import Host, libvirt_translated
 
     if not _socket_answers(LIBVIRT_SOCKET):
         return
     try:
         with Host(URI) as host:
-            with translated(host.libvirt, "removing the lab's domains"):
+            with libvirt_translated(host.libvirt, "removing the lab's domains"):
                 for domain in host.conn.listAllDomains(0):
                     if _uses_monitor(domain.XMLDesc(0), mon_port):
                         if domain.isActive():
@@ -219,7 +219,7 @@ def _uses_monitor(domain_xml: str, mon_port: int) -> bool:
 
 
 def healthy(info: dict) -> bool:
-    from ..libvirt_host import Host
+    from ..libvirt.host import Host
 
     if not _socket_answers(LIBVIRT_SOCKET):
         return False

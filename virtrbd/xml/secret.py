@@ -1,7 +1,7 @@
 """The libvirt secret (usage type ceph) that holds a cephx key for QEMU and the rbd pool.
 
 Only the definition is XML; the key itself is set with ``virSecretSetValue``
-by ``virtrbd.libvirt_host`` and never appears in any document.
+by ``virtrbd.libvirt.host`` and never appears in any document.
 """
 
 from __future__ import annotations

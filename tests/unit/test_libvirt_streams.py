@@ -2,36 +2,15 @@
 
 import errno
 import io
-import types
 
 import libvirt
 import pytest
 
-from virtrbd import errors, libvirt_stream
-from virtrbd.libvirt_host import Host
+from virtrbd import errors
+from virtrbd.libvirt import streams
+from virtrbd.libvirt.host import Host
 
-
-def libvirt_error(code, message="failed", int1=-1):
-    exc = libvirt.libvirtError(message)
-    exc.err = (code, libvirt.VIR_FROM_STORAGE, message, 2, None, None, None, int1, 0)
-    return exc
-
-
-@pytest.fixture
-def lv(mocker):
-    module = types.SimpleNamespace(**{n: getattr(libvirt, n) for n in dir(libvirt) if n.isupper()})
-    module.libvirtError = libvirt.libvirtError
-    conn = mocker.create_autospec(libvirt.virConnect, instance=True)
-    module.open = mocker.Mock(return_value=conn)
-    pool = mocker.create_autospec(libvirt.virStoragePool, instance=True)
-    conn.storagePoolLookupByName.return_value = pool
-    vol = mocker.create_autospec(libvirt.virStorageVol, instance=True)
-    pool.storageVolLookupByName.return_value = vol
-    pool.listVolumes.return_value = ["disk1"]
-    stream = mocker.create_autospec(libvirt.virStream, instance=True)
-    conn.newStream.return_value = stream
-    module.conn, module.pool, module.vol, module.stream = conn, pool, vol, stream
-    return module
+from .fakes import libvirt_error
 
 
 @pytest.fixture
@@ -44,19 +23,19 @@ def host(lv):
 
 def test_a_backend_without_upload_is_detected_from_the_error_code(lv, host):
     lv.vol.upload.side_effect = libvirt_error(libvirt.VIR_ERR_NO_SUPPORT, "storage pool doesn't support volume upload")
-    assert libvirt_stream.supports_volume_upload(host, "ceph") is False
+    assert streams.supports_volume_upload(host, "ceph") is False
 
 
 def test_the_probe_asks_for_a_sparse_stream_which_moves_no_data(lv, host):
     lv.vol.download.side_effect = libvirt_error(libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, "sparse streams are not …")
-    assert libvirt_stream.supports_volume_download(host, "ceph") is True
+    assert streams.supports_volume_download(host, "ceph") is True
     lv.vol.download.assert_called_once_with(lv.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
     lv.stream.recv.assert_not_called()
     lv.pool.refresh.assert_not_called()
 
 
 def test_a_backend_that_streams_sparse_data_has_its_probe_stream_aborted(lv, host):
-    assert libvirt_stream.supports_volume_upload(host, "ceph") is True
+    assert streams.supports_volume_upload(host, "ceph") is True
     lv.vol.upload.assert_called_once_with(lv.stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
     lv.stream.abort.assert_called_once_with()
     lv.stream.send.assert_not_called()
@@ -69,7 +48,7 @@ def test_the_probe_uses_a_scratch_volume_when_libvirt_knows_none(lv, host, mocke
     lv.pool.createXML.return_value = scratch
     lv.pool.storageVolLookupByName.return_value = scratch
     scratch.upload.side_effect = libvirt_error(libvirt.VIR_ERR_NO_SUPPORT)
-    assert libvirt_stream.supports_volume_upload(host, "ceph") is False
+    assert streams.supports_volume_upload(host, "ceph") is False
     assert "<name>virtrbd-probe-" in lv.pool.createXML.call_args.args[0]
     scratch.delete.assert_called_once_with(0)
 
@@ -79,22 +58,22 @@ def test_the_probe_moves_to_a_scratch_volume_when_the_volume_is_busy(lv, host, m
     scratch = mocker.create_autospec(libvirt.virStorageVol, instance=True)
     lv.pool.createXML.return_value = scratch
     scratch.upload.side_effect = libvirt_error(libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
-    assert libvirt_stream.supports_volume_upload(host, "ceph") is True
+    assert streams.supports_volume_upload(host, "ceph") is True
     scratch.delete.assert_called_once_with(0)
 
 
 def test_the_probe_of_an_undefined_pool_says_so(lv, host):
     lv.conn.storagePoolLookupByName.side_effect = libvirt_error(libvirt.VIR_ERR_NO_STORAGE_POOL)
     with pytest.raises(errors.NotFoundError, match="storage pool ceph: not defined"):
-        libvirt_stream.supports_volume_download(host, "ceph")
+        streams.supports_volume_download(host, "ceph")
 
 
 # --- upload ----------------------------------------------------------------------------------------
 
 def test_upload_sends_the_source_in_chunks_then_finishes(lv, host, monkeypatch):
-    monkeypatch.setattr(libvirt_stream, "CHUNK", 4)
+    monkeypatch.setattr(streams, "STREAM_PIECE", 4)
     lv.stream.send.side_effect = lambda data: len(data)
-    sent = libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"0123456789"), offset=512)
+    sent = streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"0123456789"), offset=512)
     assert sent == 10
     lv.vol.upload.assert_called_once_with(lv.stream, 512, 0, 0)
     assert [c.args[0] for c in lv.stream.send.call_args_list] == [b"0123", b"4567", b"89"]
@@ -105,21 +84,21 @@ def test_upload_sends_the_source_in_chunks_then_finishes(lv, host, monkeypatch):
 def test_upload_with_a_length_reads_no_more_than_that(lv, host):
     lv.stream.send.side_effect = lambda data: len(data)
     source = io.BytesIO(b"0123456789")
-    assert libvirt_stream.upload_volume(host, "ceph", "disk1", source, length=3) == 3
+    assert streams.upload_volume(host, "ceph", "disk1", source, length=3) == 3
     lv.vol.upload.assert_called_once_with(lv.stream, 0, 3, 0)
     assert source.tell() == 3
 
 
 def test_upload_resends_what_the_stream_did_not_take(lv, host):
     lv.stream.send.side_effect = [2, 3]
-    assert libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"abcde")) == 5
+    assert streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"abcde")) == 5
     assert [c.args[0] for c in lv.stream.send.call_args_list] == [b"abcde", b"cde"]
 
 
 def test_a_source_shorter_than_the_length_aborts_the_upload(lv, host):
     lv.stream.send.side_effect = lambda data: len(data)
     with pytest.raises(errors.UsageError, match="the source ended after 4 of the 10 bytes to upload"):
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"abcd"), length=10)
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"abcd"), length=10)
     lv.stream.abort.assert_called_once_with()
     lv.stream.finish.assert_not_called()
 
@@ -129,7 +108,7 @@ def test_a_librbd_error_reported_by_libvirt_keeps_its_errno(lv, host):
         libvirt.VIR_ERR_SYSTEM_ERROR, "failed to write 4194304 bytes at offset 0 of RBD image 'rbd/disk1': "
         "Operation not permitted", int1=errno.EPERM)
     with pytest.raises(errors.PermissionDeniedError) as raised:
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
     assert raised.value.errno == errno.EPERM
     assert str(raised.value) == ("uploading to volume disk1 of storage pool ceph: failed to write 4194304 bytes "
                                  "at offset 0 of RBD image 'rbd/disk1': Operation not permitted")
@@ -141,35 +120,35 @@ def test_an_error_at_finish_fails_the_upload(lv, host):
     lv.stream.finish.side_effect = libvirt_error(libvirt.VIR_ERR_SYSTEM_ERROR, "failed to flush RBD image 'rbd/x': "
                                                  "Connection timed out", int1=errno.ETIMEDOUT)
     with pytest.raises(errors.OperationTimeoutError, match="failed to flush"):
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
 
 
 def test_upload_where_libvirt_cannot_says_what_is_missing(lv, host):
     lv.vol.upload.side_effect = libvirt_error(libvirt.VIR_ERR_NO_SUPPORT, "storage pool doesn't support volume upload")
     with pytest.raises(errors.LibvirtError, match="doesn't support volume upload .*needs virtrbd's patches"):
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"))
     lv.stream.send.assert_not_called()
 
 
 def test_a_range_the_backend_refuses_is_a_usage_error(lv, host):
     lv.vol.upload.side_effect = libvirt_error(libvirt.VIR_ERR_INVALID_ARG, "cannot upload 10 bytes at offset 5")
     with pytest.raises(errors.UsageError, match="cannot upload 10 bytes at offset 5"):
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"), offset=5, length=10)
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"), offset=5, length=10)
 
 
 @pytest.mark.parametrize("offset, length", [(-1, None), (0, 0), (0, -5)])
 def test_bad_ranges_are_refused_before_libvirt(lv, host, offset, length):
     with pytest.raises(errors.UsageError):
-        libvirt_stream.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"), offset=offset, length=length)
+        streams.upload_volume(host, "ceph", "disk1", io.BytesIO(b"x"), offset=offset, length=length)
     with pytest.raises(errors.UsageError):
-        libvirt_stream.download_volume(host, "ceph", "disk1", io.BytesIO(), offset=offset, length=length)
+        streams.download_volume(host, "ceph", "disk1", io.BytesIO(), offset=offset, length=length)
     lv.conn.newStream.assert_not_called()
 
 
 def test_a_volume_libvirt_has_not_seen_costs_one_refresh(lv, host):
     lv.pool.storageVolLookupByName.side_effect = libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL)
     with pytest.raises(errors.NotFoundError, match="volume disk9 of storage pool ceph: does not exist"):
-        libvirt_stream.upload_volume(host, "ceph", "disk9", io.BytesIO(b"x"))
+        streams.upload_volume(host, "ceph", "disk9", io.BytesIO(b"x"))
     lv.pool.refresh.assert_called_once_with(0)
     assert lv.pool.storageVolLookupByName.call_count == 2
 
@@ -179,7 +158,7 @@ def test_a_volume_libvirt_has_not_seen_costs_one_refresh(lv, host):
 def test_download_writes_every_chunk_to_the_sink(lv, host):
     lv.stream.recv.side_effect = [b"abc", b"de", b""]
     sink = io.BytesIO()
-    assert libvirt_stream.download_volume(host, "ceph", "disk1", sink, offset=7, length=5) == 5
+    assert streams.download_volume(host, "ceph", "disk1", sink, offset=7, length=5) == 5
     assert sink.getvalue() == b"abcde"
     lv.vol.download.assert_called_once_with(lv.stream, 7, 5, 0)
     lv.stream.finish.assert_called_once_with()
@@ -190,7 +169,7 @@ def test_a_download_error_aborts_and_names_the_volume(lv, host):
         libvirt.VIR_ERR_SYSTEM_ERROR, "failed to read 4194304 bytes at offset 0 of RBD image 'rbd/disk1': "
         "Input/output error", int1=errno.EIO)]
     with pytest.raises(errors.LibvirtError, match="downloading volume disk1 of storage pool ceph: failed to read"):
-        libvirt_stream.download_volume(host, "ceph", "disk1", io.BytesIO())
+        streams.download_volume(host, "ceph", "disk1", io.BytesIO())
     lv.stream.abort.assert_called_once_with()
 
 
@@ -202,5 +181,5 @@ def test_a_failing_sink_aborts_the_stream(lv, host):
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):
-        libvirt_stream.download_volume(host, "ceph", "disk1", Full())
+        streams.download_volume(host, "ceph", "disk1", Full())
     lv.stream.abort.assert_called_once_with()

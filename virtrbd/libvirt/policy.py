@@ -14,26 +14,34 @@ The XML layer renders whatever it is given; this module decides what that is.
   refresh opens every image of the pool (seconds for a thousand) and only
   then knows images made behind its back.
 
+* A restore uploads through libvirt only into the libvirt pool that stands
+  for ``[ceph] pool`` on a monitor of ``[ceph] monitors`` (``upload_target``):
+  a pool of that name standing for another pool or cluster gets nothing.
+
 Every ``ensure_*`` is idempotent and says what it changed (nothing, the second time).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .ceph import Cluster, translated
-from .config import Config
-from .errors import AlreadyExistsError, ConfigError, LibvirtError, NotFoundError, UsageError
-from .keyring import read_key
-from .libvirt_host import Host
-from .libvirt_host import translated as libvirt_translated
-from .spec import ImageSpec
-from .xml.clone_markup import CloneMarkup
-from .xml.common import SecretRef
-from .xml.disk import DiskDef
-from .xml.pool import PoolDef
-from .xml.secret import SecretDef
-from .xml.volume import VolumeDef
+from ..ceph import Cluster, translated
+from ..config import Config
+from ..errors import AlreadyExistsError, ConfigError, LibvirtError, NotFoundError, UsageError, VirtrbdError
+from ..keyring import read_key
+from ..spec import ImageSpec
+from ..xml.clone_markup import CloneMarkup
+from ..xml.common import SecretRef
+from ..xml.disk import DiskDef
+from ..xml.pool import PoolDef
+from ..xml.secret import SecretDef
+from ..xml.volume import VolumeDef
+from .host import Host, libvirt_translated
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,3 +203,68 @@ def libvirt_volume(host: Host, cluster: Cluster, config: Config, name: str):
         host.refresh_pool(config.libvirt_pool)
         volume = host.find_volume(config.libvirt_pool, name)
     return volume
+
+
+# --- where a restore may upload -------------------------------------------------------------------
+
+@dataclass
+class LibvirtTarget:
+    """Where a restore may upload: an open libvirt connection and the rbd pool's libvirt name."""
+
+    host: Host
+    pool: str             # the libvirt pool
+    ceph_pool: str        # the Ceph pool it stands for
+
+
+@contextmanager
+def upload_target(config: Config) -> Iterator[LibvirtTarget | None]:
+    """The libvirt side of ``config`` when libvirtd answers and runs an rbd pool on [ceph] pool; None otherwise."""
+    if not config.libvirt.uri:
+        yield None
+        return
+    try:
+        host = Host(config.libvirt.uri)
+    except VirtrbdError as exc:
+        log.info("restore through librbd: libvirt is not reachable (%s)", exc)
+        yield None
+        return
+    try:
+        pool = host.find_pool(config.libvirt_pool)
+        if pool is None or not pool.isActive():
+            yield None
+        elif not _holds_our_pool(host, pool, config):
+            log.info("restore through librbd: libvirt's pool %s is not Ceph pool %s of monitors %s",
+                     config.libvirt_pool, config.ceph.pool, ", ".join(map(str, config.ceph.monitors)))
+            yield None
+        else:
+            yield LibvirtTarget(host, config.libvirt_pool, config.ceph.pool)
+    finally:
+        host.close()
+
+
+def _holds_our_pool(host: Host, pool, config: Config) -> bool:
+    """Whether libvirt's pool is ``config``'s Ceph pool on ``config``'s cluster (a monitor in common).
+
+    A libvirt pool of the same name may stand for another pool, or for a pool
+    of the same name in another cluster: an upload there would put the
+    restored image where the user did not ask for it.
+    """
+    try:
+        with libvirt_translated(host.libvirt, f"reading storage pool {config.libvirt_pool}"):
+            found = PoolDef.from_xml(pool.XMLDesc(0))
+    except VirtrbdError as exc:
+        log.info("restore through librbd: %s", exc)
+        return False
+    ours = {address for monitor in config.ceph.monitors for address in _addresses(monitor)}
+    return found.source_name == config.ceph.pool and any(
+        address in ours for monitor in found.monitors for address in _addresses(monitor))
+
+
+def _addresses(monitor) -> set[tuple[str, int]]:
+    """(host, port) pairs a monitor written this way answers on (``Monitor.ports``), the host normalised."""
+    import ipaddress
+    try:
+        host = str(ipaddress.ip_address(monitor.host))
+    except ValueError:
+        host = monitor.host.rstrip(".").casefold()
+    return {(host, port) for port in monitor.ports}

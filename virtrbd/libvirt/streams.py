@@ -28,14 +28,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from . import errors
-from .libvirt_host import Host
-from .xml.volume import VolumeDef
+from .. import errors
+from ..xml.volume import VolumeDef
+from .host import Host
 
 log = logging.getLogger(__name__)
 
 #: bytes read from the source (or asked of the stream) at a time
-CHUNK = 1024 * 1024
+STREAM_PIECE = 1024 * 1024
 #: a scratch volume for the probe, when the pool has none libvirt knows of
 PROBE_PREFIX = "virtrbd-probe-"
 
@@ -66,7 +66,7 @@ def upload_volume(host: Host, pool: str, name: str, source: BinaryIO, offset: in
     with _streaming(host, what) as stream:
         vol.upload(stream, offset, length or 0, 0)
         while length is None or sent < length:
-            want = CHUNK if length is None else min(CHUNK, length - sent)
+            want = STREAM_PIECE if length is None else min(STREAM_PIECE, length - sent)
             data = source.read(want)
             if not data:
                 break
@@ -97,7 +97,7 @@ def download_volume(host: Host, pool: str, name: str, sink: BinaryIO, offset: in
     with _streaming(host, what) as stream:
         vol.download(stream, offset, length or 0, 0)
         while True:
-            data = stream.recv(CHUNK)
+            data = stream.recv(STREAM_PIECE)
             if isinstance(data, int):      # -2 only on non-blocking streams; ours blocks
                 raise errors.LibvirtError(f"{what}: the stream returned {data}")
             if not data:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from virtrbd.backup import via_libvirt
+from virtrbd.libvirt import policy
 
 POOL_XML = """<pool type='rbd'><name>rbd</name>
   <source><name>{ceph_pool}</name><host name='{host}'{port}/></source></pool>"""
@@ -14,7 +14,7 @@ POOL_XML = """<pool type='rbd'><name>rbd</name>
 @pytest.fixture
 def libvirt_pool(mocker):
     """libvirtd answering, with an active pool named as the config's [libvirt] pool; its XML set per test."""
-    host = mocker.patch("virtrbd.libvirt_host.Host").return_value
+    host = mocker.patch("virtrbd.libvirt.policy.Host").return_value
     host.libvirt.libvirtError = libvirt.libvirtError
     pool = host.find_pool.return_value
     pool.isActive.return_value = True
@@ -33,7 +33,7 @@ def libvirt_pool(mocker):
 def test_only_the_libvirt_pool_of_our_ceph_pool_takes_uploads(conf, libvirt_pool, ceph_pool, host, port, usable):
     libvirt_pool.XMLDesc.return_value = POOL_XML.format(ceph_pool=ceph_pool, host=host,
                                                         port=f" port='{port}'" if port else "")
-    with via_libvirt.libvirt_target(conf) as target:
+    with policy.upload_target(conf) as target:
         assert (target is not None) is usable
         if usable:
             assert (target.pool, target.ceph_pool) == ("rbd", "rbd")
@@ -41,5 +41,5 @@ def test_only_the_libvirt_pool_of_our_ceph_pool_takes_uploads(conf, libvirt_pool
 
 def test_a_pool_whose_xml_cannot_be_read_means_librbd(conf, libvirt_pool):
     libvirt_pool.XMLDesc.return_value = "<pool type='dir'/>"
-    with via_libvirt.libvirt_target(conf) as target:
+    with policy.upload_target(conf) as target:
         assert target is None

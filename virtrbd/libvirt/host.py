@@ -19,17 +19,17 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .errors import InvalidXMLError, LibvirtError, NotFoundError
-from .keyring import CephKey
+from ..errors import InvalidXMLError, LibvirtError, NotFoundError
+from ..keyring import CephKey
 
 if TYPE_CHECKING:
     from lxml import etree
 
-    from .xml.common import SecretRef
-    from .xml.disk import DiskDef
-    from .xml.pool import PoolDef
-    from .xml.secret import SecretDef
-    from .xml.volume import VolumeDef
+    from ..xml.common import SecretRef
+    from ..xml.disk import DiskDef
+    from ..xml.pool import PoolDef
+    from ..xml.secret import SecretDef
+    from ..xml.volume import VolumeDef
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _import_libvirt() -> ModuleType:
 
 
 @contextmanager
-def translated(libvirt: ModuleType, what: str) -> Iterator[None]:
+def libvirt_translated(libvirt: ModuleType, what: str) -> Iterator[None]:
     try:
         yield
     except libvirt.libvirtError as exc:
@@ -63,7 +63,7 @@ class Host:
     def __init__(self, uri: str = "qemu:///system", *, libvirt_module: ModuleType | None = None):
         self.libvirt = libvirt_module or _import_libvirt()
         self.uri = uri
-        with translated(self.libvirt, f"cannot connect to libvirt at {uri}"):
+        with libvirt_translated(self.libvirt, f"cannot connect to libvirt at {uri}"):
             self.conn = self.libvirt.open(uri)
 
     def close(self) -> None:
@@ -87,7 +87,7 @@ class Host:
 
     def find_secret(self, secret: SecretDef | SecretRef):
         """The defined secret with this UUID (or, without a UUID, this ceph usage name), or None."""
-        from .xml.secret import SecretDef
+        from ..xml.secret import SecretDef
 
         lv = self.libvirt
         usage = secret.usage_name if isinstance(secret, SecretDef) else secret.usage
@@ -105,10 +105,10 @@ class Host:
         found = self.find_secret(secret)
         what = f"secret {secret.uuid or secret.usage_name}"
         if found is None:
-            with translated(self.libvirt, f"defining {what}"):
+            with libvirt_translated(self.libvirt, f"defining {what}"):
                 found = self.conn.secretDefineXML(secret.to_xml(template_dir), 0)
             log.info("defined libvirt %s", what)
-        with translated(self.libvirt, f"setting the value of {what}"):
+        with libvirt_translated(self.libvirt, f"setting the value of {what}"):
             # libvirt keeps the raw secret and base64-encodes it again for librados and QEMU
             found.setValue(base64.b64decode(key.reveal()), 0)
         return found
@@ -133,7 +133,7 @@ class Host:
         found = self.find_secret(secret)
         if found is None:
             return False
-        with translated(self.libvirt, f"undefining secret {secret.uuid or secret.usage_name}"):
+        with libvirt_translated(self.libvirt, f"undefining secret {secret.uuid or secret.usage_name}"):
             found.undefine()
         return True
 
@@ -153,17 +153,17 @@ class Host:
         found = self.find_pool(pool.name)
         what = f"storage pool {pool.name}"
         if found is None:
-            with translated(self.libvirt, f"defining {what}"):
+            with libvirt_translated(self.libvirt, f"defining {what}"):
                 found = self.conn.storagePoolDefineXML(pool.to_xml(template_dir), 0)
             log.info("defined libvirt %s", what)
         else:
-            from .xml.pool import PoolDef
-            with translated(self.libvirt, f"reading {what}"):
+            from ..xml.pool import PoolDef
+            with libvirt_translated(self.libvirt, f"reading {what}"):
                 existing = PoolDef.from_xml(found.XMLDesc(self.libvirt.VIR_STORAGE_XML_INACTIVE))
             if not _same_pool(existing, pool):
                 raise LibvirtError(f"{what} is already defined differently (Ceph pool {existing.source_name} "
                                    f"at {', '.join(map(str, existing.monitors))}); undefine it or choose another name")
-        with translated(self.libvirt, f"starting {what}"):
+        with libvirt_translated(self.libvirt, f"starting {what}"):
             if not found.isActive():
                 found.create(0)
             if autostart and not found.autostart():
@@ -174,7 +174,7 @@ class Host:
         found = self.find_pool(name)
         if found is None:
             return False
-        with translated(self.libvirt, f"removing storage pool {name}"):
+        with libvirt_translated(self.libvirt, f"removing storage pool {name}"):
             if found.isActive():
                 found.destroy()
             found.undefine()
@@ -183,7 +183,7 @@ class Host:
     def refresh_pool(self, name: str):
         """libvirt's full rescan: its rbd backend opens every image (seconds for a thousand), so rarely."""
         pool = self._defined_pool(name)
-        with translated(self.libvirt, f"refreshing storage pool {name}"):
+        with libvirt_translated(self.libvirt, f"refreshing storage pool {name}"):
             pool.refresh(0)
         return pool
 
@@ -201,7 +201,7 @@ class Host:
         libvirt learns of an rbd image only when it creates it or refreshes the
         whole pool.  So an image made behind its back (librbd, a clone) is None
         here until then, and one removed behind its back still answers: callers
-        that need the truth ask librbd (``virtrbd.hypervisor.find_volume``).
+        that need the truth ask librbd (``virtrbd.libvirt.policy.find_volume``).
         """
         lv = self.libvirt
         pool = self._defined_pool(pool_name)
@@ -215,7 +215,7 @@ class Host:
     def create_volume(self, pool_name: str, volume: VolumeDef, template_dir=None):
         """A new raw image made by libvirt (``storageVolCreateXML``), so libvirt knows it without a refresh."""
         pool = self._defined_pool(pool_name)
-        with translated(self.libvirt, f"creating volume {volume.name} in storage pool {pool_name}"):
+        with libvirt_translated(self.libvirt, f"creating volume {volume.name} in storage pool {pool_name}"):
             created = pool.createXML(volume.to_xml(template_dir), 0)
         log.info("created volume %s in libvirt storage pool %s", volume.name, pool_name)
         return created
@@ -237,13 +237,13 @@ class Host:
         False when that target already holds this image (nothing to do); an error
         when it holds anything else, rather than a second disk fighting for it.
         """
-        from .xml import safe
+        from ..xml import safe
 
         domain = self.find_domain(domain_name)
         if domain is None:
             raise NotFoundError(f"domain {domain_name}: not defined in libvirt")
         what = f"domain {domain_name}"
-        with translated(self.libvirt, f"reading {what}"):
+        with libvirt_translated(self.libvirt, f"reading {what}"):
             current = safe.parse(domain.XMLDesc(self.libvirt.VIR_DOMAIN_XML_INACTIVE), what=what)
         occupant = _disk_at(current, disk.target)
         if occupant is not None:
@@ -251,7 +251,7 @@ class Host:
                 return False
             raise LibvirtError(f"{what}: target {disk.target} already holds {_describe(occupant)}; "
                                f"detach it or choose another target")
-        with translated(self.libvirt, f"attaching {disk.image} to {what} as {disk.target}"):
+        with libvirt_translated(self.libvirt, f"attaching {disk.image} to {what} as {disk.target}"):
             domain.attachDeviceFlags(disk.to_xml(template_dir), self.libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         log.info("attached %s to %s as %s", disk.image, what, disk.target)
         return True
@@ -261,7 +261,7 @@ class Host:
         """Merge virtrbd's clone markup into the domain's persistent ``<metadata>``; False when unchanged."""
         from lxml import etree
 
-        from .xml import clone_markup, safe
+        from ..xml import clone_markup, safe
 
         domain = self.find_domain(domain_name)
         if domain is None:
@@ -280,7 +280,7 @@ class Host:
         if wanted == current:
             return False
         element = clone_markup.render(wanted, namespaced=False)
-        with translated(lv, f"setting virtrbd's metadata on {what}"):
+        with libvirt_translated(lv, f"setting virtrbd's metadata on {what}"):
             domain.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, etree.tostring(element, encoding="unicode"),
                                clone_markup.PREFIX, clone_markup.NAMESPACE, lv.VIR_DOMAIN_AFFECT_CONFIG)
         return True
@@ -288,20 +288,20 @@ class Host:
 
 def _same_pool(existing: PoolDef, wanted: PoolDef) -> bool:
     """Equal in what matters; libvirt adds a UUID of its own when none was given."""
-    from .xml.pool import PoolDef
+    from ..xml.pool import PoolDef
     if wanted.uuid is None:
         existing = PoolDef(**{**existing.__dict__, "uuid": None})
     return existing == wanted
 
 
 def _disk_at(domain: etree._Element, target: str) -> etree._Element | None:
-    from .xml import nodes
+    from ..xml import nodes
     return next((node for node in domain.iterfind("devices/disk") if nodes.attr(node, "target", "dev") == target),
                 None)
 
 
 def _holds_image(node: etree._Element, disk: DiskDef) -> bool:
-    from .xml.disk import DiskDef, is_rbd_disk
+    from ..xml.disk import DiskDef, is_rbd_disk
     if not is_rbd_disk(node):
         return False
     try:
