@@ -23,6 +23,7 @@ from virtrbd.lab import Lab
 
 from ..ledger import LEDGER
 from ..secret_watch import SecretWatcher
+from .backup_support import Images, Judge
 
 
 @dataclass
@@ -121,3 +122,17 @@ def image_name(storage):
     yield name
     if storage.image_exists(name):
         storage.remove_image(name)
+
+
+@pytest.fixture
+def judge(lab) -> Judge:
+    """Ceph's and QEMU's own tools, pointed at the lab with the restricted user's keyring."""
+    return Judge(lab.lab.root / "ceph" / "ceph.conf", lab.config.ceph.keyring, str(lab.config.ceph.monitors[0]))
+
+
+@pytest.fixture
+def images(storage):
+    """Images made with bare librbd for one test, removed after it."""
+    made = Images(storage)
+    yield made
+    made.cleanup()

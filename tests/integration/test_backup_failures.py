@@ -17,7 +17,7 @@ from virtrbd.backup.files import TEMP_MARK
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
-from .test_backup_support import MiB, images, random_bytes, record_bad_input, sha256_of  # noqa: F401 (fixtures)
+from .backup_support import MiB, random_bytes, record_bad_input, sha256_of
 
 BIG = 512 * MiB          # image size for the tests that need a backup to take a while
 BIG_DATA = 192 * MiB     # of which written (memory-backed lab: keep it modest)

@@ -11,17 +11,7 @@ from virtrbd.backup.formats import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
-from .test_backup_support import (  # noqa: F401 (fixtures)
-    CHUNK,
-    MiB,
-    content_of,
-    images,
-    judge,
-    random_bytes,
-    record_bad_input,
-    scattered_writes,
-    sha256_of,
-)
+from .backup_support import CHUNK, MiB, content_of, random_bytes, record_bad_input, scattered_writes, sha256_of
 
 
 def four_snapshots(images, seed: int = 10) -> tuple[str, list[int]]:

@@ -11,7 +11,7 @@ from virtrbd.backup.formats import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
-from .test_backup_support import CHUNK, MiB, content_of, images, judge, random_bytes, scattered_writes, sha256_of  # noqa: F401 (fixtures)
+from .backup_support import CHUNK, MiB, content_of, random_bytes, scattered_writes, sha256_of
 
 #: name -> (image size, writes); sizes kept small: the lab is shared and memory-backed
 IMAGES = {

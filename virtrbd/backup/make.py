@@ -28,8 +28,8 @@ from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM
 from .formats.checksum import ContentDigest, DataCRC
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffWriter
-from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource, image_info
-from .results import BackupPlan, BackupResult, ImageInfo
+from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource, source_facts
+from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import CHUNK, MiB, check_cancel, nonzero_runs, split_at
 from .window import Job, ReadWindow, read_chunks
 
@@ -61,7 +61,7 @@ def run_backup(cluster: Cluster, plan: BackupPlan, *, progress: Progress | None 
     spec = plan.spec
     started = time.monotonic()
     with cluster.image(spec.pool, spec.image, snapshot=spec.snapshot, read_only=True) as image:
-        info = image_info(image, spec)
+        info = source_facts(image, spec)
         source = RbdSource(image, str(spec))
         if plan.since is None:
             return write_full_backup(source, info, plan, progress=progress, direct_io=direct_io, started=started)
@@ -73,7 +73,7 @@ def run_backup(cluster: Cluster, plan: BackupPlan, *, progress: Progress | None 
         return write_incremental_backup(source, info, plan, progress=progress, started=started)
 
 
-def write_full_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Progress | None = None,
+def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: Progress | None = None,
                       direct_io: bool = True, started: float | None = None) -> BackupResult:
     """A RAW or QCOW2 backup of ``source`` (a ``stream.Source``) and its manifest, published atomically."""
     spec = plan.spec
@@ -159,7 +159,7 @@ class _HashingFile(io.RawIOBase):
         return len(view)
 
 
-def write_incremental_backup(source, info: ImageInfo, plan: BackupPlan, *, progress: Progress | None = None,
+def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: Progress | None = None,
                              started: float | None = None) -> BackupResult:
     """An rbd diff of what changed since ``plan.since`` and its manifest, on top of a backup in ``plan.dest``.
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..ceph import FADVISE_NOCACHE, errno_error, translated
 from ..spec import ImageSpec
-from .results import ImageInfo
+from .results import SourceFacts
 from .stream import CHUNK, MiB, wait_until, within
 
 #: reads (or writes) in flight: 24 MiB in at most 12 requests; each in-flight read costs about twice its size
@@ -201,10 +201,10 @@ class RbdSink:
             self._cond.wait_for(lambda: self._ops <= 0, timeout=timeout)
 
 
-def image_info(image, spec: ImageSpec) -> ImageInfo:
+def source_facts(image, spec: ImageSpec) -> SourceFacts:
     with translated(f"reading {spec}"):
         snapshots = {s["name"]: s["id"] for s in image.list_snaps()}
-        return ImageInfo(size=image.size(), image_id=image.id(), snapshot_id=snapshots.get(spec.snapshot, 0),
+        return SourceFacts(size=image.size(), image_id=image.id(), snapshot_id=snapshots.get(spec.snapshot, 0),
                          object_size=int(image.stat()["obj_size"]), snapshots=snapshots)
 
 

@@ -94,7 +94,7 @@ class RestorePlan:
 
 
 @dataclass
-class ImageInfo:
+class SourceFacts:
     """What a manifest records about the image a backup comes from."""
 
     size: int

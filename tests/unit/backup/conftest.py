@@ -10,7 +10,7 @@ import pytest
 
 from virtrbd.backup.make import write_full_backup, write_incremental_backup
 from virtrbd.backup.memory import MemorySource
-from virtrbd.backup.results import BackupPlan, ImageInfo
+from virtrbd.backup.results import BackupPlan, SourceFacts
 from virtrbd.spec import ImageSpec
 
 MiB = 1 << 20
@@ -64,7 +64,7 @@ def make_full(tmp_path: Path):
              image_id: str = "abc123", dest: Path | None = None, cluster_size: int = 64 << 10, direct=True):
         source = MemorySource(content, extents)
         plan = BackupPlan(ImageSpec("rbd", image, snapshot), dest or tmp_path, fmt, None, cluster_size)
-        info = ImageInfo(size=len(content), image_id=image_id, snapshot_id=1)
+        info = SourceFacts(size=len(content), image_id=image_id, snapshot_id=1)
         return write_full_backup(source, info, plan, direct_io=direct)
     return make
 
@@ -76,7 +76,7 @@ def make_incremental(tmp_path: Path):
         source = MemoryDiffSource(content, changes)
         plan = BackupPlan(ImageSpec("rbd", image, newer), dest or tmp_path, "rbd-diff-v1",
                           ImageSpec("rbd", image, older))
-        info = ImageInfo(size=len(content), image_id=image_id, snapshot_id=snapshot_id)
+        info = SourceFacts(size=len(content), image_id=image_id, snapshot_id=snapshot_id)
         return write_incremental_backup(source, info, plan)
     return make
 

@@ -14,7 +14,7 @@ from virtrbd.backup.formats.checksum import ContentDigest
 from virtrbd.backup.make import write_full_backup
 from virtrbd.backup.memory import MemorySink, MemorySource
 from virtrbd.backup.restore import plan_restore, restore_chain
-from virtrbd.backup.results import BackupPlan, ImageInfo
+from virtrbd.backup.results import BackupPlan, SourceFacts
 from virtrbd.backup.stream import BLOCK, CHUNK, Cancelled, cancellable
 from virtrbd.backup.verify import run_verify
 from virtrbd.errors import BackupError, CorruptBackupError
@@ -203,7 +203,7 @@ def test_a_failed_or_interrupted_backup_leaves_no_file(tmp_path, fmt, how, raise
     plan = BackupPlan(ImageSpec("rbd", "img", "s1"), tmp_path, fmt)
     started = time.monotonic()
     with pytest.raises(raised), cancellable(event):
-        write_full_backup(source, ImageInfo(source.size, "id", 1), plan)
+        write_full_backup(source, SourceFacts(source.size, "id", 1), plan)
     assert time.monotonic() - started < 5
     assert list(tmp_path.iterdir()) == []
 

@@ -1,6 +1,7 @@
 """What the backup integration tests share: images made with bare librbd, independent judges, clean-up.
 
-Holds no tests.  Snapshots are made with ``image.create_snap`` (not through
+Holds no tests; the fixtures ``judge`` and ``images`` (in conftest) hand these out.
+Snapshots are made with ``image.create_snap`` (not through
 the layering API); Ceph's ``rbd`` and QEMU's ``qemu-img`` are used only as
 judges, with ``--keyring``/``keyring=`` paths (never a key on a command line).
 """
@@ -14,8 +15,6 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from ..cli_helpers import Result
 from ..ledger import LEDGER
@@ -47,11 +46,6 @@ class Judge:
 
     def qemu_img(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture
-def judge(lab) -> Judge:
-    return Judge(lab.lab.root / "ceph" / "ceph.conf", lab.config.ceph.keyring, str(lab.config.ceph.monitors[0]))
 
 
 class Images:
@@ -113,13 +107,6 @@ class Images:
                             image.unprotect_snap(snap["name"])
                         image.remove_snap(snap["name"])
                 self.storage.remove_image(candidate)
-
-
-@pytest.fixture
-def images(storage):
-    made = Images(storage)
-    yield made
-    made.cleanup()
 
 
 def content_of(storage, spec: str) -> bytes:
