@@ -54,12 +54,12 @@ def test_lab_env_without_lab(tmp_path):
 def test_progress_on_a_terminal_shows_percent_rate_and_time_left(mocker):
     import io
 
-    from virtrbd.cli.common import terminal_progress
+    from virtrbd.cli.progress import terminal_progress
 
     stderr = io.StringIO()
     stderr.isatty = lambda: True
     mocker.patch("sys.stderr", stderr)
-    clock = mocker.patch("virtrbd.cli.common.time.monotonic", return_value=100.0)
+    clock = mocker.patch("virtrbd.cli.progress.time.monotonic", return_value=100.0)
     report = terminal_progress("restore rbd/vm1")
     clock.return_value = 102.0
     report(256 << 20, 1024 << 20)                 # a quarter in 2 s: 128 MiB/s, 6 s to go
@@ -72,12 +72,12 @@ def test_progress_on_a_terminal_shows_percent_rate_and_time_left(mocker):
 def test_progress_in_objects_shows_no_rate(mocker):
     import io
 
-    from virtrbd.cli.common import terminal_progress
+    from virtrbd.cli.progress import terminal_progress
 
     stderr = io.StringIO()
     stderr.isatty = lambda: True
     mocker.patch("sys.stderr", stderr)
-    clock = mocker.patch("virtrbd.cli.common.time.monotonic", return_value=100.0)
+    clock = mocker.patch("virtrbd.cli.progress.time.monotonic", return_value=100.0)
     report = terminal_progress("flattening rbd/vm1", counts_bytes=False)
     clock.return_value = 101.0
     report(64, 256)                                # librbd's flatten counts objects
@@ -87,7 +87,7 @@ def test_progress_in_objects_shows_no_rate(mocker):
 def test_no_progress_when_stderr_is_not_a_terminal(mocker):
     import io
 
-    from virtrbd.cli.common import terminal_progress
+    from virtrbd.cli.progress import terminal_progress
 
     mocker.patch("sys.stderr", io.StringIO())
     assert terminal_progress("backup rbd/vm1@s1") is None

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..units import format_size
-from .common import emit_json, size_arg
+from .common import emit_json, open_storage, size_arg
+from .progress import terminal_progress
 
 
 def add_parser(subparsers) -> None:
@@ -86,9 +85,8 @@ def cmd_backup(args) -> int:
 def cmd_restore(args) -> int:
     from ..backup import plan_restore, restore
     from ..backup.tuning import RESTORE_CONFIG
-    from ..storage import Storage
-    storage = Storage(args.config, ceph_options=RESTORE_CONFIG)     # this process only restores
-    target = storage.spec(args.target, snapshot=False)
+    storage, target = open_storage(args, args.target, snapshot=False,
+                                   ceph_options=RESTORE_CONFIG)     # this process only restores
     plan = plan_restore(args.src)
     with storage, interruptible():
         result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
@@ -110,10 +108,8 @@ def cmd_verify(args) -> int:
         with interruptible():
             result = verify(args.src, progress=progress)
     else:
-        from ..storage import Storage
         bound_memory()
-        storage = Storage(args.config)
-        against = storage.spec(args.against, snapshot=True)
+        storage, against = open_storage(args, args.against, snapshot=True)
         from ..backup.formats import manifest
         manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
         with storage, interruptible():
@@ -179,34 +175,3 @@ def interruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-class TerminalProgress:
-    """One line on stderr, redrawn at most 5 times a second: percent, amount, rate, ETA."""
-
-    def __init__(self, label: str, stream=None):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.started = time.monotonic()
-        self._last = 0.0
-        self._finished = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        final = done >= total
-        if self._finished or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = done / elapsed
-        percent = 100 * done // total if total else 100
-        eta = f", ETA {(total - done) / rate:.0f} s" if rate and not final else ""
-        line = f"\r{self.label}: {percent:3d}% {format_size(done)} of {format_size(total)}, " \
-               f"{format_size(rate)}/s{eta}   "
-        self.stream.write(line + ("\n" if final else ""))
-        self.stream.flush()
-        self._finished = final
-
-
-def terminal_progress(label: str) -> TerminalProgress | None:
-    return TerminalProgress(label) if sys.stderr.isatty() else None

@@ -8,14 +8,14 @@ import io
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import UsageError
 from ..spec import ImageSpec
-from ..units import format_size
+
+if TYPE_CHECKING:
+    from ..storage import Storage
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,26 +64,12 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def terminal_progress(label: str, *, counts_bytes: bool = True) -> Callable[[int, int], int] | None:
-    """A progress callback that redraws one line on a terminal; None when stderr is not one.
-
-    ``counts_bytes``: done and total are bytes, so a rate is shown; librbd's
-    own callbacks (flatten, rollback) count objects and show none.
-    """
-    if not sys.stderr.isatty():
-        return None
-    started = time.monotonic()
-
-    def report(done: int, total: int) -> int:
-        percent = 100 * done // total if total else 100
-        elapsed = time.monotonic() - started
-        rate = f", {format_size(done / elapsed)}/s" if counts_bytes and done and elapsed > 0 else ""
-        eta = f", {elapsed * (total - done) / done:.0f} s left" if done and done < total else ""
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{label}: {percent:3d}%{rate}{eta}   {end}")
-        return 0
-
-    return report
+def open_storage(args, spec: str, *, snapshot: bool | None = None, **options: Any) -> tuple[Storage, ImageSpec]:
+    """The ``Storage`` of ``--config`` and ``spec`` parsed with its default pool, not yet connected: a bad
+    name fails here, before anything is contacted.  ``snapshot`` True/False requires or forbids '@SNAP'."""
+    from ..storage import Storage
+    storage = Storage(args.config, **options)
+    return storage, storage.spec(spec, snapshot=snapshot)
 
 
 def size_arg(text: str) -> int:

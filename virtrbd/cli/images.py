@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..units import format_size
-from .common import emit_json, size_arg
+from .common import emit_json, open_storage, size_arg
 
 
 def add_parser(subparsers) -> None:
@@ -49,9 +49,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_create(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.image, snapshot=False)  # a bad name fails before any connection
+    storage, spec = open_storage(args, args.image, snapshot=False)
     with storage:
         storage.create_image(spec, args.size)
     print(f"created {spec} ({format_size(args.size)})")
@@ -59,9 +57,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_resize(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.image, snapshot=False)
+    storage, spec = open_storage(args, args.image, snapshot=False)
     with storage:
         storage.resize_image(spec, args.size, allow_shrink=args.allow_shrink)
     print(f"resized {spec} to {format_size(args.size)}")
@@ -69,9 +65,7 @@ def cmd_resize(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.image, snapshot=False)
+    storage, spec = open_storage(args, args.image, snapshot=False)
     with storage:
         info = storage.info(spec)
     if args.json:
@@ -92,9 +86,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.image, snapshot=False)
+    storage, spec = open_storage(args, args.image, snapshot=False)
     with storage:
         result = storage.remove_image(spec, with_snapshots=args.with_snapshots,
                                       flatten_children=args.flatten_children, trash=args.trash)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import emit_json, size_arg, terminal_progress
+from .common import emit_json, open_storage, size_arg
+from .progress import terminal_progress
 
 
 def add_parser(subparsers) -> None:
@@ -37,9 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_golden_create(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.spec)
+    storage, spec = open_storage(args, args.spec)
     with storage:
         golden = storage.make_golden(spec)
     print(f"{golden} is golden: clone it with 'virtrbd clone {golden} POOL/NAME'")
@@ -47,9 +46,7 @@ def cmd_golden_create(args) -> int:
 
 
 def cmd_clone(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    parent = storage.spec(args.parent, snapshot=True)
+    storage, parent = open_storage(args, args.parent, snapshot=True)
     children = [storage.spec(child, snapshot=False) for child in args.children]
     with storage:
         if len(children) == 1:
@@ -73,9 +70,7 @@ def cmd_clone(args) -> int:
 
 
 def cmd_children(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.spec)
+    storage, spec = open_storage(args, args.spec)
     with storage:
         children = storage.children(spec)
     if args.json:
@@ -87,9 +82,7 @@ def cmd_children(args) -> int:
 
 
 def cmd_flatten(args) -> int:
-    from ..storage import Storage
-    storage = Storage(args.config)
-    spec = storage.spec(args.spec, snapshot=False)
+    storage, spec = open_storage(args, args.spec, snapshot=False)
     with storage:
         changed = storage.flatten(spec, progress=terminal_progress(f"flattening {spec}", counts_bytes=False))
     print(f"flattened {spec}" if changed else f"{spec} has no parent: nothing to flatten")

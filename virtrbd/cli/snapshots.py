@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..units import format_size
-from .common import emit_json, terminal_progress
+from .common import emit_json, open_storage
+from .progress import terminal_progress
 
 
 def add_parser(subparsers) -> None:
@@ -29,9 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def _open(args, snapshot: bool):
-    from ..storage import Storage
-    storage = Storage(args.config)
-    return storage, storage.spec(args.spec, snapshot=snapshot)
+    return open_storage(args, args.spec, snapshot=snapshot)
 
 
 def cmd_create(args) -> int:
