@@ -20,11 +20,9 @@ from ..spec import ImageSpec
 from .results import SourceFacts
 from .stream import CHUNK, MiB, wait_until, within
 
-#: reads (or writes) in flight: 24 MiB in at most 12 requests; each in-flight read costs about twice its size
-#: (librados' receive buffer and ours)
 #: reads (or writes) in flight: 24 MiB in at most 12 requests.  Each in-flight read costs about twice its
-#: size (librados' receive buffer and ours); with the writer's 12 MiB a backup peaks near 100 MiB RSS
-#: (measured: ~90 MiB in-process on a bluestore lab, with return_large_buffers_to_the_system).
+#: size (librados' receive buffer and ours); with the file writer's 12 MiB a backup stays within the
+#: 128 MiB its benchmark holds it to (docs/performance.md).
 WINDOW_BYTES = 24 * MiB
 
 
@@ -37,14 +35,14 @@ def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048) -> bool:
     Reading a snapshot, librados receives each 4 MiB read into a page-aligned
     buffer (4 MiB plus alignment slack) allocated in its messenger threads;
     glibc's default keeps freed ones in heaps that fragment, and the backup's
-    peak RSS then depends on thread timing (measured 86 to 154 MiB for one
-    snapshot).  Above this threshold those buffers are mapped and unmapped:
-    the peak stays near 100 MiB.  Python's own 4 MiB ``bytes`` (4 MiB + 33)
-    stay below it and are recycled from the heap, which halves the page faults
-    a lower threshold would cost (1 MiB measured: +1.8 CPU-s of faults per
-    2 GiB).  A restore does not need it (its big buffers come and go in one
-    thread: ~90 MiB without it).  Process-wide, so the command calls it; a
-    program using the library may too.  False where the C library is not glibc.
+    peak RSS then depends on thread timing.  Above this threshold those
+    buffers are mapped and unmapped, so the peak stays bounded.  Python's own
+    4 MiB ``bytes`` (4 MiB + 33) stay below it and are recycled from the heap:
+    a lower threshold would fault their pages in again and again.  A restore
+    does not need it (its big buffers come and go in one thread).
+    Process-wide, so the command calls it; a program using the library may
+    too.  False where the C library is not glibc.  The figures:
+    docs/performance.md.
     """
     try:
         import ctypes
@@ -99,7 +97,7 @@ class RbdSink:
 
     Writes carry the ``NOCACHE`` hint, as ``rbd import``'s do: a restored image
     is written once, and keeping it in the OSDs' caches only evicts what the
-    running guests read (and costs the OSDs time: 8 % of a restore's in the lab).
+    running guests read (and costs the OSDs time).
     The data of a write is kept alive until librbd completes it: an image
     opened with zero-copy writes (``RESTORE_CONFIG``) sends the caller's
     buffer itself, and the Python binding does not hold it.

@@ -19,17 +19,15 @@ log = logging.getLogger(__name__)
 #:
 #: * cache off, zero-copy writes on: its data is written once, in 4 MiB pieces, and never read back;
 #:   librbd's cache would only copy every byte and then hold the copies, and with zero-copy writes
-#:   librbd sends our buffer itself (``RbdSink`` keeps it alive until the write completes).  Measured
-#:   on the bluestore lab (2 GiB of data): 0.2 CPU-s less in the client and a peak RSS of 107 MiB
-#:   instead of 123 MiB; the OSD gets the CPU time back.
+#:   librbd sends our buffer itself (``RbdSink`` keeps it alive until the write completes): less CPU
+#:   in the client and a lower peak RSS.
 #: * 32 concurrent management operations instead of 10: the object map's rebuild
-#:   (``restore_object_map``) reads every object's state this many at a time; 36 ms instead of
-#:   54 ms for a 4 GiB image, and proportionally more for larger ones.
+#:   (``restore_object_map``) reads every object's state this many at a time.
 #:
 #: A client that only restores (the ``restore`` command) has them for its whole connection
 #: (``Storage(ceph_options=RESTORE_CONFIG)``).  Any other gets them as per-image overrides (image
-#: metadata, as ``rbd config image set`` stores them) for the temporary image alone: ~40 ms more,
-#: for storing them, a second open and removing them.
+#: metadata, as ``rbd config image set`` stores them) for the temporary image alone, which costs
+#: storing them, a second open and removing them.  The figures: docs/performance.md.
 RESTORE_CONFIG = {"rbd_cache": "false", "rbd_disable_zero_copy_writes": "false",
                   "rbd_concurrent_management_ops": "32"}
 
@@ -61,12 +59,12 @@ def forget_restore_config(image: RbdImage, what: str) -> None:
 #: librbd updates a new image's object map (and fast-diff, which rests on it) before the first write
 #: to each of its objects: one more write that the OSD commits, per object.  A restore that fills a
 #: good part of the image writes faster with the map switched off and rebuilt once at the end, which
-#: costs a read of every object's state instead.  Measured on the bluestore lab: the updates cost
-#: ~0.4 ms per object written, the rebuild ~0.05 ms per object of the image (4 GiB half written:
-#: 3.46 s instead of 3.68 s, rebuild included).  So the map is held back when the backup holds data
+#: costs a read of every object's state instead.  An update per object written costs about eight times
+#: what the rebuild costs per object of the image, so the map is held back when the backup holds data
 #: for at least this share of the image's objects; below it the updates are cheaper.  Switching the
-#: features off and on costs ~10 ms more, what the updates of a few dozen objects cost: a restore
-#: with less data than HOLD_BACK_OBJECT_MAP_MIN objects' worth keeps the map on whatever the share.
+#: features off and on costs what the updates of a few dozen objects cost: a restore with less data
+#: than HOLD_BACK_OBJECT_MAP_MIN objects' worth keeps the map on whatever the share.  The figures
+#: behind both numbers: docs/performance.md.
 HOLD_BACK_OBJECT_MAP_SHARE = 1 / 8
 
 

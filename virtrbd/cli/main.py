@@ -20,7 +20,7 @@ log = logging.getLogger("virtrbd")
 
 #: The modules of this package that add commands, in the order of ``--help``, with the commands each
 #: adds.  A call loads only the module of the command it names: loading them all (the lab's, the
-#: demo's, ...) and building every subparser cost ~40 ms of every command's start.
+#: demo's, ...) and building every subparser made every command start slower (docs/performance.md).
 COMMAND_MODULES = {
     "images": ("ls", "create", "resize", "info", "rm"),
     "snapshots": ("snap",),
@@ -75,7 +75,7 @@ def run() -> None:
     """The ``virtrbd`` process (console script, ``python -m virtrbd``): ``main()``, then exit.
 
     The interpreter's shutdown ends with a garbage collection that walks every
-    object the command made: ~12 ms of each call, measured.  Freezing them
+    object the command made, a cost every call paid.  Freezing them
     first skips that walk.  What it could still find is only cyclic garbage:
     the Ceph connection is closed by then, and the standard streams are
     flushed at exit whatever the collector does.

@@ -126,7 +126,7 @@ class Clones(Snapshots):
         """Many clones of one snapshot, several in flight at once.
 
         A clone is a chain of round trips to the OSDs, so a handful in parallel
-        multiplies the rate (on the lab about 2x with 8 workers).  Every clone is
+        multiplies the rate (docs/performance.md).  Every clone is
         complete or absent; if some fail, the others stay and the first failure
         is raised saying how many were made.
         """

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The XML layer (lxml and our templates, ~25 ms to load) is imported by the methods that read or
+# The XML layer (lxml and our templates, slow to load) is imported by the methods that read or
 # write XML, not here: a restore that only asks libvirtd whether it can upload never needs it.
 
 

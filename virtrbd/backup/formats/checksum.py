@@ -160,8 +160,8 @@ class BackgroundDigest:
     """A ``ContentDigest`` whose SHA-256 runs on a worker thread, overlapping the caller's I/O.
 
     hashlib releases the GIL while it hashes, so a restore reads the next chunk
-    and submits its writes while the previous one is hashed (measured ~10 %
-    faster on a restore; no gain on a backup, where reads already overlap).  At
+    and submits its writes while the previous one is hashed (a restore gains;
+    a backup, whose reads already overlap, does not).  At
     most ``pending`` chunks wait (memory stays bounded) and digests are folded
     in chunk order.  Use it in a ``with`` block: leaving joins the worker.
     """
