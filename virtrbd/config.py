@@ -25,12 +25,10 @@ from typing import Any
 
 from .errors import ConfigError
 from .monitor import Monitor, parse_monitors
+from .spec import is_valid_name
 
 DEFAULT_PATH = Path("/etc/virtrbd/virtrbd.conf")
 ENV_VAR = "VIRTRBD_CONF"
-
-_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.+-]*$")
-
 
 def option(parse: Callable[[str], Any], help: str, default: Any = dataclasses.MISSING) -> Any:
     """Declare one setting: how to parse it, what it means, and its default."""
@@ -42,8 +40,9 @@ def option(parse: Callable[[str], Any], help: str, default: Any = dataclasses.MI
 def ceph_name(text: str) -> str:
     """A pool, cephx user or libvirt object name: no '/', '@', spaces or control characters."""
     text = text.strip()
-    if not _NAME.match(text) or len(text) > 255:
-        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
+    if not is_valid_name(text):
+        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '+', '-', not starting "
+                         f"with '.' or '-')")
     return text
 
 

@@ -12,12 +12,18 @@ from dataclasses import dataclass
 
 from .errors import InvalidSpecError
 
+#: the one pattern of a name virtrbd accepts for a pool, image, snapshot, cephx user or libvirt object
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
+
+
+def is_valid_name(name: str) -> bool:
+    """Letters, digits, '_', '.', '+', '-', not starting with '.' or '-', at most 255 characters."""
+    return bool(_NAME.match(name or ""))
 
 
 def check_name(kind: str, name: str) -> str:
     """``name`` when it is a valid pool, image or snapshot name; else a one-line InvalidSpecError."""
-    if not _NAME.match(name or ""):
+    if not is_valid_name(name):
         shown = name if name and name.isprintable() else repr(name)
         raise InvalidSpecError(
             f"invalid {kind} name {shown!r}: use letters, digits, '_', '.', '+', '-' "

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,12 @@ def test_describe_lists_every_setting():
     for key in ("monitors", "client_id", "keyring", "pool", "client_mount_timeout", "rados_mon_op_timeout",
                 "rados_osd_op_timeout", "uri", "secret_uuid"):
         assert f"  {key} " in text
+
+
+@pytest.mark.parametrize("key, value", [("pool", ".hidden"), ("pool", "-x"), ("client_id", ".virt")])
+def test_a_name_no_image_spec_could_use_is_refused_at_load(tmp_path, key, value):
+    """The config and image specs share one name pattern: a default pool no spec could name fails here."""
+    path = tmp_path / "virtrbd.conf"
+    path.write_text(f"[ceph]\nmonitors = m\nkeyring = /k\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"\[ceph\] {key}: '{re.escape(value)}' is not a valid name"):
+        config.load(path)
