@@ -52,6 +52,17 @@ def alive(pid: int) -> bool:
     return state(pid) not in (None, "Z", "X")
 
 
+def still_exiting(pid: int) -> bool:
+    """The thread-group leader has exited but other threads still run: the process holds its files and
+    sockets until the last of them is gone, so a port it listened on is not free yet."""
+    if state(pid) != "Z":
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -101,7 +112,8 @@ def stop(daemons: list[Daemon], sig: int = signal.SIGKILL, wait: float = 15.0) -
             child = _children.get(daemon.pid)
             if child is not None and child.poll() is not None:
                 del _children[daemon.pid]
-        left = [d for d in signalled if is_ours(d)]  # not alive(): a reaped PID may be reused at once
+        # not alive(): a reaped PID may be reused at once; a leader gone before its threads still counts
+        left = [d for d in signalled if is_ours(d) or still_exiting(d.pid)]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.02)
