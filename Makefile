@@ -44,7 +44,7 @@ libvirt-patched: packages
 # ruff (bugs and uniform files), mypy (types; the public API fully typed) and import-linter (the layers in
 # setup.cfg: imports flow downward only, the hook never reaches libvirt, formats never reach librbd).
 lint: setup
-	$(VENV)/bin/ruff check virtrbd bench tools/gen-docs
+	$(VENV)/bin/ruff check virtrbd bench tests tools/gen-docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

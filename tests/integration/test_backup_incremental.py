@@ -33,7 +33,7 @@ def test_chain_of_incrementals_restores_each_snapshot(storage, images, tmp_path)
     steps = [full]
     for older, newer in (("s1", "s2"), ("s2", "s3"), ("s3", "s4")):
         steps.append(backup.backup(storage, f"rbd/{name}@{newer}", tmp_path, since=f"rbd/{name}@{older}"))
-    for result, changed in zip(steps[1:], written):
+    for result, changed in zip(steps[1:], written, strict=True):
         assert result.kind == "incremental" and result.format == "rbd-diff-v1"
         assert result.file_size <= 1.1 * changed + 4096       # exact extents, not whole objects
     assert manifests.load(steps[2].manifest).parent == {"file": steps[1].path.name, "checksum": steps[1].checksum}

@@ -112,7 +112,7 @@ def test_monitor_down_every_operation_fails_in_time_then_all_work_again(fault_la
     faults.start(flab, "mon.a")
 
     failures = [f"{' '.join(args)}: exit {r.code}, {seconds:.1f} s, {r.err.strip()!r}"
-                for args, (r, seconds) in zip(operations, timed)
+                for args, (r, seconds) in zip(operations, timed, strict=True)
                 if r.code != 1 or len(r.err_lines) != 1 or "no monitor reachable" not in r.err
                 or seconds > TIMEOUT + 2]
     if not (hook_code == 1 and "no monitor reachable" in hook_err and hook_seconds <= TIMEOUT + 2):
@@ -220,7 +220,8 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
         LEDGER.fault(CLONES_FAULT.replace("during 60 clones", "during 60 clones, the client aborting"), survived)
     elif crashed:     # said, not hidden: the batch's own report could not be checked in this run
         LEDGER.fault(CLONES_FAULT + " (the client aborted in librados: judged as a crash)", survived)
-        warnings.warn(f"the clone batch's process was aborted by librados: {batch.stderr.strip()[:300]}")
+        warnings.warn(f"the clone batch's process was aborted by librados: {batch.stderr.strip()[:300]}",
+                      stacklevel=1)
     else:
         LEDGER.fault(CLONES_FAULT, survived)
     if not crashed:

@@ -149,7 +149,7 @@ def test_missing_pool(conf, fake_rados, fake_rbd):
 
 def test_handle_requires_connection(conf, fake_rados, fake_rbd):
     with pytest.raises(errors.CephError, match="not connected"):
-        make_cluster(conf, fake_rados, fake_rbd).handle
+        _ = make_cluster(conf, fake_rados, fake_rbd).handle
 
 
 def test_reachable_monitor_finds_a_listening_port():

@@ -237,12 +237,12 @@ EXCEPTIONS = [
 ]
 
 OPERATIONS = [
-    ("create_snap", lambda l: l.create_snapshot(G), "snapshot rbd/gold@golden"),
-    ("remove_snap", lambda l: l.remove_snapshot(G, force=True), "removing snapshot rbd/gold@golden"),
-    ("flatten", lambda l: l.flatten(CHILD), "flattening rbd/child"),
-    ("metadata_set", lambda l: l.make_golden(G), "recording rbd/gold@golden as golden"),
-    ("list_children2", lambda l: l.children(G), "listing clones of rbd/gold@golden"),
-    ("stat", lambda l: l.info(CHILD), "reading image rbd/child"),
+    ("create_snap", lambda layering: layering.create_snapshot(G), "snapshot rbd/gold@golden"),
+    ("remove_snap", lambda layering: layering.remove_snapshot(G, force=True), "removing snapshot rbd/gold@golden"),
+    ("flatten", lambda layering: layering.flatten(CHILD), "flattening rbd/child"),
+    ("metadata_set", lambda layering: layering.make_golden(G), "recording rbd/gold@golden as golden"),
+    ("list_children2", lambda layering: layering.children(G), "listing clones of rbd/gold@golden"),
+    ("stat", lambda layering: layering.info(CHILD), "reading image rbd/child"),
 ]
 
 
