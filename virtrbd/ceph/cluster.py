@@ -1,18 +1,9 @@
-"""The one door to Ceph: a connection, and every operation on pools and images, through librados/librbd.
+"""``Cluster``: one connection to the cluster named by virtrbd.conf, and every pool and image operation.
 
-Three rules are kept here so the rest of virtrbd need not think about them:
-
-* Timeouts come from virtrbd.conf and are set with ``conf_set`` before
-  connecting (``Rados.connect(timeout=)`` is ignored by Pacific, and without
-  them a wrong key blocks for 300 s).
-* The cephx key is handed to librados in-process (``conf_set('key', …)``),
-  never through argv, the environment or a file librados would read.
-* Every handle lives in a ``with`` block and is closed on every path; every
-  librados/librbd exception leaves this module as a ``virtrbd.errors`` class
-  whose message names the object and the cause.
-
-The ``rados`` and ``rbd`` modules are injectable so unit tests pass fakes built
-from the real bindings (``create_autospec``) instead of patching globals.
+The package's rules (timeouts set before connecting, the key handed over
+in-process, every handle closed on every path) are kept here; see
+``virtrbd.ceph``.  The ``rados`` and ``rbd`` modules are injectable, so unit
+tests pass fakes built from the real bindings instead of patching globals.
 """
 
 from __future__ import annotations
