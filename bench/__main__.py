@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_backup, bench_clones, bench_hook, bench_lab, bench_xml_lookup
+from . import bench_backup, bench_clones, bench_guests, bench_hook, bench_lab, bench_xml_lookup
 from .common import print_table
 
 SUITES = [
@@ -13,6 +13,7 @@ SUITES = [
     ("backups to secondary storage (medians of 3 alternating rounds)", lambda: bench_backup.measure(3)),
     ("volume lookup by name, pool of 1000 images (medians)", lambda: bench_xml_lookup.measure(1000)),
     ("qemu hook (medians)", lambda: bench_hook.measure(10, 100)),
+    ("real Linux guests (medians of 5 alternating starts)", lambda: bench_guests.measure(5)),
 ]
 
 

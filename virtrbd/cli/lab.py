@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
         fault.add_argument("daemons", metavar="DAEMON", nargs="+", help="mon.a, osd.N or mgr.x")
         fault.set_defaults(func=cmd_fault, fault=action)
 
+    from . import lab_guest
+    lab_guest.add_actions(actions)
+
 
 def _osd_count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 8:
@@ -116,6 +119,9 @@ def cmd_status(args) -> int:
                 print(f"  libvirt: pool {status['libvirt']['pool']} ({status['libvirt_state']})")
             if status.get("rbd_backend"):
                 print(f"  libvirt: {_describe_backend(status['rbd_backend'])}")
+            if status.get("guests"):
+                print(f"  guests:  {'KVM' if status['guests']['domain_type'] == 'kvm' else 'TCG'} "
+                      f"({status['guests']['why']})")
     return 0 if status["state"] == "up" else 1
 
 

@@ -320,6 +320,21 @@ class Lab:
             shutil.rmtree(self.root)
         return [d.name for d in daemons]
 
+    # --- real guests ------------------------------------------------------------------------
+
+    @property
+    def guest_folder(self) -> Path:
+        """The guests' kit, consoles and what the lab found out about KVM: beside the lab's state, so that
+        a lab brought down and up again reuses the kit."""
+        return self.root.parent / f"{self.root.name}-guests"
+
+    def guests(self):
+        """The lab's real guests (``virtrbd.lab.guest.vms.Guests``); the lab must run with libvirt."""
+        from .guest.vms import Guests
+        if not self._read_state().get("libvirt"):
+            raise LabError(f"no lab with libvirt at {self.root}: run 'virtrbd lab up --with-libvirt'")
+        return Guests(config_module.load(self.conf_file), self.guest_folder)
+
     # --- reporting -------------------------------------------------------------------------
 
     def env_lines(self) -> list[str]:
@@ -348,6 +363,7 @@ class Lab:
             "libvirt_state": None if not state.get("libvirt") else
             ("up" if self._libvirt_healthy(state) else "degraded"),
             "rbd_backend": self.rbd_backend(state) if state.get("libvirt") else None,
+            "guests": _accelerator_said(self.guest_folder),
             "seconds": {"ceph": state.get("ceph_seconds"), "libvirt": state.get("libvirt_seconds")},
         }
 
@@ -361,6 +377,14 @@ def _foreign_libvirtd_pid() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if processes.alive(pid) else None
+
+
+def _accelerator_said(folder: Path) -> dict | None:
+    """What the lab found out about KVM for its guests (``guest/vms.py``), None before the first guest."""
+    try:
+        return json.loads((folder / "accelerator.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _describe(spec: dict) -> str:
