@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--domains", type=_count(1, 500), default=DemoSettings.domains,
                         help="domains to define (default 100)")
     parser.add_argument("--batch", type=_count(1, 100), default=DemoSettings.batch,
-                        help="domains to start (default 20)")
+                        help="Linux guests to start (default 10)")
     parser.add_argument("--dir", type=Path, default=None, help="lab folder (default as 'virtrbd lab')")
     parser.set_defaults(func=cmd_demo)
 

@@ -11,8 +11,8 @@ GiB = 1 << 30
 @dataclass(frozen=True)
 class DemoSettings:
     domains: int = 100            # defined, each with a clone-on-boot disk
-    batch: int = 20               # started at once: what a 2-core machine runs comfortably (halted guests)
-    parallel: int = 4             # domain starts in flight
-    golden_size: int = GiB
-    golden_data: int = 64 * MiB   # written into the golden image before it is made golden
+    batch: int = 10               # real Linux guests started: what a 2-core machine boots comfortably under TCG
+    parallel: int = 4             # guest starts in flight
+    golden_size: int = GiB        # the golden image: an ext4 filesystem with known files
+    guest_memory_mib: int = 128
     keep: bool = False

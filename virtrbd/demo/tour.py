@@ -1,9 +1,10 @@
 """The guided tour behind ``make demo``.
 
 The storage work goes through the product as a user drives it: the
-``virtrbd`` command for the golden image, snapshots, backups, restore and
-verification (their ``--json`` output feeds the report), libvirt for domains,
-and the qemu hook — installed here — for every clone.  Each step checks what
+``virtrbd`` command for snapshots, backups, restore and verification (their
+``--json`` output feeds the report), the qemu hook — installed here — for every
+clone, and the lab's real Linux guests (``virtrbd.lab.guest``) booted from those
+clones, writing records that a backup must hold.  Each step checks what
 it claims before it reports OK: an image that should exist is opened, a clone
 that should be gone is looked for, a restored image is compared byte for byte.
 """
@@ -102,13 +103,13 @@ class Tour:
     def _tour(self) -> None:
         s = self.settings
         self.step("install the qemu hook (virtrbd hook install)", self.install_hook)
-        self.step("golden image: data, protected snapshot", self.golden)
-        self.step(f"define {s.domains} domains with clone-on-boot disks", self.define_domains)
-        self.step(f"start {s.batch} domains: the hook clones at boot", self.start_batch)
-        self.step("QEMU reads every clone (firmware boots)", self.qemu_reads)
-        self.step("stop them: ephemeral clones go, persistent stay", self.stop_batch)
-        self.step("snapshot a persistent clone twice", self.snapshots)
-        self.step("backup RAW (sparse)", lambda step: self.backup(step, "raw"))
+        self.step("golden image: an ext4 filesystem, protected snapshot", self.golden)
+        self.step(f"define {s.domains} Linux guests with clone-on-boot disks", self.define_domains)
+        self.step(f"start {s.batch} guests: the hook clones at boot, the agents answer", self.start_batch)
+        self.step("each guest writes checksummed records to its own disk", self.write_records)
+        self.step("stop them cleanly: ephemeral clones go, persistent stay", self.stop_batch)
+        self.step("a backup of a persistent clone: a clean filesystem with the records", self.first_backup)
+        self.step("the guest writes more records: a second snapshot", self.second_snapshot)
         self.step("backup QCOW2 (written by virtrbd)", lambda step: self.backup(step, "qcow2"))
         self.step("backup incremental (rbd diff)", lambda step: self.backup(step, "diff"))
         self.step("restore full + incremental, compare", self.restore)
@@ -133,9 +134,13 @@ class Tour:
     def lab_up(self, step: Step) -> str:
         self.started_lab = self.lab.up(with_libvirt=True)
         status = self.lab.status()
-        self.domain_type = status["libvirt"]["domain_type"]
-        return (f"{'started' if self.started_lab else 'reused'}: monitor {status['monitor']}, "
-                f"libvirt pool {status['libvirt']['pool']}, domains run as {self.domain_type}")
+        self.guests = self.lab.guests()
+        kit = self.guests.kit.build()
+        accelerator = "KVM" if self.guests.accelerator(kit) == "kvm" else "TCG"
+        step.figures = {"kit_seconds": round(kit.seconds, 2)}
+        return (f"{'started' if self.started_lab else 'reused'}: monitor {status['monitor']}, libvirt pool "
+                f"{status['libvirt']['pool']}; guest kit {'built' if kit.built else 'current'} "
+                f"({kit.release}), guests run under {accelerator}")
 
     def install_hook(self, step: Step) -> str:
         from ..hook_install import install, script_path, status
@@ -148,96 +153,108 @@ class Tour:
         return f"{path}; libvirtd told to reload its hooks"
 
     def golden(self, step: Step) -> str:
-        image = f"{PREFIX}-golden"
-        self.storage.create_image(image, self.settings.golden_size)
-        from ..lab.domains import BOOT_SECTOR
-        chunk = os.urandom(MiB)
-        with self.storage.cluster.image(self.storage.config.ceph.pool, image) as img:
-            img.write(BOOT_SECTOR, 0)
-            stride = self.settings.golden_size // (self.settings.golden_data // MiB)
-            for offset in range(MiB, self.settings.golden_size, stride):
-                img.write(chunk, offset)
-        self.golden_spec = str(self.storage.make_golden(image))
-        snap = self.storage.list_snapshots(image)[0]
+        from ..lab.guest.golden import DEFAULT_FILES, create_golden_filesystem
+        from ..spec import ImageSpec
+        spec = ImageSpec(self.storage.config.ceph.pool, f"{PREFIX}-golden")
+        self.golden_spec = create_golden_filesystem(self.storage, spec, self.settings.golden_size)
+        snap = self.storage.list_snapshots(spec)[0]
         if not snap.protected:
             raise DemoFailure(f"{self.golden_spec} is not protected")
-        return (f"{self.golden_spec}: {format_size(self.settings.golden_size)} virtual, "
-                f"{format_size(self.settings.golden_data)} written, protected")
+        return (f"{self.golden_spec}: {format_size(self.settings.golden_size)}, ext4 with {len(DEFAULT_FILES)} "
+                f"known files and their CHECKSUMS, protected")
 
     def define_domains(self, step: Step) -> str:
-        from ..lab.domains import domain_xml
+        from ..lab.guest.domain import GuestSpec
+        from ..spec import ImageSpec
+        pool = self.storage.config.ceph.pool
         self.names = [f"{PREFIX}-vm{i:03d}" for i in range(self.settings.domains)]
         for i, name in enumerate(self.names):
-            xml = domain_xml(self.storage.config, name, f"{self.storage.config.ceph.pool}/{name}-disk",
-                             domain_type=self.domain_type, clone_of=self.golden_spec, ephemeral=self._ephemeral(i))
-            self.conn.defineXML(xml)
+            self.guests.define(GuestSpec(name, (ImageSpec(pool, f"{name}-disk"),), clone_of=self.golden_spec,
+                                         ephemeral=self._ephemeral(i), memory_mib=self.settings.guest_memory_mib))
         defined = {d.name() for d in self.conn.listAllDomains()} & set(self.names)
         if len(defined) != len(self.names):
             raise DemoFailure(f"{len(defined)} of {len(self.names)} domains defined")
         made = [n for n in self.names if self.storage.image_exists(f"{n}-disk")]
         if made:
             raise DemoFailure(f"{len(made)} disks exist before any start: {', '.join(made[:3])}")
-        return (f"{len(defined)} domains ({len(defined) - len(defined) // 2} ephemeral, "
+        return (f"{len(defined)} guests booting the kit ({len(defined) - len(defined) // 2} ephemeral, "
                 f"{len(defined) // 2} persistent); no disk exists yet: copy-on-write clones come at boot")
 
     def start_batch(self, step: Step) -> str:
-        self.batch = [self.conn.lookupByName(n) for n in self.names[:self.settings.batch]]
+        self.batch = self.names[:self.settings.batch]
         started = time.monotonic()
         with ThreadPoolExecutor(self.settings.parallel) as pool:
-            list(pool.map(lambda dom: dom.create(), self.batch))
+            list(pool.map(self.guests.start, self.batch))
         elapsed = time.monotonic() - started
         from ..hook import OWNER_KEY
-        for dom in self.batch:
-            with self.storage.cluster.image(self.storage.config.ceph.pool, f"{dom.name()}-disk",
-                                            read_only=True) as img:
+        for name in self.batch:
+            dom = self.conn.lookupByName(name)
+            with self.storage.cluster.image(self.storage.config.ceph.pool, f"{name}-disk", read_only=True) as img:
                 owner = json.loads(img.metadata_get(OWNER_KEY))
                 if owner["domain"] != dom.UUIDString() or not img.parent_info():
-                    raise DemoFailure(f"{dom.name()}-disk is not the hook's clone for {dom.name()}")
-        step.figures = {"domains": len(self.batch), "seconds": round(elapsed, 3),
-                        "starts_per_s": round(len(self.batch) / elapsed, 2)}
-        return (f"{len(self.batch)} domains running, {len(self.batch)} clones made by the hook: "
-                f"{len(self.batch) / elapsed:.1f} starts/s with {self.settings.parallel} in flight")
+                    raise DemoFailure(f"{name}-disk is not the hook's clone for {name}")
+        checked = self.guests.run(self.batch[0], ["sh", "-c", "cd /mnt/vda && sha256sum -c CHECKSUMS"])
+        if checked.exit_code != 0:
+            raise DemoFailure(f"{self.batch[0]}: the golden files do not check: {checked.stdout!r}")
+        step.figures = {"guests": len(self.batch), "seconds": round(elapsed, 3)}
+        return (f"{len(self.batch)} Linux guests up in {elapsed:.1f} s ({self.settings.parallel} starting at "
+                f"once), each on the hook's clone; the golden files check inside {self.batch[0]}")
 
-    def qemu_reads(self, step: Step) -> str:
-        from ..lab.domains import wait_for_reads
-        reads = wait_for_reads(self.batch, timeout=120)
-        silent = [name for name, count in reads.items() if count == 0]
-        if silent:
-            raise DemoFailure(f"QEMU never read the disk of {', '.join(silent)}")
-        return f"every one of {len(reads)} guests read its clone ({sum(reads.values())} read requests in all)"
+    def write_records(self, step: Step) -> str:
+        for name in self.batch:
+            self._in_guest(name, "records", "start", "vda")
+        time.sleep(2)
+        self.durable = {}
+        for name in self.batch:
+            self._in_guest(name, "records", "stop")
+            self.durable[name] = int(self._in_guest(name, "records", "durable"))
+        if min(self.durable.values()) < 1:
+            raise DemoFailure(f"a guest wrote no record: {self.durable}")
+        step.figures = {"records": sum(self.durable.values())}
+        return (f"{sum(self.durable.values())} records written and synced by {len(self.batch)} guests at once "
+                f"({min(self.durable.values())} to {max(self.durable.values())} each)")
 
     def stop_batch(self, step: Step) -> str:
         with ThreadPoolExecutor(self.settings.parallel) as pool:
-            list(pool.map(lambda dom: dom.destroy(), self.batch))
+            list(pool.map(self.guests.stop, self.batch))
         kept: list[str] = []
         gone: list[str] = []
-        for i, dom in enumerate(self.batch):
-            exists = self.storage.image_exists(f"{dom.name()}-disk")
+        for i, name in enumerate(self.batch):
+            exists = self.storage.image_exists(f"{name}-disk")
             if exists == self._ephemeral(i):
-                raise DemoFailure(f"{dom.name()}-disk {'still exists' if exists else 'is gone'}")
-            (kept if exists else gone).append(dom.name())
+                raise DemoFailure(f"{name}-disk {'still exists' if exists else 'is gone'}")
+            (kept if exists else gone).append(name)
+        self.persistent_guest = kept[0]
         self.persistent = f"{kept[0]}-disk"
         return f"{len(gone)} ephemeral clones removed by the hook, {len(kept)} persistent clones kept"
 
-    def snapshots(self, step: Step) -> str:
-        image = self.persistent
+    def first_backup(self, step: Step) -> str:
+        from ..lab.guest.judge import filesystem_is_clean, last_record
         pool = self.storage.config.ceph.pool
-        chunk = os.urandom(MiB)
-        with self.storage.cluster.image(pool, image) as img:
-            for offset in range(0, 32 * MiB, MiB):
-                img.write(chunk, 256 * MiB + offset)
-        self.snap1 = str(self.storage.create_snapshot(f"{pool}/{image}@{PREFIX}-1"))
-        # then 1 % of the image changes, in 4 KiB writes scattered over all of it
-        blocks = self.settings.golden_size // 100 // 4096
-        stride = self.settings.golden_size // 4096 // blocks
-        with self.storage.cluster.image(pool, image) as img:
-            for block in range(blocks):
-                img.write(chunk[:4096], block * stride * 4096)
-        self.snap2 = str(self.storage.create_snapshot(f"{pool}/{image}@{PREFIX}-2"))
-        names = [s.name for s in self.storage.list_snapshots(image)]
+        self.snap1 = str(self.storage.create_snapshot(f"{pool}/{self.persistent}@{PREFIX}-1"))
+        detail = self.backup(step, "raw")
+        clean, said = filesystem_is_clean(Path(self.raw))
+        if not clean:
+            raise DemoFailure(f"{self.raw}: e2fsck -fn finds the filesystem not clean: {said}")
+        found, wrote = last_record(Path(self.raw)), self.durable[self.persistent_guest]
+        if found != wrote:
+            raise DemoFailure(f"{self.raw}: the last valid record is {found}, the guest wrote {wrote}")
+        return f"{detail}; e2fsck -fn: clean; debugfs finds records 1 to {found}, as the guest wrote them"
+
+    def second_snapshot(self, step: Step) -> str:
+        name = self.persistent_guest
+        self.guests.start(name)
+        self._in_guest(name, "records", "start", "vda")
+        time.sleep(1)
+        self._in_guest(name, "records", "stop")
+        durable = int(self._in_guest(name, "records", "durable"))
+        self.guests.stop(name)
+        pool = self.storage.config.ceph.pool
+        self.snap2 = str(self.storage.create_snapshot(f"{pool}/{self.persistent}@{PREFIX}-2"))
+        names = [s.name for s in self.storage.list_snapshots(self.persistent)]
         if names != [f"{PREFIX}-1", f"{PREFIX}-2"]:
-            raise DemoFailure(f"{image} has snapshots {names}")
-        return f"{self.snap1} (+32 MiB of data), then {self.snap2} ({blocks} scattered 4 KiB writes: 1 %)"
+            raise DemoFailure(f"{self.persistent} has snapshots {names}")
+        return f"{name} booted again from its clone and wrote {durable} more records; then {self.snap2}"
 
     def backup(self, step: Step, kind: str) -> str:
         self.backups.mkdir(parents=True, exist_ok=True)
@@ -248,6 +265,8 @@ class Tour:
             result = self.cli("backup", self.snap1, str(self.backups), "--format", kind)
             if kind == "qcow2":
                 self.qcow2 = result["path"]
+            else:
+                self.raw = result["path"]
         size, file_size, seconds = result["size"], result["file_size"], result["seconds"]
         data = result["data_bytes"]
         on_disk = os.stat(result["path"]).st_blocks * 512       # what the sparse file really takes
@@ -272,9 +291,13 @@ class Tour:
                 f"({format_size(result['checked_bytes'])} compared)")
 
     def clean_up(self, step: Step) -> str:
-        from ..lab.domains import remove_domain
+        from ..errors import LabError
         for name in getattr(self, "names", []):
-            remove_domain(self.conn, name)
+            try:
+                self.guests.remove(name)
+            except LabError:
+                pass                       # never defined: the tour stopped before
+
         removed = 0
         for image in self.storage.list_images():
             if image.startswith(f"{PREFIX}-") and image != f"{PREFIX}-golden":
@@ -291,6 +314,13 @@ class Tour:
     @staticmethod
     def _ephemeral(index: int) -> bool:
         return index % 2 == 0
+
+    def _in_guest(self, name: str, *argv: str) -> str:
+        """Run a command in a guest; its output, or a DemoFailure with what it said."""
+        done = self.guests.run(name, list(argv))
+        if done.exit_code != 0:
+            raise DemoFailure(f"{name}: {' '.join(argv)}: exit {done.exit_code}: {done.stderr.decode().strip()}")
+        return done.stdout.decode()
 
     def _digest(self, spec: str) -> str:
         pool, _, rest = spec.partition("/")

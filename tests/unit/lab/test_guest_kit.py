@@ -110,3 +110,20 @@ def test_the_file_apt_get_download_saves_a_package_as():
 def test_the_guests_scripts_are_shell_that_parses(script):
     done = subprocess.run(["sh", "-n", str(kit.FILES / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_judge_finds_the_last_valid_record_of_a_filesystem(tmp_path):
+    import hashlib
+
+    from virtrbd.lab.guest.golden import make_filesystem
+    from virtrbd.lab.guest.judge import filesystem_is_clean, last_record
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    lines = [f"{n} vdb {hashlib.sha256(f'{n} vdb'.encode()).hexdigest()}" for n in range(1, 6)]
+    (tree / "records").write_text("\n".join(lines) + "\n6 vdb 0123abc\n")      # the 6th torn: not valid
+    raw = tmp_path / "fs.raw"
+    make_filesystem(raw, 8 << 20, tree)
+    assert filesystem_is_clean(raw)[0]
+    assert last_record(raw) == 5
+    with pytest.raises(LabError, match="debugfs cannot read /nothing"):
+        last_record(raw, "/nothing")

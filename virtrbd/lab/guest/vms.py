@@ -46,28 +46,45 @@ class Guests:
     # --- life cycle -----------------------------------------------------------------------------
 
     def create(self, spec: GuestSpec, *, come_up: float = COME_UP) -> float:
-        """Define and start ``spec``; return once its agent answers (the seconds it took)."""
+        """Define and start ``spec``; return once its agent answers (the seconds it took).  On any failure the
+        domain is removed again."""
         started = time.monotonic()
+        self.define(spec)
+        try:
+            self.start(spec.name, come_up=come_up, since=started)
+        except BaseException:
+            with Host(self.config.libvirt.uri) as host:
+                _remove(host, self._domain(host, spec.name))
+            raise
+        return time.monotonic() - started
+
+    def define(self, spec: GuestSpec) -> None:
+        """Define ``spec`` as a domain booting the kit (built when missing), not started."""
         kit = self.kit.build()
         domain_type = self.accelerator(kit)
         self.consoles.mkdir(parents=True, exist_ok=True, mode=0o755)
-        console = self.console(spec.name)
-        console.unlink(missing_ok=True)
         with Host(self.config.libvirt.uri) as host:
             if host.find_domain(spec.name) is not None:
                 raise LabError(f"domain {spec.name}: already exists (virtrbd lab vm rm {spec.name})")
-            xml = guest_xml(self.config, spec, kit, domain_type=domain_type, console=console)
+            xml = guest_xml(self.config, spec, kit, domain_type=domain_type, console=self.console(spec.name))
             with libvirt_translated(host.libvirt, f"defining domain {spec.name}"):
-                domain = host.conn.defineXML(xml)
-            try:
-                with libvirt_translated(host.libvirt, f"starting domain {spec.name}"):
-                    domain.create()
-                if not Agent(domain).wait(started + come_up):
-                    raise LabError(f"guest {spec.name}: its agent did not answer within {come_up:g} s "
-                                   f"({domain_type}); its console ended: {self.tail(spec.name)}")
-            except BaseException:
-                _remove(host, domain)
-                raise
+                host.conn.defineXML(xml)
+
+    def start(self, name: str, *, come_up: float = COME_UP, since: float | None = None) -> float:
+        """Start the defined guest ``name``; return once its agent answers, at most ``come_up`` seconds after
+        ``since`` (default: now).  A guest that does not answer in time is destroyed, and the error ends with
+        the tail of its serial console."""
+        started = time.monotonic() if since is None else since
+        self.console(name).unlink(missing_ok=True)
+        with Host(self.config.libvirt.uri) as host:
+            domain = self._domain(host, name)
+            with libvirt_translated(host.libvirt, f"starting domain {name}"):
+                domain.create()
+            if not Agent(domain).wait(started + come_up):
+                with libvirt_translated(host.libvirt, f"destroying domain {name}"):
+                    domain.destroy()
+                raise LabError(f"guest {name}: its agent did not answer within {come_up:g} s; its "
+                               f"console ended: {self.tail(name)}")
         return time.monotonic() - started
 
     def run(self, name: str, argv: list[str], *, timeout: float = 60.0) -> Completed:
