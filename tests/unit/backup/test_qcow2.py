@@ -252,3 +252,68 @@ def test_cluster_size_must_be_sane():
         Qcow2Writer(None, 10, cluster_size=3000)
     with pytest.raises(UsageError, match="cluster size"):
         Qcow2Writer(None, 10, cluster_size=4 << 20)
+
+
+# --- odd sizes: every byte visible to QEMU's tools, the exact size kept by the manifest ----------------------
+
+class SparseSource:
+    """An image of ``size`` bytes holding ``pieces`` (offset → bytes) and zeros elsewhere, never all in memory."""
+
+    def __init__(self, size: int, pieces: dict[int, bytes]):
+        self.size = size
+        self.pieces = pieces
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        return [(o, len(d)) for o, d in sorted(self.pieces.items()) if o < offset + length and o + len(d) > offset]
+
+    def submit_read(self, offset: int, length: int, done) -> None:
+        data = bytearray(length)
+        for o, piece in self.pieces.items():
+            start, stop = max(o, offset), min(o + len(piece), offset + length)
+            if start < stop:
+                data[start - offset:stop - offset] = piece[start - o:stop - o]
+        done(bytes(data), None)
+
+    def sha256(self) -> str:
+        import hashlib
+        digest, at = hashlib.sha256(), 0
+        for o, piece in sorted(self.pieces.items()):
+            digest.update(bytes(o - at))
+            digest.update(piece)
+            at = o + len(piece)
+        digest.update(bytes(self.size - at))
+        return digest.hexdigest()
+
+
+@pytest.mark.parametrize("size", [64 * MiB + 1, GiB + 511])
+def test_an_odd_sized_image_is_whole_for_qemu_img_and_exact_for_our_restore(tmp_path, size):
+    import hashlib
+
+    source = SparseSource(size, {0: b"first sector".ljust(512, b"."), 40 * MiB: os.urandom(70000),
+                                 size - 5: b"LAST!"})
+    qcow2 = write_qcow2(tmp_path / "odd.qcow2", source)
+    raw = tmp_path / "odd.raw"
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        for offset, piece in source.pieces.items():
+            f.seek(offset)
+            f.write(piece)
+    assert_clean(qcow2)
+    compared = qemu_img("compare", "-f", "raw", "-F", "qcow2", str(raw), str(qcow2))
+    assert compared.returncode == 0, compared.stdout + compared.stderr          # "Images are identical."
+    converted = tmp_path / "converted.raw"
+    assert qemu_img("convert", "-O", "raw", str(qcow2), str(converted)).returncode == 0
+    assert converted.stat().st_size == -(-size // 512) * 512
+    with open(converted, "r+b") as f:
+        f.truncate(size)                                   # to the size the manifest keeps
+    digest = hashlib.sha256()
+    with open(converted, "rb") as f:
+        while block := f.read(8 * MiB):
+            digest.update(block)
+    assert digest.hexdigest() == source.sha256()
+    with Qcow2Reader(qcow2, expected_size=size) as reader:                  # our restore reads the exact size
+        assert reader.size == size
+        reader.validate()
+        offset, data = list(reader.chunks())[-1]
+        assert offset + len(data) == size
+        assert bytes(reader.read_chunk(size - 5, 5)) == b"LAST!"

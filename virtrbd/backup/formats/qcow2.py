@@ -7,6 +7,12 @@ The layout the writer produces (QEMU's docs/interop/qcow2.txt is the spec)::
                               space (one L2 table's reach with 64 KiB clusters) that table itself
     then                      the L1 table, the refcount blocks, the refcount table
 
+The header's virtual size is the image's size rounded up to 512 bytes: QEMU
+rounds a QCOW2's size down to whole sectors, so an image of odd size would lose
+its last bytes in ``qemu-img``; rounded up, every byte is visible there, with
+zeros after the end.  The manifest keeps the exact size, and virtrbd's reader,
+given it, reads exactly that many bytes.
+
 Only clusters holding a non-zero byte are allocated; the rest stay unallocated
 (no backing file, so they read as zeros).  Every host cluster is used exactly
 once, so every refcount is 1 and the refcount blocks are written in one go at
@@ -49,6 +55,11 @@ DEFAULT_CLUSTER_SIZE = 64 << 10
 MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 12, 21   # 4 KiB (our O_DIRECT block) .. 2 MiB (QEMU's limit)
 
 
+def virtual_size(size: int) -> int:
+    """The size a QCOW2 file of a ``size``-byte image declares: rounded up to whole 512-byte sectors."""
+    return -(-size // 512) * 512
+
+
 def cluster_bits_for(cluster_size: int) -> int:
     bits = cluster_size.bit_length() - 1
     if cluster_size != 1 << bits or not MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS:
@@ -66,11 +77,12 @@ class Qcow2Writer:
     def __init__(self, out: BlockWriter, size: int, cluster_size: int = DEFAULT_CLUSTER_SIZE):
         self.out = out
         self.size = size
+        self.virtual_size = virtual_size(size)
         self.cluster_bits = cluster_bits_for(cluster_size)
         self.cluster_size = cluster_size
         self.l2_bits = self.cluster_bits - 3
         self.l2_entries = 1 << self.l2_bits
-        self.l1_size = _ceil_div(size, cluster_size * self.l2_entries)
+        self.l1_size = _ceil_div(self.virtual_size, cluster_size * self.l2_entries)
         self._l1 = [0] * self.l1_size
         self._l2: bytearray | None = None
         self._l2_index = -1
@@ -153,7 +165,7 @@ class Qcow2Writer:
         self.out.pwrite(table_offset, refcount_table)
 
         header = bytearray(cs)
-        HEADER.pack_into(header, 0, MAGIC, 3, 0, 0, self.cluster_bits, self.size, 0, self.l1_size, l1_offset,
+        HEADER.pack_into(header, 0, MAGIC, 3, 0, 0, self.cluster_bits, self.virtual_size, 0, self.l1_size, l1_offset,
                          table_offset, table, 0, 0, 0, 0, 0, REFCOUNT_ORDER, V3_HEADER_LENGTH)
         # an end-of-extensions marker (type 0, length 0) follows: the zeros of the rest of the cluster
         self.out.flush()
@@ -190,13 +202,13 @@ class Qcow2Reader:
         try:
             self.file_size = os.fstat(self.fd).st_size
             self.header = self._read_header()
-            if expected_size is not None and self.header.size != expected_size:
+            if expected_size is not None and self.header.size not in (expected_size, virtual_size(expected_size)):
                 self._fail(f"holds a {self.header.size}-byte image, the manifest says {expected_size}")
             h = self.header
             self.cluster_size = h.cluster_size
             self.l2_bits = h.cluster_bits - 3
             self.l2_entries = 1 << self.l2_bits
-            self.size = h.size
+            self.size = h.size if expected_size is None else expected_size     # exact, also for an odd size
             self._l1 = self._read_l1()
             self._l2_cache: tuple[int, tuple[int, ...]] | None = None
         except BaseException:
