@@ -80,7 +80,7 @@ def _do(action: str, guest: str, data: bytes, config, log, stderr) -> int:
     if not uuid:
         raise InvalidXMLError("the domain XML has no <uuid>")
     marked = clone_markup.parse(domain)
-    images = clone_markup.rbd_disk_images(domain)
+    images = clone_markup.rbd_disk_images(domain, {disk.target for disk in marked})   # only the marked ones
     work = []
     for disk in marked:
         if disk.target not in images:

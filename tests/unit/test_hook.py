@@ -102,6 +102,21 @@ def test_prepare_clones_a_missing_image_and_records_its_owner(cluster_fakes, con
     assert key == hook.OWNER_KEY and json.loads(value) == {"domain": UUID, "ephemeral": True}
 
 
+def test_prepare_works_on_its_disk_beside_disks_it_has_no_markup_for(cluster_fakes, conf):
+    """A legacy 'pool/image:option=value' name, a hostless rbd disk and a file disk never stop the marked one."""
+    fake_rbd, _image = cluster_fakes
+    others = ("<disk type='network' device='disk'><source protocol='rbd' name='rbd/old:conf=/etc/ceph/x.conf'>"
+              "<host name='127.0.0.1'/></source><target dev='vdb' bus='virtio'/></disk>"
+              "<disk type='network' device='disk'><source protocol='rbd' name='rbd/hostless'/>"
+              "<target dev='vdc' bus='virtio'/></disk>"
+              "<disk type='file' device='disk'><source file='/var/lib/libvirt/images/x.img'/>"
+              "<target dev='vdd' bus='virtio'/></disk>")
+    code, err = call(["prepare", "begin", "-"], domain(extra=others), config_path=str(conf.path))
+    assert (code, err) == (0, "")
+    clone_args = fake_rbd.RBD.return_value.clone.call_args.args
+    assert (clone_args[1], clone_args[2], clone_args[4]) == ("gold", "golden", "vm1-disk")
+
+
 def test_prepare_leaves_an_existing_clone_alone(cluster_fakes, conf):
     fake_rbd, image = cluster_fakes
     fake_rbd.RBD.return_value.clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)

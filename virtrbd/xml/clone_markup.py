@@ -106,13 +106,17 @@ def parse_clones(clones: etree._Element) -> list[CloneMarkup]:
     return result
 
 
-def rbd_disk_images(domain: etree._Element) -> dict[str, ImageSpec]:
-    """Target dev → RBD image of every ``<disk type='network'>`` with ``protocol='rbd'``."""
+def rbd_disk_images(domain: etree._Element, targets: set[str] | None = None) -> dict[str, ImageSpec]:
+    """Target dev → RBD image of every ``<disk type='network'>`` with ``protocol='rbd'``, or of those whose
+    target is in ``targets``: a disk nobody asked about (a legacy ``pool/image:option=value`` name, a
+    hostless disk) is never read, so it can never stop the work on another."""
     images = {}
     for disk in domain.findall("devices/disk"):
         source = disk.find("source")
         target = disk.find("target")
         if source is None or target is None or source.get("protocol") != "rbd":
+            continue
+        if targets is not None and target.get("dev") not in targets:
             continue
         try:
             images[target.get("dev")] = ImageSpec.parse(source.get("name") or "")

@@ -69,3 +69,16 @@ def test_rbd_disk_images_by_target():
                               "<disk type='file'><source file='/x'/><target dev='vdb'/></disk>"
                               "</devices></domain>")
     assert clone_markup.rbd_disk_images(domain) == {"vda": ImageSpec("rbd", "a")}
+
+
+def test_only_the_disks_asked_about_are_read():
+    domain = etree.fromstring(
+        "<domain><devices>"
+        "<disk type='network'><source protocol='rbd' name='rbd/a'/><target dev='vda'/></disk>"
+        "<disk type='network'><source protocol='rbd' name='rbd/legacy:conf=/etc/ceph/ceph.conf'/>"
+        "<target dev='vdb'/></disk>"
+        "<disk type='file'><source file='/var/lib/x.img'/><target dev='vdc'/></disk>"
+        "</devices></domain>")
+    assert clone_markup.rbd_disk_images(domain, {"vda"}) == {"vda": ImageSpec("rbd", "a")}
+    with pytest.raises(InvalidXMLError, match="disk vdb"):
+        clone_markup.rbd_disk_images(domain)
