@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -26,6 +27,9 @@ class PoolDef:
     secret: SecretRef | None = None
     uuid: str | None = None
     config_opts: tuple[tuple[str, str], ...] = ()   # librados options, e.g. client_mount_timeout
+    #: the document this was read from: rendering fills the typed fields into a copy of it instead of the
+    #: template, so that what virtrbd does not model (and what the input lacked) stays as it was
+    origin: etree._Element | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.monitors:
@@ -37,7 +41,7 @@ class PoolDef:
         object.__setattr__(self, "uuid", check_uuid(self.uuid))
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        root = templates.load("pool", template_dir)
+        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("pool", template_dir)
         nodes.put_attr(root, ".", "type", "rbd")
         nodes.put_text(root, "name", self.name)
         nodes.put_text(root, "uuid", self.uuid)
@@ -75,7 +79,7 @@ class PoolDef:
             return cls(name=nodes.text(root, "name") or "", source_name=nodes.text(source, "name") or "",
                        monitors=read_hosts(source, "pool"),
                        auth_username=None if auth is None else auth.get("username"), secret=secret,
-                       uuid=nodes.text(root, "uuid"), config_opts=options)
+                       uuid=nodes.text(root, "uuid"), config_opts=options, origin=copy.deepcopy(root))
         except ValueError as exc:
             raise InvalidXMLError(f"pool: {exc}") from None
 

@@ -114,3 +114,16 @@ def test_pool_needs_monitors_and_paired_auth():
         PoolDef("p", "rbd", (Monitor("h"),), auth_username="virt")
     with pytest.raises(ValueError):
         SecretRef(uuid=UUID, usage="x")
+
+
+def test_a_pool_read_from_a_document_prints_as_that_document():
+    """Nothing added (no <refresh> the input lacked), nothing lost (elements virtrbd does not model)."""
+    text = ("<pool type='rbd' xmlns:rbd='http://libvirt.org/schemas/storagepool/rbd/1.0'><name>ceph</name>"
+            "<uuid>2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11</uuid><capacity unit='bytes'>0</capacity>"
+            "<source><host name='10.0.0.1' port='6789'/><host name='2001:db8::1'/><name>vms</name>"
+            "<auth username='hv' type='ceph'><secret usage='ceph client.hv'/></auth></source>"
+            "<rbd:config_opts><rbd:option name='client_mount_timeout' value='10'/></rbd:config_opts></pool>")
+    from xml.etree.ElementTree import canonicalize
+    printed = PoolDef.from_xml(text).to_xml()
+    assert canonicalize(printed, strip_text=True) == canonicalize(text, strip_text=True)
+    assert "refresh" not in printed
