@@ -20,7 +20,7 @@ from pathlib import Path
 
 import libvirt
 
-from virtrbd import Storage, hook_install
+from virtrbd import Storage
 from virtrbd.lab import Lab
 from virtrbd.lab.domains import BOOT_SECTOR, domain_xml, wait_for_reads
 from virtrbd.lab.guest.domain import GuestSpec
@@ -28,7 +28,7 @@ from virtrbd.lab.guest.golden import create_golden_filesystem
 from virtrbd.lab.guest.kit import GuestKit
 from virtrbd.spec import ImageSpec
 
-from .common import Row, compile_virtrbd, print_table
+from .common import Row, compile_virtrbd, lab_with_hook, print_table
 
 
 def kit_rows() -> list[Row]:
@@ -91,17 +91,8 @@ def start_rows(lab: Lab, runs: int) -> list[Row]:
 def measure(runs: int = 5) -> list[Row]:
     compile_virtrbd()
     rows = kit_rows()
-    lab = Lab()
-    started_lab = lab.up(with_libvirt=True)
-    installed_before = hook_install.status().installed
-    try:
-        hook_install.install(lab.conf_file)
+    with lab_with_hook() as lab:
         return rows + start_rows(lab, runs)
-    finally:
-        if not installed_before:
-            hook_install.uninstall()
-        if started_lab:
-            lab.down()
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from virtrbd import Storage, hook_install
 from virtrbd.lab import Lab
 from virtrbd.lab.domains import BOOT_SECTOR, domain_xml
 
-from .common import Row, compile_virtrbd, print_table
+from .common import Row, compile_virtrbd, lab_with_hook, print_table
 
 HOOK_ENV = {"LC_ALL": "C", "HOME": "/root", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -91,19 +91,10 @@ def start_rows(lab: Lab, runs: int) -> list[Row]:
 
 def measure(runs: int = 10, calls: int = 100) -> list[Row]:
     compile_virtrbd()
-    lab = Lab()
-    started_lab = lab.up(with_libvirt=True)
-    installed_before = hook_install.status().installed
-    try:
-        hook_install.install(lab.conf_file)
+    with lab_with_hook() as lab:
         with Storage(lab.conf_file) as storage:   # a domain as libvirt hands it to every hook call
             sample = domain_xml(storage.config, "vm", "rbd/vm-disk", clone_of=None).encode()
         return noop_rows(lab.conf_file, sample, calls) + start_rows(lab, runs)
-    finally:
-        if not installed_before:
-            hook_install.uninstall()
-        if started_lab:
-            lab.down()
 
 
 def main() -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import compileall
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,25 @@ def compile_virtrbd() -> None:
     """
     if not compileall.compile_dir(Path(virtrbd.__file__).parent, quiet=1):
         print("  note: virtrbd's bytecode could not be written; its commands are timed compiling it")
+
+
+@contextmanager
+def lab_with_hook() -> Iterator:
+    """The default lab with libvirt, and virtrbd's qemu hook installed in it; afterwards whatever was not
+    there before (the lab, the hook) goes again."""
+    from virtrbd import hook_install
+    from virtrbd.lab import Lab
+    lab = Lab()
+    started_lab = lab.up(with_libvirt=True)
+    installed_before = hook_install.status().installed
+    try:
+        hook_install.install(lab.conf_file)
+        yield lab
+    finally:
+        if not installed_before:
+            hook_install.uninstall()
+        if started_lab:
+            lab.down()
 
 
 def median_time(action: Callable[[], object], runs: int, setup: Callable[[], object] | None = None) -> float:
