@@ -6,7 +6,8 @@ by ``virtrbd.libvirt.host`` and never appears in any document.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -22,6 +23,8 @@ class SecretDef:
     uuid: str | None = None
     description: str | None = None
     private: bool = True        # libvirt never hands the value back (only a non-private one can be read)
+    #: the document this was read from: rendering changes in a copy of it only what differs from it
+    origin: etree._Element | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.usage_name.strip():
@@ -30,7 +33,11 @@ class SecretDef:
         object.__setattr__(self, "uuid", check_uuid(self.uuid))
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        root = templates.load("secret", template_dir)
+        if self.origin is not None:
+            read = SecretDef.from_element(self.origin)
+            if read == self:
+                return copy.deepcopy(self.origin)          # nothing changed: the document as it came
+        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("secret", template_dir)
         nodes.put_attr(root, ".", "private", "yes" if self.private else "no")
         nodes.put_text(root, "uuid", self.uuid)
         nodes.put_text(root, "description", self.description)
@@ -49,7 +56,8 @@ class SecretDef:
             raise InvalidXMLError("secret: usage type is not 'ceph'")
         try:
             return cls(usage_name=nodes.text(root, "usage/name") or "", uuid=nodes.text(root, "uuid"),
-                       description=nodes.text(root, "description"), private=root.get("private") == "yes")
+                       description=nodes.text(root, "description"), private=root.get("private") == "yes",
+                       origin=copy.deepcopy(root))
         except ValueError as exc:
             raise InvalidXMLError(f"secret: {exc}") from None
 

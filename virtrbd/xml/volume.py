@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -17,6 +18,8 @@ from .common import scaled_integer
 class VolumeDef:
     name: str           # the image's name in the pool behind the libvirt pool
     capacity: int       # bytes (an RBD image may be empty: 0 is allowed)
+    #: the document this was read from: rendering changes in a copy of it only what differs from it
+    origin: etree._Element | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_name("image", self.name)  # the same rules as every image spec: no '/', '@', '..'
@@ -24,7 +27,11 @@ class VolumeDef:
             raise ValueError(f"volume capacity {self.capacity!r} is not a number of bytes")
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        root = templates.load("volume", template_dir)
+        if self.origin is not None:
+            read = VolumeDef.from_element(self.origin)
+            if read == self:
+                return copy.deepcopy(self.origin)          # nothing changed: the document as it came
+        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("volume", template_dir)
         nodes.put_attr(root, ".", "type", "network")
         nodes.put_text(root, "name", self.name)
         nodes.put_text(root, "capacity", self.capacity)
@@ -50,7 +57,7 @@ class VolumeDef:
             raise InvalidXMLError("volume: missing <capacity>")
         size = scaled_integer(capacity.text, capacity.get("unit"), "volume capacity")
         try:
-            return cls(name=nodes.text(root, "name") or "", capacity=size)
+            return cls(name=nodes.text(root, "name") or "", capacity=size, origin=copy.deepcopy(root))
         except (ValueError, InvalidSpecError) as exc:
             raise InvalidXMLError(f"volume: {exc}") from None
 

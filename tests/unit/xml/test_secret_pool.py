@@ -127,3 +127,20 @@ def test_a_pool_read_from_a_document_prints_as_that_document():
     printed = PoolDef.from_xml(text).to_xml()
     assert canonicalize(printed, strip_text=True) == canonicalize(text, strip_text=True)
     assert "refresh" not in printed
+
+
+def test_a_secret_read_from_a_document_prints_as_that_document():
+    """libvirt's own secret-dumpxml: nothing added (no private attribute the input lacked), nothing lost."""
+    from xml.etree.ElementTree import canonicalize
+    text = ("<secret ephemeral='no'><uuid>2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11</uuid>"
+            "<description>hv01's key</description><usage type='ceph'><name>ceph client.hv01</name></usage></secret>")
+    printed = SecretDef.from_xml(text).to_xml()
+    assert canonicalize(printed, strip_text=True) == canonicalize(text, strip_text=True)
+
+
+def test_a_changed_secret_changes_only_what_changed():
+    import dataclasses
+    text = "<secret ephemeral='no'><usage type='ceph'><name>ceph client.hv01</name></usage></secret>"
+    changed = dataclasses.replace(SecretDef.from_xml(text), description="new")
+    root = etree.fromstring(changed.to_xml())
+    assert root.get("ephemeral") == "no" and root.findtext("description") == "new"

@@ -55,3 +55,12 @@ def test_constructor_refuses_bad_names_and_sizes():
     for size in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError):
             VolumeDef("x", size)
+
+
+def test_a_volume_read_from_a_document_keeps_its_units_and_what_libvirt_wrote():
+    from xml.etree.ElementTree import canonicalize
+    text = ("<volume><name>vm7-root</name><capacity unit='G'>20</capacity>"
+            "<target><format type='raw'/><permissions><mode>0600</mode></permissions></target></volume>")
+    volume = VolumeDef.from_xml(text)
+    assert volume.capacity == 20 << 30
+    assert canonicalize(volume.to_xml(), strip_text=True) == canonicalize(text, strip_text=True)
