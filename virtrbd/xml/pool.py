@@ -41,7 +41,9 @@ class PoolDef:
         object.__setattr__(self, "uuid", check_uuid(self.uuid))
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("pool", template_dir)
+        root, complete = templates.starting_point("pool", self, template_dir)
+        if complete:
+            return root
         nodes.put_attr(root, ".", "type", "rbd")
         nodes.put_text(root, "name", self.name)
         nodes.put_text(root, "uuid", self.uuid)

@@ -33,11 +33,9 @@ class SecretDef:
         object.__setattr__(self, "uuid", check_uuid(self.uuid))
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        if self.origin is not None:
-            read = SecretDef.from_element(self.origin)
-            if read == self:
-                return copy.deepcopy(self.origin)          # nothing changed: the document as it came
-        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("secret", template_dir)
+        root, complete = templates.starting_point("secret", self, template_dir)
+        if complete:
+            return root
         nodes.put_attr(root, ".", "private", "yes" if self.private else "no")
         nodes.put_text(root, "uuid", self.uuid)
         nodes.put_text(root, "description", self.description)

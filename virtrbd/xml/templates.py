@@ -38,6 +38,20 @@ def _parsed(path: Path) -> etree._Element:
         raise ConfigError(f"{path}: cannot read template: {exc.strerror}") from None
 
 
+def starting_point(name: str, model, directory: Path | None = None) -> tuple[etree._Element, bool]:
+    """What ``model`` renders into, and whether it is complete already.
+
+    A model read from a document (its ``origin``) renders into a copy of that
+    document, so that what virtrbd does not model, and what the document
+    lacked, stays as it was; when its typed fields are still what the document
+    says, the copy is the whole answer (True).  Any other model starts from a
+    copy of template ``name``.
+    """
+    if model.origin is None:
+        return load(name, directory), False
+    return copy.deepcopy(model.origin), type(model).from_element(model.origin) == model
+
+
 def load(name: str, directory: Path | None = None) -> etree._Element:
     """A fresh, modifiable copy of template ``name`` (``secret``, ``pool``, …)."""
     if name not in NAMES:

@@ -27,11 +27,9 @@ class VolumeDef:
             raise ValueError(f"volume capacity {self.capacity!r} is not a number of bytes")
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        if self.origin is not None:
-            read = VolumeDef.from_element(self.origin)
-            if read == self:
-                return copy.deepcopy(self.origin)          # nothing changed: the document as it came
-        root = copy.deepcopy(self.origin) if self.origin is not None else templates.load("volume", template_dir)
+        root, complete = templates.starting_point("volume", self, template_dir)
+        if complete:
+            return root
         nodes.put_attr(root, ".", "type", "network")
         nodes.put_text(root, "name", self.name)
         nodes.put_text(root, "capacity", self.capacity)
