@@ -26,6 +26,7 @@ from ..errors import LabError, VirtrbdError
 from ..probe import listening
 from . import diagnosis, libvirt_side, processes
 from .ceph_cluster import CephCluster, CephSpec
+from .guest import accelerator_said
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +364,7 @@ class Lab:
             "libvirt_state": None if not state.get("libvirt") else
             ("up" if self._libvirt_healthy(state) else "degraded"),
             "rbd_backend": self.rbd_backend(state) if state.get("libvirt") else None,
-            "guests": _accelerator_said(self.guest_folder),
+            "guests": accelerator_said(self.guest_folder),
             "seconds": {"ceph": state.get("ceph_seconds"), "libvirt": state.get("libvirt_seconds")},
         }
 
@@ -377,14 +378,6 @@ def _foreign_libvirtd_pid() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if processes.alive(pid) else None
-
-
-def _accelerator_said(folder: Path) -> dict | None:
-    """What the lab found out about KVM for its guests (``guest/vms.py``), None before the first guest."""
-    try:
-        return json.loads((folder / "accelerator.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _describe(spec: dict) -> str:

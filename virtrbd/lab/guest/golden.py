@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ...backup.stream import is_zero
 from ...errors import LabError
 from ...spec import ImageSpec
 from ...storage import Storage
@@ -75,7 +76,7 @@ def _write_image(storage: Storage, spec: ImageSpec, raw: Path) -> None:
     with open(raw, "rb") as f, storage.cluster.image(spec.pool, spec.image) as image:
         offset = 0
         while chunk := f.read(CHUNK):
-            if chunk.count(0) != len(chunk):
+            if not is_zero(chunk):
                 image.write(chunk, offset)
             offset += len(chunk)
         image.flush()

@@ -18,6 +18,7 @@ from pathlib import Path
 from ...config import Config
 from ...errors import LabError
 from ...libvirt.host import Host, libvirt_translated
+from . import ACCELERATOR_FILE, accelerator_said
 from .agent import Agent, Completed
 from .domain import GuestSpec, guest_xml
 from .kit import GuestKit, Kit
@@ -134,16 +135,13 @@ class Guests:
 
     def accelerator(self, kit: Kit) -> str:
         """``kvm`` when KVM boots the kit on this machine, else ``qemu`` (TCG); found out once, then kept."""
-        record = self.folder / "accelerator.json"
         machine = f"{kit.release} on {os.uname().release}"
-        try:
-            known = json.loads(record.read_text())
-            if known.get("machine") == machine:
-                return known["domain_type"]
-        except (OSError, ValueError, KeyError):
-            pass
+        known = accelerator_said(self.folder)
+        if known is not None and known.get("machine") == machine and known.get("domain_type") in ("kvm", "qemu"):
+            return known["domain_type"]
         domain_type, why = self._probe_kvm(kit)
-        record.write_text(json.dumps({"machine": machine, "domain_type": domain_type, "why": why}) + "\n")
+        found = {"machine": machine, "domain_type": domain_type, "why": why}
+        (self.folder / ACCELERATOR_FILE).write_text(json.dumps(found) + "\n")
         return domain_type
 
     def _probe_kvm(self, kit: Kit) -> tuple[str, str]:
