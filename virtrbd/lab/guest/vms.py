@@ -18,6 +18,7 @@ from pathlib import Path
 from ...config import Config
 from ...errors import LabError
 from ...libvirt.host import Host, libvirt_translated
+from ..domains import remove_domain
 from . import ACCELERATOR_FILE, accelerator_said
 from .agent import Agent, Completed
 from .domain import GuestSpec, guest_xml
@@ -55,7 +56,7 @@ class Guests:
             self.start(spec.name, come_up=come_up, since=started)
         except BaseException:
             with Host(self.config.libvirt.uri) as host:
-                _remove(host, self._domain(host, spec.name))
+                _remove(host, spec.name)
             raise
         return time.monotonic() - started
 
@@ -113,7 +114,8 @@ class Guests:
     def remove(self, name: str) -> None:
         """Destroy the guest if it runs and undefine it (the hook then releases its ephemeral clones)."""
         with Host(self.config.libvirt.uri) as host:
-            _remove(host, self._domain(host, name))
+            self._domain(host, name)                # a name never defined is an error here
+            _remove(host, name)
         self.console(name).unlink(missing_ok=True)
 
     def tail(self, name: str, lines: int = 3) -> str:
@@ -153,7 +155,7 @@ class Guests:
         spec = GuestSpec("virtrbd-kvm-probe", disks=(), memory_mib=128)
         with Host(self.config.libvirt.uri) as host:
             with libvirt_translated(host.libvirt, "starting the KVM probe"):
-                domain = host.conn.createXML(guest_xml(self.config, spec, kit, domain_type="kvm", console=console))
+                host.conn.createXML(guest_xml(self.config, spec, kit, domain_type="kvm", console=console))
             try:
                 deadline = time.monotonic() + KVM_PROBE
                 while time.monotonic() < deadline:
@@ -161,20 +163,13 @@ class Guests:
                         return "kvm", "KVM boots the guest kit"
                     time.sleep(0.2)
             finally:
-                _remove(host, domain)
+                _remove(host, spec.name)
                 console.unlink(missing_ok=True)
         return "qemu", f"KVM did not boot the guest kit within {KVM_PROBE:g} s (nested virtualisation?)"
 
 
-def _remove(host: Host, domain) -> None:
-    """Destroy (if running) and undefine, whatever state the domain is in; never raises for a gone domain."""
-    lv = host.libvirt
-    try:
-        if domain.isActive():
-            domain.destroy()
-        if domain.isPersistent():
-            domain.undefine()
-    except lv.libvirtError as exc:
-        if exc.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
-            raise LabError(f"removing domain: {exc.get_error_message()}") from None
+def _remove(host: Host, name: str) -> None:
+    """The lab's one way to remove a domain (``lab.domains.remove_domain``), its errors in one line."""
+    with libvirt_translated(host.libvirt, f"removing domain {name}"):
+        remove_domain(host.conn, name)
 
