@@ -24,7 +24,8 @@ from virtrbd.libvirt import policy
 from virtrbd.libvirt.host import Host
 from virtrbd.spec import ImageSpec
 from virtrbd.xml import safe
-from virtrbd.xml.disk import DiskDef, rbd_disks
+from virtrbd.xml.disk import DiskDef
+from virtrbd.xml.domain_disks import rbd_disks
 from virtrbd.xml.pool import PoolDef
 from virtrbd.xml.secret import SecretDef
 

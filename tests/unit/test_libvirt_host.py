@@ -175,14 +175,23 @@ def test_attach_disk_twice_changes_nothing(lv, conn):
 @pytest.mark.parametrize("occupant, words", [
     ("<disk type='file' device='disk'><source file='/x.img'/><target dev='vdb'/></disk>", "file disk /x.img"),
     (DiskDef(ImageSpec("rbd", "other"), "vdb", (Monitor("h"),)).to_xml(), "rbd disk rbd/other"),
-    ("<disk type='network' device='disk'><source protocol='rbd' name='rbd/vm1-data'/><target dev='vdb'/></disk>",
-     "rbd disk rbd/vm1-data"),
+    ("<disk type='network' device='disk'><source protocol='rbd' name='rbd/vm1-data:rbd_cache=true'/>"
+     "<target dev='vdb'/></disk>", "rbd disk rbd/vm1-data:rbd_cache=true"),
 ])
 def test_attach_disk_refuses_a_taken_target(lv, conn, occupant, words):
     domain = conn.lookupByName.return_value
     domain.XMLDesc.return_value = domain_xml(occupant)
     with Host(libvirt_module=lv) as host, pytest.raises(errors.LibvirtError, match=f"target vdb already holds {words}"):
         host.attach_disk("vm1", DISK)
+    domain.attachDeviceFlags.assert_not_called()
+
+
+def test_a_hostless_disk_on_the_same_image_already_is_the_disk(lv, conn):
+    domain = conn.lookupByName.return_value
+    domain.XMLDesc.return_value = domain_xml(
+        "<disk type='network' device='disk'><source protocol='rbd' name='rbd/vm1-data'/><target dev='vdb'/></disk>")
+    with Host(libvirt_module=lv) as host:
+        assert host.attach_disk("vm1", DISK) is False
     domain.attachDeviceFlags.assert_not_called()
 
 

@@ -60,6 +60,12 @@ def test_a_disk_on_a_snapshot_is_read_only(conf):
     assert policy.disk_def(conf, ImageSpec("rbd", "golden", "base"), "vda").read_only
 
 
+def test_a_disk_virtrbd_builds_names_its_monitors(conf):
+    hostless = dataclasses.replace(conf, ceph=dataclasses.replace(conf.ceph, monitors=()))
+    with pytest.raises(ValueError, match="a disk needs at least one monitor"):
+        policy.disk_def(hostless, ImageSpec("rbd", "vm1"), "vda")
+
+
 def test_volumes_live_in_the_configs_pool_only(conf):
     assert policy.volume_pool(with_uuid(conf), ImageSpec("rbd", "x")) == "ceph-vms"
     with pytest.raises(errors.UsageError, match="holds the images of Ceph pool rbd only"):

@@ -7,6 +7,7 @@ starts without importing lxml and the libvirt side.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 
 from lxml import etree
@@ -20,12 +21,15 @@ from ..spec import ImageSpec
 from ..storage import Storage
 from ..xml import clone_markup, safe, schema
 from ..xml.clone_markup import CloneMarkup
-from ..xml.disk import DiskDef, rbd_disks
+from ..xml.disk import DiskDef, is_rbd_disk
+from ..xml.domain_disks import ForeignDisk, rbd_disks, read_disk
 from ..xml.pool import PoolDef
 from ..xml.secret import SecretDef
 from ..xml.volume import VolumeDef
 
 MODELS = {"secret": SecretDef, "pool": PoolDef, "volume": VolumeDef, "disk": DiskDef}
+
+log = logging.getLogger(__name__)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -35,6 +39,8 @@ def run(args) -> int:
         raise UsageError("xml disk: --domain is for --define (to print, pipe into virsh attach-device DOMAIN)")
     config = _config(args)
     model = _read_document(args) if args.from_file else _build(args, config)
+    if isinstance(model, ForeignDisk):
+        model = _foreign(args, model)
     markup = _clone_markup(args, model, config)
     element = model.to_element(config.xml.templates)
     if args.validate:
@@ -45,6 +51,14 @@ def run(args) -> int:
     _check_define(args, config)
     print(_apply(args, config, model, markup))
     return 0
+
+
+def _foreign(args, disk: ForeignDisk) -> ForeignDisk:
+    """A disk virtrbd does not act on prints as it was read, with a warning; acting on it is refused."""
+    if args.define or getattr(args, "clone_of", None):
+        raise InvalidXMLError(f"{disk.what}: {disk.reason}; virtrbd does not act on it")
+    log.warning("%s: %s; printed as it was read", disk.what, disk.reason)
+    return disk
 
 
 def _clone_markup(args, model, config: Config) -> CloneMarkup | None:
@@ -131,21 +145,24 @@ def _read_document(args):
         root = safe.parse_file(args.from_file)
     if kind == "disk" and root.tag == "domain":
         return _pick_disk(rbd_disks(root), args.target)
-    model = MODELS[kind].from_element(root)
+    if kind == "disk" and root.tag == "disk" and is_rbd_disk(root):
+        model = read_disk(root)
+    else:
+        model = MODELS[kind].from_element(root)
     if kind == "disk" and args.target and model.target != args.target:
         raise InvalidXMLError(f"{args.from_file}: the disk's target is {model.target}, not {args.target}")
     return model
 
 
-def _pick_disk(disks: list[DiskDef], target: str | None) -> DiskDef:
-    """From a whole domain: the rbd disk at --target, or its only one."""
+def _pick_disk(disks: list[DiskDef | ForeignDisk], target: str | None) -> DiskDef | ForeignDisk:
+    """From a whole domain: the rbd disk at --target, or its only one (the others are never judged)."""
     if target:
         for disk in disks:
             if disk.target == target:
                 return disk
         raise InvalidXMLError(f"the domain has no rbd disk at target {target}")
     if len(disks) != 1:
-        targets = ", ".join(d.target for d in disks) or "none"
+        targets = ", ".join(d.target or "?" for d in disks) or "none"
         raise UsageError(f"xml disk: the domain has {len(disks)} rbd disks ({targets}); choose one with --target")
     return disks[0]
 

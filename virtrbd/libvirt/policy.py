@@ -88,7 +88,14 @@ def pool_def(config: Config) -> PoolDef:
 
 
 def disk_def(config: Config, image: ImageSpec, target: str, *, read_only: bool = False, **tuning) -> DiskDef:
-    """A disk on ``image`` as ``target``; ``tuning``: bus, cache, discard, io, serial, iotune."""
+    """A disk on ``image`` as ``target``; ``tuning``: bus, cache, discard, io, serial, iotune.
+
+    What virtrbd builds names its monitors (a disk does not depend on whichever
+    ceph.conf the host has) and is read-only on a snapshot (which cannot be
+    written); libvirt accepts disks without either, and virtrbd reads them.
+    """
+    if not config.ceph.monitors:
+        raise ValueError("a disk needs at least one monitor ([ceph] monitors)")
     return DiskDef(image=image, target=target, monitors=config.ceph.monitors, auth_username=config.ceph.client_id,
                    secret=secret_ref(config), read_only=read_only or image.snapshot is not None, **tuning)
 

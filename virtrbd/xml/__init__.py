@@ -8,10 +8,10 @@ The models load on first use, so the qemu hook, which needs only ``safe`` and
 
 from __future__ import annotations
 
-__all__ = ["DiskDef", "PoolDef", "SecretDef", "SecretRef", "VolumeDef", "rbd_disks"]
+__all__ = ["DiskDef", "Encryption", "ForeignDisk", "PoolDef", "SecretDef", "SecretRef", "VolumeDef", "rbd_disks"]
 
-_LAZY = {"DiskDef": "disk", "rbd_disks": "disk", "PoolDef": "pool", "SecretDef": "secret",
-         "SecretRef": "common", "VolumeDef": "volume"}
+_LAZY = {"DiskDef": "disk", "Encryption": "encryption", "ForeignDisk": "domain_disks", "rbd_disks": "domain_disks",
+         "PoolDef": "pool", "SecretDef": "secret", "SecretRef": "common", "VolumeDef": "volume"}
 
 
 def __getattr__(name: str):

@@ -2,7 +2,14 @@
 
 QEMU opens the image itself (``-blockdev driver=rbd``) with the monitors and the
 libvirt secret named here, so a disk never needs libvirt's rbd pool, let alone a
-pool refresh.  A disk on a snapshot is read-only: a snapshot cannot be written.
+pool refresh.
+
+Reading is lossless and accepts what libvirt accepts: a disk without ``<host>``
+(librbd then takes the monitors from ceph.conf or ``<config file>``), a disk on
+a snapshot without ``<readonly/>``.  A disk read from a document renders into a
+copy of that document, so whatever virtrbd does not model stays as it was.
+What virtrbd itself builds follows its policy instead (``libvirt.policy``):
+monitors named, a disk on a snapshot read-only.
 
 Optional tuning (``bus``, ``cache``, ``discard``, ``io``, ``iotune``) left at
 ``None`` / empty keeps whatever the template says, so an operator's template can
@@ -13,8 +20,9 @@ identity for every disk.
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -22,9 +30,10 @@ from lxml import etree
 from ..errors import InvalidSpecError, InvalidXMLError
 from ..monitor import Monitor
 from ..spec import ImageSpec
-from . import nodes, safe, templates
+from . import encryption, nodes, safe, templates
 from .choices import BUSES, CACHE_MODES, DISCARD_MODES, IO_MODES
 from .common import SecretRef, check_choice, fill_host, read_hosts
+from .encryption import Encryption
 
 _LIMITS = ("bytes_sec", "iops_sec", "bytes_sec_max", "iops_sec_max", "bytes_sec_max_length", "iops_sec_max_length")
 #: every numeric ``<iotune>`` element, in the order they are written
@@ -49,6 +58,10 @@ class DiskDef:
     read_only: bool = False
     serial: str | None = None
     iotune: tuple[tuple[str, int], ...] = ()   # e.g. (("total_iops_sec", 500),)
+    config_file: str | None = None          # <config file>: the ceph.conf librbd reads for this disk
+    encryption: Encryption | None = None    # LUKS on the image: the guest must never see it without this
+    #: the document this was read from: rendering fills the typed fields into a copy of it
+    origin: etree._Element | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, ImageSpec):
@@ -56,16 +69,16 @@ class DiskDef:
         if not _TARGET.match(self.target or ""):
             raise ValueError(f"target {self.target!r} is not a disk device name (vda, sdb, hdc, …)")
         object.__setattr__(self, "monitors", tuple(self.monitors))
-        if not self.monitors:
-            raise ValueError("a disk needs at least one monitor")
         if (self.auth_username is None) != (self.secret is None):
             raise ValueError("auth needs both a username and a secret")
         check_choice("bus", self.bus, BUSES)
         check_choice("cache mode", self.cache, CACHE_MODES)
         check_choice("discard mode", self.discard, DISCARD_MODES)
         check_choice("io mode", self.io, IO_MODES)
-        if self.image.snapshot is not None and not self.read_only:
-            raise ValueError(f"a disk on snapshot {self.image} must be read-only")
+        if self.config_file is not None and not self.config_file.startswith("/"):
+            raise ValueError(f"config file {self.config_file!r} is not an absolute path")
+        if self.encryption is not None and not isinstance(self.encryption, Encryption):
+            raise ValueError(f"encryption {self.encryption!r} is not an Encryption")
         if self.serial is not None and not _SERIAL.match(self.serial):
             raise ValueError(f"serial {self.serial!r}: use letters, digits, inner spaces, '_', '.', '+', '-' "
                              f"(at most 64)")
@@ -74,7 +87,9 @@ class DiskDef:
     # --- rendering ---------------------------------------------------------------------
 
     def to_element(self, template_dir: Path | None = None) -> etree._Element:
-        root = templates.load("disk", template_dir)
+        root, complete = templates.starting_point("disk", self, template_dir)
+        if complete:
+            return root
         nodes.put_attr(root, ".", "type", "network")
         nodes.put_attr(root, ".", "device", "disk")
         nodes.put_attr(root, "driver", "name", "qemu")
@@ -89,7 +104,10 @@ class DiskDef:
             nodes.remove(root, "source/snapshot")
         else:
             nodes.put_attr(root, "source/snapshot", "name", self.image.snapshot)
+        nodes.put_attr(root, "source/config", "file", self.config_file)
+        nodes.remove_if_empty(root, "source/config")
         self._fill_auth(root)
+        self._fill_encryption(root)
         nodes.put_attr(root, "target", "dev", self.target)
         _override_attr(root, "target", "bus", self.bus)
         if self.read_only:
@@ -116,6 +134,17 @@ class DiskDef:
         secret.set("type", "ceph")
         self.secret.fill(secret)
 
+    def _fill_encryption(self, root: etree._Element) -> None:
+        """``<encryption>`` where the document has it, else inside ``<source>``, as libvirt writes it now."""
+        node = encryption.find(root)
+        if self.encryption is None:
+            if node is not None:
+                node.getparent().remove(node)
+            return
+        if node is None:
+            node = nodes.ensure(root, "source/encryption")
+        self.encryption.fill(node)
+
     def to_xml(self, template_dir: Path | None = None) -> str:
         return safe.tostring(self.to_element(template_dir))
 
@@ -123,7 +152,11 @@ class DiskDef:
 
     @classmethod
     def from_element(cls, root: etree._Element) -> DiskDef:
-        """A virtrbd disk, or one of libvirt's own (``virsh dumpxml``: alias, address… are ignored)."""
+        """A virtrbd disk, or one of libvirt's own (``virsh dumpxml``: alias, address… are kept, not read).
+
+        Refused, in one line: what is not an rbd network disk of raw data with a
+        POOL/IMAGE name, or a field that libvirt itself would refuse.
+        """
         if root.tag != "disk":
             raise InvalidXMLError(f"expected a <disk> document, got <{root.tag}>")
         target = nodes.attr(root, "target", "dev")
@@ -147,7 +180,8 @@ class DiskDef:
                        bus=nodes.attr(root, "target", "bus"), cache=nodes.attr(root, "driver", "cache"),
                        discard=nodes.attr(root, "driver", "discard"), io=nodes.attr(root, "driver", "io"),
                        read_only=root.find("readonly") is not None, serial=nodes.text(root, "serial"),
-                       iotune=_read_iotune(root, what))
+                       iotune=_read_iotune(root, what), config_file=nodes.attr(source, "config", "file"),
+                       encryption=Encryption.read(encryption.find(root), what), origin=copy.deepcopy(root))
         except ValueError as exc:
             raise InvalidXMLError(f"{what}: {exc}") from None
 
@@ -156,18 +190,10 @@ class DiskDef:
         return cls.from_element(safe.parse(text, what="disk XML"))
 
 
-def rbd_disks(domain: etree._Element | str | bytes) -> list[DiskDef]:
-    """Every rbd network disk of a domain (``virsh dumpxml``), in document order."""
-    root = domain if isinstance(domain, etree._Element) else safe.parse(domain, what="domain XML")
-    if root.tag != "domain":
-        raise InvalidXMLError(f"expected a <domain> document, got <{root.tag}>")
-    return [DiskDef.from_element(disk) for disk in root.iterfind("devices/disk") if is_rbd_disk(disk)]
-
-
 def is_rbd_disk(disk: etree._Element) -> bool:
+    """A ``<disk>`` whose data is an rbd image (of any device: disk, cdrom, lun)."""
     source = disk.find("source")
-    return (disk.get("type") == "network" and disk.get("device", "disk") == "disk"
-            and source is not None and source.get("protocol") == "rbd")
+    return disk.get("type") == "network" and source is not None and source.get("protocol") == "rbd"
 
 
 def _override_attr(root: etree._Element, path: str, name: str, value: str | None) -> None:

@@ -12,6 +12,7 @@ from virtrbd.monitor import Monitor
 from virtrbd.spec import ImageSpec
 from virtrbd.xml.common import SecretRef
 from virtrbd.xml.disk import DiskDef
+from virtrbd.xml.encryption import Encryption
 from virtrbd.xml.pool import PoolDef
 from virtrbd.xml.secret import SecretDef
 from virtrbd.xml.volume import VolumeDef
@@ -83,6 +84,35 @@ def test_a_disk_read_from_a_domain(env, tmp_path):
     assert DiskDef.from_xml(out).image == ImageSpec("vms", "vm1-data")
     out = run(env, "disk", "--from", "-", "--target", "vda", input=domain.read_text())
     assert DiskDef.from_xml(out).image == ImageSpec("rbd", "golden-debian12", "base")
+
+
+MIXED = f"""<domain type='kvm'><name>vm1</name><devices>
+<disk type='network' device='disk'><driver name='qemu' type='vmdk'/>
+  <source protocol='rbd' name='rbd/imported'><host name='192.0.2.10'/></source><target dev='vda'/></disk>
+<disk type='network' device='disk'><source protocol='rbd' name='rbd/old:rbd_cache=true'/><target dev='vdb'/></disk>
+<disk type='network' device='disk'><driver name='qemu' type='raw'/>
+  <source protocol='rbd' name='rbd/secure'>
+    <encryption format='luks' engine='librbd'><secret type='passphrase' uuid='{UUID}'/></encryption>
+  </source><target dev='vdc'/></disk>
+<disk type='file' device='disk'><source file='/var/lib/x.img'/><target dev='vdd'/></disk>
+</devices></domain>"""
+
+
+def test_a_disk_virtrbd_does_not_handle_never_stops_another(env):
+    out = run(env, "disk", "--from", "-", "--target", "vdc", input=MIXED)
+    disk = DiskDef.from_xml(out)
+    assert disk.image == ImageSpec("rbd", "secure") and disk.monitors == ()
+    assert disk.encryption == Encryption("luks", "librbd", SecretRef(uuid=UUID))   # the guest never sees ciphertext
+
+
+@pytest.mark.parametrize("target, words", [("vda", "driver type 'vmdk'"), ("vdb", "invalid image name 'old:rbd_cache=true'")])
+def test_a_disk_virtrbd_does_not_handle_prints_as_it_was_with_a_warning(env, target, words):
+    result = virtrbd("xml", "disk", "--from", "-", "--target", target, env=env, input=MIXED)
+    assert result.code == 0 and words in result.err and len(result.err_lines) == 1, result
+    assert f"<target dev=\"{target}\"/>" in result.out
+    refused = virtrbd("xml", "disk", "--from", "-", "--target", target, "--define", "--domain", "vm1", env=env,
+                      input=MIXED)
+    assert_one_line_error(refused, 2, f"disk {target}: ", "virtrbd does not act on it")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from virtrbd.errors import InvalidXMLError
 from virtrbd.monitor import Monitor
 from virtrbd.spec import ImageSpec
 from virtrbd.xml.common import SecretRef
-from virtrbd.xml.disk import DiskDef, rbd_disks
+from virtrbd.xml.disk import DiskDef
+from virtrbd.xml.domain_disks import rbd_disks
+from virtrbd.xml.encryption import Encryption
 
 UUID = "2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11"
 MON = (Monitor("127.0.0.1", 40100),)
@@ -63,14 +67,14 @@ def test_iotune_order_does_not_matter():
 @pytest.mark.parametrize("changes, words", [
     (dict(target="xyz"), "not a disk device name"),
     (dict(target=""), "not a disk device name"),
-    (dict(monitors=()), "at least one monitor"),
     (dict(auth_username="virt"), "both a username and a secret"),
     (dict(secret=SecretRef(uuid=UUID)), "both a username and a secret"),
     (dict(bus="pci"), "bus 'pci' is not one of"),
     (dict(cache="fast"), "cache mode 'fast'"),
     (dict(discard="trim"), "discard mode 'trim'"),
     (dict(io="aio"), "io mode 'aio'"),
-    (dict(image=ImageSpec("rbd", "g", "s")), "must be read-only"),
+    (dict(config_file="ceph.conf"), "not an absolute path"),
+    (dict(encryption="luks"), "not an Encryption"),
     (dict(image="rbd/vm1"), "not an ImageSpec"),
     (dict(serial="a/b"), "serial"),
     (dict(serial=" edge"), "serial"),
@@ -101,8 +105,9 @@ def wrap(source: str = "<source protocol='rbd' name='rbd/vm1'><host name='h'/></
     (wrap("<source protocol='rbd' name='vm1'><host name='h'/></source>"), "is not POOL/IMAGE"),
     (wrap("<source protocol='rbd' name='rbd/x@s'><host name='h'/><snapshot name='t'/></source>",
           extra="<readonly/>"), "both in the source name and in <snapshot>"),
-    (wrap("<source protocol='rbd' name='rbd/x'><host name='h'/><snapshot name='s'/></source>"), "read-only"),
-    (wrap("<source protocol='rbd' name='rbd/x'/>"), "at least one monitor"),
+    (wrap(extra="<encryption format='aes'/>"), "encryption format 'aes'"),
+    (wrap(extra="<encryption format='luks' engine='kernel'/>"), "encryption engine 'kernel'"),
+    (wrap(extra="<encryption format='luks'><secret type='passphrase' uuid='x'/></encryption>"), "encryption: secret"),
     (wrap("<source protocol='rbd' name='rbd/x'><host name='h' port='70000'/></source>"), "out of range"),
     (wrap("<source protocol='rbd' name='rbd/x'><host name='bad_host!'/></source>"), "not a host name"),
     (wrap(extra="<auth username='virt'/>"), "<auth> without <secret>"),
@@ -119,7 +124,48 @@ def test_parsing_refuses_in_one_line(xml, words):
 
 def test_parse_names_the_target_in_errors():
     with pytest.raises(InvalidXMLError, match=r"^disk vda: "):
-        DiskDef.from_xml(wrap("<source protocol='rbd' name='rbd/x'/>"))
+        DiskDef.from_xml(wrap("<source protocol='rbd' name='vm1'/>"))
+
+
+@pytest.mark.parametrize("source, extra", [
+    ("<source protocol='rbd' name='rbd/x'/>", ""),                                          # monitors from ceph.conf
+    ("<source protocol='rbd' name='rbd/x'><config file='/etc/ceph/lab.conf'/></source>", ""),
+    ("<source protocol='rbd' name='rbd/x'><host name='h'/><snapshot name='s'/></source>", ""),   # no <readonly/>
+])
+def test_what_libvirt_accepts_reads_although_virtrbd_would_build_it_otherwise(source, extra):
+    text = wrap(source, extra=extra)
+    disk = DiskDef.from_xml(text)
+    assert DiskDef.from_xml(disk.to_xml()) == disk
+    assert disk.to_xml() == DiskDef.from_xml(disk.to_xml()).to_xml()
+
+
+def test_encryption_is_read_and_kept_where_it_stood():
+    inside = wrap("<source protocol='rbd' name='rbd/x'><host name='h'/><encryption format='luks2' engine='librbd'>"
+                  "<secret type='passphrase' usage='vm1 luks'/></encryption></source>")
+    beside = wrap(extra=f"<encryption format='luks'><secret type='passphrase' uuid='{UUID}'/></encryption>")
+    a, b = DiskDef.from_xml(inside), DiskDef.from_xml(beside)
+    assert a.encryption == Encryption("luks2", "librbd", SecretRef(usage="vm1 luks"))
+    assert b.encryption == Encryption("luks", None, SecretRef(uuid=UUID))
+    assert a.to_element().find("source/encryption") is not None
+    assert b.to_element().find("encryption") is not None and b.to_element().find("source/encryption") is None
+
+
+def test_a_changed_model_read_from_a_document_keeps_what_virtrbd_does_not_model():
+    text = wrap(extra="<encryption format='luks'><secret type='passphrase' uuid='" + UUID + "'/></encryption>"
+                      "<boot order='2'/><x:ext xmlns:x='urn:example'/>")
+    disk = dataclasses.replace(DiskDef.from_xml(text), target="vdc", cache="none")
+    root = disk.to_element()
+    assert root.find("target").get("dev") == "vdc" and root.find("driver").get("cache") == "none"
+    assert root.find("boot").get("order") == "2" and root.find("{urn:example}ext") is not None
+    assert DiskDef.from_element(root).encryption == Encryption("luks", None, SecretRef(uuid=UUID))
+
+
+def test_a_new_encrypted_disk_puts_encryption_in_its_source():
+    disk = DiskDef(ImageSpec("rbd", "vm1"), "vda", MON, encryption=Encryption("luks", "qemu", SecretRef(uuid=UUID)))
+    root = disk.to_element()
+    assert root.find("source/encryption").get("engine") == "qemu"
+    assert DiskDef.from_element(root) == disk
+    assert dataclasses.replace(disk, encryption=None).to_element().find(".//encryption") is None
 
 
 def test_rbd_disks_needs_a_domain():

@@ -1,6 +1,6 @@
 """Every document virtrbd emits, for varied inputs: valid for libvirt's RelaxNG schemas, and
 model → XML → model is the identity.  Then libvirt's own output (``*-in.xml``, captured from
-the lab's libvirtd 9.0) read into models and written back as virtrbd writes them (``*-out.xml``)."""
+the lab's libvirtd 9.0) read into models and printed back as they were (``*-out.xml``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from virtrbd.monitor import Monitor
 from virtrbd.spec import ImageSpec
 from virtrbd.xml import safe, schema
 from virtrbd.xml.common import SecretRef
-from virtrbd.xml.disk import DiskDef, rbd_disks
+from virtrbd.xml.disk import DiskDef, is_rbd_disk
+from virtrbd.xml.domain_disks import ForeignDisk, rbd_disks
 from virtrbd.xml.pool import PoolDef
 from virtrbd.xml.secret import SecretDef
 from virtrbd.xml.volume import VolumeDef
+
+from .canon import canonical
 
 DATA = Path(__file__).parent / "data"
 UUID = "2ee6c5b4-7c6b-4e51-a0c8-6c3b5c8b8a11"
@@ -134,14 +137,18 @@ def test_libvirts_output_reads_into_models(source):
         models = [MODELS[root.tag].from_element(root)]
     expected = source.with_name(source.name.replace("-in.xml", "-out.xml")).read_text()
     assert "".join(m.to_xml() for m in models) == expected
+    originals = [d for d in root.iterfind("devices/disk") if is_rbd_disk(d)] if root.tag == "domain" else [root]
+    for model, original in zip(models, originals, strict=True):    # lossless: libvirt's own documents come back as they were
+        assert canonical(model.to_element()) == canonical(original)
     for model in models:
         schema.validate(model.to_element(), "disk" if root.tag == "domain" else root.tag)
 
 
 def test_a_domain_yields_only_its_rbd_disks():
     disks = rbd_disks((DATA / "domain-dumpxml-in.xml").read_bytes())
-    # the qcow2 file disk (vdc) and the rbd cdrom (hdc) are not virtrbd disks
-    assert [d.target for d in disks] == ["vda", "sdb"]
+    # the qcow2 file disk (vdc) is not read; the rbd cdrom (hdc) is read, and left alone
+    assert [d.target for d in disks] == ["vda", "sdb", "hdc"]
+    assert isinstance(disks[2], ForeignDisk) and disks[2].reason == "device 'cdrom' is not 'disk'"
     assert disks[0].image == ImageSpec("rbd", "golden-debian12", "base") and disks[0].read_only
     assert disks[0].monitors == (Monitor("mon1.example.org", 3300), Monitor("192.0.2.11", 3300),
                                  Monitor("2001:db8::12", 3300))
