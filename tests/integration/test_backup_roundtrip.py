@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 
@@ -68,6 +70,29 @@ def test_qcow2_passes_qemu_img_check_and_compare(storage, images, judge, tmp_pat
     compare = judge.qemu_img("compare", "-f", "qcow2", "-F", "raw", str(result.path),
                              judge.qemu_source(f"rbd/{name}@s1"))
     assert compare.returncode == 0 and "Images are identical" in compare.stdout, compare.stdout + compare.stderr
+
+
+@pytest.mark.parametrize("size", [64 * MiB + 1, 1024 * MiB + 511])
+def test_an_odd_sized_qcow2_is_whole_for_qemu_and_exact_for_our_restore(storage, images, judge, tmp_path, size):
+    """QEMU sees whole sectors: the header says the size rounded up to 512 bytes, the manifest the exact one."""
+    name = images.create(size, [(0, random_bytes(MiB, 8)), (size - 5, b"LAST!")])
+    qcow2 = backup.backup(storage, f"rbd/{name}@s1", tmp_path, format="qcow2").path
+    (tmp_path / "raw").mkdir()
+    raw = backup.backup(storage, f"rbd/{name}@s1", tmp_path / "raw", format="raw").path
+    check = judge.qemu_img("check", str(qcow2))
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout + check.stderr
+    compare = judge.qemu_img("compare", "-f", "qcow2", "-F", "raw", str(qcow2), str(raw))
+    assert compare.returncode == 0 and "Images are identical" in compare.stdout, compare.stdout + compare.stderr
+    converted = tmp_path / "converted.raw"
+    assert judge.qemu_img("convert", "-O", "raw", str(qcow2), str(converted)).returncode == 0
+    os.truncate(converted, manifests.resolve(qcow2).size)
+    wanted = sha256_of(storage, f"rbd/{name}@s1")
+    with converted.open("rb") as stream:
+        assert hashlib.file_digest(stream, "sha256").hexdigest() == wanted
+    target = images.name()
+    backup.restore(storage, qcow2, f"rbd/{target}")
+    assert LEDGER.restore(f"qcow2 backup of {size} bytes", sha256_of(storage, f"rbd/{target}") == wanted
+                          and storage.image_size(target) == size)
 
 
 def test_checksum_recomputes_against_the_live_snapshot(storage, images, tmp_path):

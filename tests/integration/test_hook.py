@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -187,6 +191,67 @@ def test_xml_disk_clone_of_marks_a_domain_that_then_boots_from_its_clone(install
     assert wait_for_reads([dom])[name] > 0
     dom.destroy()
     assert not storage.image_exists(f"{name}-disk")
+
+
+def test_the_marked_disk_is_made_beside_disks_the_hook_does_not_judge(installed_hook, lab, conn, storage, fleet,
+                                                                      golden, qemu_readable):
+    """Beside the marked disk: an rbd image under a legacy-looking name, a hostless rbd disk (monitors from
+    <config file>) and a file disk. libvirt starts such a domain; the hook must neither refuse nor touch them."""
+    name = fleet("mixed")
+    legacy, hostless = f"{name}-old:rbd_cache=true", f"{name}-hostless"
+    (qemu_readable / "file.img").write_bytes(bytes(1 << 20))
+    monitor = lab.config.ceph.monitors[0]
+    ceph_conf = qemu_readable / "ceph.conf"          # what a host's /etc/ceph/ceph.conf would say: the monitors
+    ceph_conf.write_text(f"[global]\nmon_host = {monitor.host}:{monitor.port}\n")
+    auth = (f"<auth username='{lab.config.ceph.client_id}'>"
+            f"<secret type='ceph' uuid='{lab.config.libvirt.secret_uuid}'/></auth>")
+    others = (f"<disk type='network' device='disk'><driver name='qemu' type='raw'/>{auth}"
+              f"<source protocol='rbd' name='rbd/{legacy}'><host name='{monitor.host}' port='{monitor.port}'/>"
+              f"</source><target dev='vdb' bus='virtio'/></disk>"
+              f"<disk type='network' device='disk'><driver name='qemu' type='raw'/>{auth}"
+              f"<source protocol='rbd' name='rbd/{hostless}'><config file='{ceph_conf}'/></source>"
+              f"<target dev='vdc' bus='virtio'/></disk>"
+              f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+              f"<source file='{qemu_readable}/file.img'/><target dev='vdd' bus='virtio'/></disk>")
+    xml = domain_xml(lab, name, f"rbd/{name}-disk", clone_of=golden, ephemeral=True)
+    try:
+        for image in (legacy, hostless):
+            storage.cluster.create("rbd", image, 4 << 20)
+        dom = conn.defineXML(xml.replace("</devices>", others + "</devices>"))
+        dom.create()
+        assert wait_for_reads([dom])[name] > 0
+        assert owner_of(storage, f"{name}-disk")["ephemeral"] is True
+        dom.destroy()
+        assert not storage.image_exists(f"{name}-disk")
+        for image in (legacy, hostless):
+            with storage.cluster.image("rbd", image, read_only=True) as img, pytest.raises(KeyError):
+                img.metadata_get(hook.OWNER_KEY)
+    finally:
+        remove_domain(conn, name)
+        for image in (legacy, hostless):
+            if image in storage.list_images():
+                remove_when_closed(storage, image)
+
+
+@pytest.fixture
+def qemu_readable():
+    """A folder QEMU's own user can read (pytest's tmp_path is root's alone), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="virtrbd-test-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def remove_when_closed(storage, image: str, timeout: float = 60) -> None:
+    """Remove an image QEMU may still hold for a moment after its domain stopped (its watch lingers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return storage.cluster.remove("rbd", image)
+        except errors.BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def test_hook_status_reports_the_installation(installed_hook, lab):
