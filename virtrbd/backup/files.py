@@ -10,6 +10,13 @@ process, on this host, is gone (``remove_stale_temps``).
 
 Modes.  Every file is created 0600: a backup holds a VM's data.
 
+Reading.  Secondary storage is a share other machines write to, so anything
+may stand where a backup or a manifest should: a FIFO (whose open blocks until
+a writer comes), a device (``/dev/zero`` never ends), a directory, a socket.
+``open_regular`` opens without blocking and judges the descriptor it got, not
+the name (which may change in between), so only a regular file — directly or
+through a symlink — is ever read.
+
 Writing.  ``BlockWriter`` writes through ``O_DIRECT`` when the filesystem allows
 it: a multi-gigabyte backup then neither evicts the hypervisor's page cache nor
 pays for filling it.  Data are copied into a few page-aligned buffers (reused,
@@ -27,16 +34,66 @@ import mmap
 import os
 import queue
 import socket
+import stat
 import threading
 from pathlib import Path
 
-from ..errors import BackupError
+from ..errors import BackupError, CorruptBackupError
 from .stream import BLOCK, POLL, MiB, check_cancel
 
 log = logging.getLogger(__name__)
 
 TEMP_MARK = ".virtrbd-tmp-"
 FILE_MODE = 0o600
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: os.PathLike | str, what: str = "backup file") -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (a symlink may lead to one).
+
+    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer, and the
+    type is judged on the open descriptor; the flag is then cleared, so reads of
+    a file on a share still wait for the server as they should.  Missing files
+    raise ``FileNotFoundError``; anything else that is not a readable regular
+    file is a one-line ``CorruptBackupError`` naming what stands there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        try:
+            kind = _kind(os.stat(path).st_mode)
+        except OSError:
+            kind = (exc.strerror or str(exc)).lower()
+        raise CorruptBackupError(f"{path}: cannot read the {what}: {kind}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CorruptBackupError(f"{path}: the {what} is {_kind(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_regular_stream(path: os.PathLike | str, what: str = "backup file", buffering: int = 1 * MiB):
+    """``open_regular`` as a buffered binary stream."""
+    return os.fdopen(open_regular(path, what), "rb", buffering=buffering)
+
+
+def regular_size(path: os.PathLike | str, what: str = "backup file") -> int:
+    """The size of the regular file at ``path`` (``FileNotFoundError`` when it is missing)."""
+    fd = open_regular(path, what)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _host() -> str:

@@ -16,6 +16,7 @@ from ..ceph import Cluster
 from ..errors import CorruptBackupError
 from ..progress import Progress
 from ..spec import ImageSpec
+from .files import open_regular_stream
 from .formats import check_backup_file, check_checksum, check_diff_header, full_format
 from .formats import manifest as manifests
 from .formats.checksum import BackgroundCRC, BackgroundDigest
@@ -23,7 +24,7 @@ from .formats.manifest import Manifest
 from .formats.rbddiff import DiffReader
 from .granules import Granules
 from .results import RestorePlan, RestoreResult
-from .stream import BLOCK, CHUNK, MiB, check_cancel
+from .stream import BLOCK, CHUNK, check_cancel
 from .target import RestoreTarget
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
 
 def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
     sha = hashlib.sha256()
-    with open(m.data_path, "rb", buffering=1 * MiB) as f:
+    with open_regular_stream(m.data_path) as f:
         reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=sha.update)
         check_diff_header(reader, m)
         sink.drain()

@@ -13,13 +13,14 @@ from ..ceph import Cluster, translated
 from ..errors import BackupError
 from ..progress import Progress
 from ..spec import ImageSpec
+from .files import open_regular_stream
 from .formats import check_backup_file, check_checksum, full_format
 from .formats.checksum import BackgroundDigest, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffReader
 from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource
 from .results import VerifyResult
-from .stream import CHUNK, MiB, is_zero, split_at
+from .stream import CHUNK, is_zero, split_at
 from .window import read_chunks
 
 
@@ -29,7 +30,7 @@ def file_digest(m: Manifest, *, keep: bool = False,
     check_backup_file(m)
     if m.format == DIFF_FORMAT:
         sha = hashlib.sha256()
-        with open(m.data_path, "rb", buffering=1 * MiB) as f:
+        with open_regular_stream(m.data_path) as f:
             reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=sha.update)
             for _ in reader.records():
                 if progress:
@@ -85,7 +86,7 @@ def _compare_full(m: Manifest, chunk_digests: list[bytes], source: RbdSource) ->
 def _compare_diff(m: Manifest, source: RbdSource) -> int:
     """Every changed extent the diff records holds what the snapshot holds there."""
     read = 0
-    with open(m.data_path, "rb", buffering=1 * MiB) as f:
+    with open_regular_stream(m.data_path) as f:
         reader = DiffReader(f, str(m.data_path), file_size=m.file_size)
         if reader.header.size != source.size:
             raise BackupError(f"{m.data_path} ends at {reader.header.size} bytes, {source.what} has {source.size}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import CorruptBackupError
-from ..files import BlockWriter
+from ..files import BlockWriter, open_regular_stream, regular_size
 from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Reader, Qcow2Writer
 from .raw import RawReader, RawWriter
@@ -64,7 +64,7 @@ def _qcow2_chunks(reader: Qcow2Reader) -> Iterator[DataChunk]:
 
 
 def _check_diff(m: Manifest) -> None:
-    with open(m.data_path, "rb", buffering=256 << 10) as f:
+    with open_regular_stream(m.data_path, buffering=256 << 10) as f:
         reader = DiffReader(f, str(m.data_path), file_size=m.file_size)
         check_diff_header(reader, m)
         for _ in reader.records(with_data=False):
@@ -93,7 +93,7 @@ def check_backup_file(m: Manifest) -> None:
     """The file exists, has the recorded size, and its structure holds (no data hashed)."""
     path = m.data_path
     try:
-        actual = path.stat().st_size
+        actual = regular_size(path)
     except FileNotFoundError:
         raise CorruptBackupError(f"{path}: the backup file is missing (its manifest is there)") from None
     if actual != m.file_size:

@@ -43,7 +43,7 @@ import google_crc32c
 
 from ...errors import CorruptBackupError, UsageError
 from ...spec import ImageSpec
-from ..files import AtomicFile
+from ..files import AtomicFile, open_regular_stream
 from .checksum import ALGORITHM as CONTENT_ALGORITHM
 
 SUFFIX = ".manifest.json"
@@ -130,7 +130,7 @@ def load(path: os.PathLike | str) -> Manifest:
     """Read and check a manifest; every problem is one line naming the file."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular_stream(path, "manifest", buffering=64 << 10) as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise CorruptBackupError(f"{path}: manifest not found (a backup without its manifest is "

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...errors import CorruptBackupError, UsageError
-from ..files import BlockWriter
+from ..files import BlockWriter, open_regular
 from ..granules import Granules
 
 MAGIC = b"QFI\xfb"
@@ -198,7 +198,7 @@ class Qcow2Reader:
 
     def __init__(self, path: os.PathLike, expected_size: int | None = None):
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_regular(path)
         try:
             self.file_size = os.fstat(self.fd).st_size
             self.header = self._read_header()

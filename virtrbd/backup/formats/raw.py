@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from ...errors import CorruptBackupError
-from ..files import BlockWriter
+from ..files import BlockWriter, open_regular
 from ..granules import Granules
 from ..stream import BLOCK, CHUNK
 
@@ -70,7 +70,7 @@ class RawReader:
 
     def __init__(self, path: os.PathLike, expected_size: int | None = None):
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_regular(path)
         self.size = os.fstat(self.fd).st_size
         if expected_size is not None and self.size != expected_size:
             self.close()
