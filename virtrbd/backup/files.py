@@ -39,6 +39,7 @@ import threading
 from pathlib import Path
 
 from ..errors import BackupError, CorruptBackupError
+from .file_crc import FileCRC
 from .stream import BLOCK, POLL, MiB, check_cancel
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class BlockWriter:
     4 KiB.  Writes to different places may land in any order (they never
     overlap: each buffer covers its own range).  Errors in a thread come back on
     the next call.  Memory: ``buffers`` x ``buffer_size``, whatever the file size.
+    ``crc`` sees every byte written, for the manifest's ``file_checksum``.
     """
 
     def __init__(self, fd: int, *, direct: bool, buffer_size: int = 4 * MiB, buffers: int = 2, threads: int = 1):
@@ -250,6 +252,7 @@ class BlockWriter:
         self.direct = direct
         self.buffer_size = buffer_size
         self.bytes_written = 0
+        self.crc = FileCRC()
         self._count_lock = threading.Lock()
         self._free: queue.Queue = queue.Queue()
         for _ in range(buffers):
@@ -269,6 +272,8 @@ class BlockWriter:
         if self.direct and (offset % BLOCK or (end - start) % BLOCK):
             raise ValueError(f"unaligned direct write at {offset} of {end - start} bytes")
         view = memoryview(data)
+        whole = start == 0 and end == len(data) and isinstance(data, bytes)
+        self.crc.add(offset, data if whole else view[start:end])
         while start < end:
             self._check()
             if self._current is None or offset != self._current_at + self._current_len \

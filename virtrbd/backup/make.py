@@ -17,10 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+import google_crc32c
+
 from .. import __version__
 from ..ceph import Cluster
 from ..errors import BackupError, NotFoundError, UsageError
 from ..progress import Progress
+from .file_crc import ALGORITHM as FILE_ALGORITHM
 from .files import AtomicFile, BlockWriter, fsync_directory, remove_stale_temps
 from .formats import FULL_FORMATS
 from .formats import manifest as manifests
@@ -110,6 +113,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
             object_size=info.object_size, checksum={"algorithm": CONTENT_ALGORITHM, "chunk_size": CHUNK,
                                                     "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
+            file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
             stats={"data_bytes": data_bytes, "direct_io": out.direct})
         out.commit()
@@ -144,6 +148,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, fd: int):
         self.fd = fd
         self.sha256 = hashlib.sha256()
+        self.crc = 0
         self.bytes = 0
 
     def writable(self) -> bool:
@@ -155,6 +160,7 @@ class _HashingFile(io.RawIOBase):
         while done < len(view):
             done += os.write(self.fd, view[done:])
         self.sha256.update(view)
+        self.crc = google_crc32c.extend(self.crc, data if isinstance(data, bytes) else bytes(view))
         self.bytes += len(view)
         return len(view)
 
@@ -214,6 +220,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             snapshot_id=info.snapshot_id, size=size, object_size=info.object_size,
             checksum={"algorithm": manifests.DIFF_ALGORITHM, "value": raw.sha256.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}", from_snapshot=older,
+            file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
             parent={"file": parent.file, "checksum": parent.checksum["value"]},
             stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records})
         out.commit()

@@ -58,6 +58,8 @@ class VerifyResult:
     checked_bytes: int
     seconds: float
     against: str | None = None
+    #: what was judged: "file and content", or "content" for a backup whose manifest predates the file checksum
+    judged: str = "file and content"
 
 
 @dataclass(frozen=True)

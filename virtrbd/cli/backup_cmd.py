@@ -119,6 +119,9 @@ def cmd_verify(args) -> int:
     else:
         also = f", identical to {result.against}" if result.against else ""
         print(f"OK {result.file}: {result.kind} backup of {result.image}, checksum matches{also}")
+        if result.judged == "content":
+            print(f"note: {Path(result.file).name} was written before backups recorded a checksum of their file: "
+                  f"only its content was checked")
     return 0
 
 

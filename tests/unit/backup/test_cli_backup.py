@@ -78,3 +78,27 @@ def test_restore_with_a_manifest_that_does_not_match(make_full, conf):
     backup.manifest.write_text(json.dumps(data))
     assert_one_line_error(virtrbd("--config", conf, "restore", str(backup.path), "rbd/x"), 1,
                           "should be 1048577 bytes")
+
+
+def test_verify_judges_the_file_not_only_its_content(make_full):
+    """A refcount block's byte means nothing to the content, everything to QEMU: verify refuses it."""
+    backup = make_full(os.urandom(256 << 10), None, fmt="qcow2")
+    with open(backup.path, "r+b") as f:
+        f.seek(48)
+        table = int.from_bytes(f.read(8), "big")           # refcount_table_offset
+        f.seek(table)
+        block = int.from_bytes(f.read(8), "big")           # the first refcount block
+        f.seek(block + (64 << 10) - 2)
+        f.write(b"\x00\x01")                               # a cluster no one uses, counted as used
+    assert_one_line_error(virtrbd("verify", str(backup.path)), 1, "checksum mismatch", "file's bytes")
+
+
+def test_a_backup_older_than_the_file_checksum_verifies_with_a_note(make_full):
+    backup = make_full(os.urandom(64 << 10), None, fmt="raw")
+    data = json.loads(backup.manifest.read_text())
+    del data["file_checksum"], data["seal"]
+    data["manifest_version"] = 1
+    backup.manifest.write_text(json.dumps(data))
+    result = virtrbd("verify", str(backup.path))
+    assert result.code == 0 and "checksum matches" in result.out, result
+    assert "only its content was checked" in result.out

@@ -42,7 +42,7 @@ def edit(path, **changes):
     data = json.loads(path.read_text())
     data.update(changes)
     data["seal"] = manifests.seal_of(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")   # laid out as virtrbd writes it
 
 
 def test_a_manifest_changed_after_it_was_written_is_refused(make_full):
@@ -57,7 +57,10 @@ def test_a_manifest_changed_after_it_was_written_is_refused(make_full):
 @pytest.mark.parametrize("changes, words", [
     ({"size": "big"}, "field 'size' should be a int"),
     ({"extra": 1}, "unknown fields"),
-    ({"manifest_version": 2}, "manifest version 2"),
+    ({"manifest_version": 3}, "manifest version 3 is not supported"),
+    ({"file_checksum": None}, "missing field 'file_checksum'"),
+    ({"file_checksum": {"algorithm": "crc32c", "value": "XYZ"}}, "file_checksum should be"),
+    ({"file_checksum": {"algorithm": "md5", "value": "0" * 8}}, "file_checksum should be"),
     ({"kind": "weird"}, "unknown kind"),
     ({"checksum": {"algorithm": "sha256-of-4MiB-chunk-sha256", "value": "0" * 64, "data_crc32c": "xyz"}},
      "data_crc32c should be 8 lowercase hex digits"),
@@ -76,6 +79,31 @@ def test_bad_manifests_are_refused_in_one_line(make_full, changes, words):
     with pytest.raises(CorruptBackupError, match=words) as exc:
         manifests.load(result.manifest)
     assert "\n" not in str(exc.value)
+
+
+def test_any_changed_byte_of_a_manifest_is_refused_even_in_its_layout(make_full):
+    result = make_full(b"x" * 5000)
+    text = result.manifest.read_text()
+    result.manifest.write_text(text.replace('"kind"', ' "kind"', 1))        # the same JSON, another byte
+    with pytest.raises(CorruptBackupError, match="its bytes are not the ones virtrbd wrote"):
+        manifests.load(result.manifest)
+    data = json.loads(text)
+    data["seal"] = None                                                    # a seal removed is no seal at all
+    result.manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(CorruptBackupError, match="has no seal"):
+        manifests.load(result.manifest)
+
+
+def test_a_version_1_manifest_is_still_read_with_or_without_its_seal(make_full):
+    result = make_full(b"x" * 5000)
+    data = json.loads(result.manifest.read_text())
+    del data["file_checksum"]
+    data["manifest_version"] = 1
+    for seal in (manifests.seal_of({k: v for k, v in data.items() if k != "seal"}), None):
+        data["seal"] = seal
+        result.manifest.write_text(json.dumps(data))                        # the older layout: any
+        m = manifests.load(result.manifest)
+        assert m.manifest_version == 1 and m.file_checksum is None and m.seal == seal
 
 
 def test_missing_field_and_non_json(make_full):

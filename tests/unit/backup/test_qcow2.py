@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from virtrbd.backup.files import AtomicFile, BlockWriter
-from virtrbd.backup.formats.qcow2 import Qcow2Reader, Qcow2Writer
+from virtrbd.backup.formats.qcow2 import Qcow2Writer
+from virtrbd.backup.formats.qcow2_reader import Qcow2Reader
 from virtrbd.backup.memory import MemorySource
 from virtrbd.backup.stream import CHUNK
 from virtrbd.backup.window import read_chunks

@@ -20,7 +20,8 @@ from typing import Any
 from ...errors import CorruptBackupError
 from ..files import BlockWriter, open_regular_stream, regular_size
 from .manifest import DIFF_FORMAT, Manifest
-from .qcow2 import Qcow2Reader, Qcow2Writer
+from .qcow2 import Qcow2Writer
+from .qcow2_reader import Qcow2Reader
 from .raw import RawReader, RawWriter
 from .rbddiff import DiffReader
 
@@ -109,6 +110,13 @@ def check_diff_header(reader: DiffReader, m: Manifest) -> None:
         raise CorruptBackupError(
             f"{m.data_path}: the diff goes from @{h.from_snapshot} to @{h.to_snapshot} ({h.size} bytes), its "
             f"manifest says @{m.from_snapshot} to @{m.snapshot} ({m.size} bytes)")
+
+
+def check_file_checksum(m: Manifest, value: str) -> None:
+    """The file's bytes are the ones written (a manifest older than ``file_checksum`` passes: nothing to say)."""
+    if m.file_checksum is not None and value != m.file_checksum["value"]:
+        raise CorruptBackupError(f"{m.data_path}: checksum mismatch: the file's bytes have CRC-32C {value}, the "
+                                 f"manifest says {m.file_checksum['value']} (changed after it was written)")
 
 
 def check_checksum(m: Manifest, value: str) -> None:

@@ -12,9 +12,9 @@ A backup exists once its manifest exists: the data file is published first,
 the manifest second, so a data file without a manifest is the remains of an
 interrupted publication and the next backup of that snapshot replaces it.
 
-Manifest fields (version 1)::
+Manifest fields (version 2; version 1, written before file_checksum, is still read)::
 
-    manifest_version 1
+    manifest_version 2
     kind             "full" | "incremental"
     format           "raw" | "qcow2" | "rbd-diff-v1"
     file, file_size  the backup file's name (same directory) and exact size in bytes
@@ -26,10 +26,16 @@ Manifest fields (version 1)::
                        full: "sha256-of-4MiB-chunk-sha256" of the image's logical content, and
                        data_crc32c, the CRC-32C a restore checks (checksum.DataCRC)
                        incremental: "sha256" of the diff stream (the file's bytes: its logical content)
+    file_checksum    {"algorithm": "crc32c", "value"}: the backup file's bytes as written (file_crc), so a
+                       changed byte of its structure is caught too, not only of the content it holds
     cluster_size     qcow2 only
     created, tool    UTC time (ISO 8601), "virtrbd X.Y.Z"
     stats            bytes read, data bytes, seconds (informational)
     seal             CRC-32C of all the other fields (canonical JSON): a damaged manifest is refused
+
+A version 2 manifest must carry its seal and be byte for byte what virtrbd
+writes (``to_json``): then a changed byte anywhere in it, even in its layout,
+is refused.  Version 1 manifests may lack the seal (the oldest predate it).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import google_crc32c
 
 from ...errors import CorruptBackupError, UsageError
 from ...spec import ImageSpec
+from ..file_crc import ALGORITHM as FILE_ALGORITHM
 from ..files import AtomicFile, open_regular_stream
 from .checksum import ALGORITHM as CONTENT_ALGORITHM
 
@@ -52,6 +59,8 @@ DIFF_FORMAT = "rbd-diff-v1"
 EXTENSIONS = {"raw": ".raw", "qcow2": ".qcow2", DIFF_FORMAT: ".rbddiff"}
 DIFF_ALGORITHM = "sha256"
 MAX_MANIFEST_BYTES = 1 << 20
+VERSION = 2
+VERSIONS = (1, 2)
 
 
 def backup_name(spec: ImageSpec, fmt: str, since: str | None = None) -> str:
@@ -82,7 +91,8 @@ class Manifest:
     parent: dict | None = None
     cluster_size: int | None = None
     stats: dict = field(default_factory=dict)
-    manifest_version: int = 1
+    file_checksum: dict | None = None   # the file's bytes as written; None only in version 1
+    manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
     # where it was loaded from (not stored)
@@ -104,8 +114,7 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
-        data["seal"] = seal_of(data)
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return dumps(data)
 
     def save(self, data_path: Path) -> Path:
         """Publish the manifest beside ``data_path`` (temp name, fsync, link)."""
@@ -123,7 +132,8 @@ _FIELDS = {
     "image_id": str, "snapshot": str, "snapshot_id": int, "size": int, "object_size": int, "checksum": dict,
     "created": str, "tool": str,
 }
-_OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str}
+_OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
+             "file_checksum": dict}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -160,14 +170,26 @@ def load(path: os.PathLike | str) -> Manifest:
     unknown = set(data) - set(_FIELDS) - set(_OPTIONAL)
     if unknown:
         bad(f"unknown fields {sorted(unknown)}")
-    if data["manifest_version"] != 1:
-        bad(f"manifest version {data['manifest_version']} is not supported (1)")
+    if data["manifest_version"] not in VERSIONS:
+        bad(f"manifest version {data['manifest_version']} is not supported ({', '.join(map(str, VERSIONS))})")
     manifest = Manifest(**data)
     manifest.path = path
     _check(manifest, bad)
+    if manifest.manifest_version >= 2:
+        if manifest.seal is None:
+            bad("the manifest has no seal (every version 2 manifest is sealed)")
+        if manifest.file_checksum is None:
+            bad("missing field 'file_checksum'")
     if manifest.seal is not None and manifest.seal != seal_of(data):
         bad("the manifest is damaged: its fields do not match its seal (CRC-32C)")
+    if manifest.manifest_version >= 2 and raw != manifest.to_json().encode():
+        bad("the manifest was changed: its bytes are not the ones virtrbd wrote")
     return manifest
+
+
+def dumps(data: dict) -> str:
+    """A manifest's fields as virtrbd writes them: sealed afresh, keys sorted, two-space indents."""
+    return json.dumps({**data, "seal": seal_of(data)}, indent=2, sort_keys=True) + "\n"
 
 
 def seal_of(data: dict) -> str:
@@ -208,6 +230,10 @@ def _check(m: Manifest, bad) -> None:
     crc = m.checksum.get("data_crc32c")
     if crc is not None and not is_lower_hex(crc, 8):
         bad("checksum data_crc32c should be 8 lowercase hex digits")
+    if m.file_checksum is not None and (m.file_checksum.get("algorithm") != FILE_ALGORITHM
+                                        or not is_lower_hex(m.file_checksum.get("value"), 8)
+                                        or set(m.file_checksum) != {"algorithm", "value"}):
+        bad(f"file_checksum should be {{'algorithm': {FILE_ALGORITHM!r}, 'value': 8 lowercase hex digits}}")
     if m.kind == "full":
         if m.format not in FORMATS:
             bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")

@@ -19,21 +19,15 @@ once, so every refcount is 1 and the refcount blocks are written in one go at
 the end, sized so that they also count themselves and the table.  Memory: one
 L2 table, the L1 table (8 bytes per 512 MiB) and the writer's buffers.
 
-The reader accepts what restore needs: versions 2 and 3, any cluster size QEMU
-accepts, no backing file, no encryption, no compressed clusters, no external
-data file.  Every table entry is checked against the file before any data is
-used, and a problem is one line naming the file and the offset.
+The reader is ``qcow2_reader``.
 """
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-from ...errors import CorruptBackupError, UsageError
-from ..files import BlockWriter, open_regular
+from ...errors import UsageError
+from ..files import BlockWriter
 from ..granules import Granules
 
 MAGIC = b"QFI\xfb"
@@ -67,7 +61,7 @@ def cluster_bits_for(cluster_size: int) -> int:
     return bits
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -82,7 +76,7 @@ class Qcow2Writer:
         self.cluster_size = cluster_size
         self.l2_bits = self.cluster_bits - 3
         self.l2_entries = 1 << self.l2_bits
-        self.l1_size = _ceil_div(self.virtual_size, cluster_size * self.l2_entries)
+        self.l1_size = ceil_div(self.virtual_size, cluster_size * self.l2_entries)
         self._l1 = [0] * self.l1_size
         self._l2: bytearray | None = None
         self._l2_index = -1
@@ -135,7 +129,7 @@ class Qcow2Writer:
         self._granules.finish()
         self._flush_l2()
         cs = self.cluster_size
-        l1_clusters = max(1, _ceil_div(self.l1_size * 8, cs))
+        l1_clusters = max(1, ceil_div(self.l1_size * 8, cs))
         l1_offset = self._allocate(l1_clusters)
         l1 = bytearray(l1_clusters * cs)
         if self.l1_size:
@@ -148,8 +142,8 @@ class Qcow2Writer:
         blocks = table = 0
         while True:
             total = used + blocks + table
-            need_blocks = _ceil_div(total, per_block)
-            need_table = _ceil_div(need_blocks * 8, cs)
+            need_blocks = ceil_div(total, per_block)
+            need_table = ceil_div(need_blocks * 8, cs)
             if (need_blocks, need_table) == (blocks, table):
                 break
             blocks, table = need_blocks, need_table
@@ -173,230 +167,3 @@ class Qcow2Writer:
         self.out.flush()
         self.file_size = total << self.cluster_bits
         return self.file_size
-
-
-# --- reading ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Header:
-    version: int
-    cluster_bits: int
-    size: int
-    l1_size: int
-    l1_table_offset: int
-    incompatible_features: int
-    refcount_table_offset: int = 0
-    refcount_table_clusters: int = 0
-
-    @property
-    def cluster_size(self) -> int:
-        return 1 << self.cluster_bits
-
-
-class Qcow2Reader:
-    """A QCOW2 file read in guest order; ``validate()`` checks every table without reading data."""
-
-    def __init__(self, path: os.PathLike, expected_size: int | None = None):
-        self.path = path
-        self.fd = open_regular(path)
-        try:
-            self.file_size = os.fstat(self.fd).st_size
-            self.header = self._read_header()
-            if expected_size is not None and self.header.size not in (expected_size, virtual_size(expected_size)):
-                self._fail(f"holds a {self.header.size}-byte image, the manifest says {expected_size}")
-            h = self.header
-            self.cluster_size = h.cluster_size
-            self.l2_bits = h.cluster_bits - 3
-            self.l2_entries = 1 << self.l2_bits
-            self.size = h.size if expected_size is None else expected_size     # exact, also for an odd size
-            self._l1 = self._read_l1()
-            self._l2_cache: tuple[int, tuple[int, ...]] | None = None
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> Qcow2Reader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _fail(self, what: str):
-        raise CorruptBackupError(f"{self.path}: {what}")
-
-    def _pread(self, length: int, offset: int, what: str) -> bytes:
-        data = os.pread(self.fd, length, offset)
-        if len(data) != length:
-            self._fail(f"truncated: {what} at {offset} ends past the end of the file ({self.file_size} bytes)")
-        return data
-
-    def _read_header(self) -> Header:
-        raw = os.pread(self.fd, V3_HEADER_LENGTH, 0)
-        if len(raw) < V2_HEADER_LENGTH or raw[:4] != MAGIC:
-            self._fail("not a QCOW2 file (bad magic or too short)")
-        raw = raw.ljust(V3_HEADER_LENGTH, b"\0")
-        (_magic, version, backing_offset, _backing_size, cluster_bits, size, crypt, l1_size, l1_offset,
-         rt_offset, rt_clusters, _snapshots, _snap_offset, incompatible, _compatible, _autoclear,
-         _refcount_order, header_length) = HEADER.unpack(raw)
-        if version not in (2, 3):
-            self._fail(f"QCOW2 version {version} is not supported (2 or 3)")
-        if version == 3 and header_length < V3_HEADER_LENGTH:
-            self._fail(f"header length {header_length} is too short for version 3")
-        if not 9 <= cluster_bits <= MAX_CLUSTER_BITS:
-            self._fail(f"invalid cluster_bits {cluster_bits}")
-        if backing_offset:
-            self._fail("has a backing file: restore needs a self-contained image")
-        if crypt:
-            self._fail("is encrypted: not supported")
-        if version == 3:
-            if incompatible & INCOMPATIBLE_CORRUPT:
-                self._fail("is marked corrupt by QEMU")
-            unknown = incompatible & ~INCOMPATIBLE_DIRTY
-            if unknown:
-                self._fail(f"uses incompatible features {unknown:#x} (external data file, extended L2, "
-                           f"compression type…): not supported")
-        else:
-            incompatible = 0
-        cluster_size = 1 << cluster_bits
-        per_l1 = cluster_size * (cluster_size // 8)
-        if l1_size < _ceil_div(size, per_l1):
-            self._fail(f"L1 table of {l1_size} entries cannot map {size} bytes")
-        if l1_size and (l1_offset % cluster_size or l1_offset == 0):
-            self._fail(f"L1 table offset {l1_offset} is not cluster-aligned")
-        if not rt_clusters or rt_offset % cluster_size or rt_offset + rt_clusters * cluster_size > self.file_size:
-            self._fail(f"truncated or corrupt: the refcount table ({rt_clusters} clusters at {rt_offset}) is not "
-                       f"inside the file ({self.file_size} bytes)")
-        return Header(version, cluster_bits, size, l1_size, l1_offset, incompatible, rt_offset, rt_clusters)
-
-    def _read_l1(self) -> tuple[int, ...]:
-        needed = _ceil_div(self.size, self.cluster_size * self.l2_entries)
-        if not needed:
-            return ()
-        raw = self._pread(needed * 8, self.header.l1_table_offset, "the L1 table")
-        l1 = struct.unpack(f">{needed}Q", raw)
-        for index, entry in enumerate(l1):
-            offset = entry & OFFSET_MASK
-            if entry & ~(OFFSET_MASK | COPIED):
-                self._fail(f"L1 entry {index} has reserved bits set ({entry:#x})")
-            if offset and (offset % self.cluster_size or offset + self.cluster_size > self.file_size):
-                self._fail(f"truncated or corrupt: L1 entry {index} points to {offset}, outside the file "
-                           f"({self.file_size} bytes)")
-        return l1
-
-    def _l2(self, index: int) -> tuple[int, ...] | None:
-        """L2 table ``index``, validated; None when unallocated."""
-        if self._l2_cache and self._l2_cache[0] == index:
-            return self._l2_cache[1]
-        offset = self._l1[index] & OFFSET_MASK
-        if not offset:
-            return None
-        raw = self._pread(self.cluster_size, offset, f"L2 table {index}")
-        table = struct.unpack(f">{self.l2_entries}Q", raw)
-        first_guest = index << self.l2_bits
-        for k, entry in enumerate(table):
-            if not entry:
-                continue
-            guest = (first_guest + k) << self.header.cluster_bits
-            if guest >= self.size:
-                if entry & ~COPIED & OFFSET_MASK:
-                    self._fail(f"L2 table {index} maps a cluster beyond the image size")
-                continue
-            if entry & COMPRESSED:
-                self._fail(f"compressed cluster at guest offset {guest}: not supported")
-            host = entry & OFFSET_MASK
-            if entry & ~(OFFSET_MASK | COPIED | ZERO_FLAG):
-                self._fail(f"L2 entry for guest offset {guest} has reserved bits set ({entry:#x})")
-            if host:
-                needed = min(self.cluster_size, self.size - guest)
-                if host % self.cluster_size:
-                    self._fail(f"data cluster for guest offset {guest} at {host} is not cluster-aligned")
-                if host + needed > self.file_size:
-                    self._fail(f"truncated: the data cluster for guest offset {guest} lies at {host}, past the "
-                               f"end of the file ({self.file_size} bytes)")
-        self._l2_cache = (index, table)
-        return table
-
-    def _check_refcount_blocks(self) -> None:
-        """Every refcount block the table names lies inside the file (a cut-off tail shows here)."""
-        h = self.header
-        count = h.refcount_table_clusters * self.cluster_size // 8
-        table = struct.unpack(f">{count}Q", self._pread(count * 8, h.refcount_table_offset, "the refcount table"))
-        for index, entry in enumerate(table):
-            if entry and (entry % self.cluster_size or entry + self.cluster_size > self.file_size):
-                self._fail(f"truncated or corrupt: refcount block {index} at {entry} is not inside the file "
-                           f"({self.file_size} bytes)")
-
-    def validate(self) -> int:
-        """Check every table (L1, L2, refcount); return the number of data clusters."""
-        self._check_refcount_blocks()
-        clusters = 0
-        for index in range(len(self._l1)):
-            table = self._l2(index)
-            if table:
-                clusters += sum(1 for e in table if e & OFFSET_MASK)
-        return clusters
-
-    def allocated(self, offset: int, length: int) -> Iterator[tuple[int, int, int | None]]:
-        """``(guest_offset, length, host_offset)`` runs in the range with data (host None: zero clusters)."""
-        cs = self.cluster_size
-        end = min(offset + length, self.size)
-        guest = offset - offset % cs
-        run: list | None = None
-        while guest < end:
-            index = guest >> self.header.cluster_bits
-            table = self._l2(index >> self.l2_bits)
-            entry = table[index & (self.l2_entries - 1)] if table else 0
-            host = entry & OFFSET_MASK
-            length_here = min(cs, self.size - guest)
-            if host or entry & ZERO_FLAG:
-                host_value = host or None
-                if run and run[2] is not None and host_value is not None and run[0] + run[1] == guest \
-                        and run[2] + run[1] == host_value:
-                    run[1] += length_here
-                elif run and run[2] is None and host_value is None and run[0] + run[1] == guest:
-                    run[1] += length_here
-                else:
-                    if run:
-                        yield tuple(run)
-                    run = [guest, length_here, host_value]
-            guest += cs
-        if run:
-            yield tuple(run)
-
-    def chunks(self, chunk: int = 4 << 20) -> Iterator[tuple[int, bytes | bytearray]]:
-        """``(offset, data)`` for each ``chunk``-aligned piece of the image holding data, in order.
-
-        Ranges whose L1 entry is empty are skipped without looking at them.
-        """
-        per_l2 = self.cluster_size * self.l2_entries
-        offset = 0
-        while offset < self.size:
-            if not self._l1[offset // per_l2] & OFFSET_MASK and per_l2 >= chunk:
-                offset = (offset // per_l2 + 1) * per_l2
-                continue
-            length = min(chunk, self.size - offset)
-            data = self.read_chunk(offset, length)
-            if data is not None:
-                yield offset, data
-            offset += length
-
-    def read_chunk(self, offset: int, length: int) -> bytes | bytearray | None:
-        """The guest bytes ``[offset, offset+length)``; None when no cluster in the range holds data."""
-        buf = None
-        for guest, run_length, host in self.allocated(offset, length):
-            if host is None:
-                continue
-            if buf is None:
-                buf = bytearray(length)
-            start = max(guest, offset)
-            stop = min(guest + run_length, offset + length)
-            want = stop - start
-            got = os.preadv(self.fd, [memoryview(buf)[start - offset:stop - offset]], host + (start - guest))
-            if got != want:
-                self._fail(f"truncated: data for guest offset {start} ends past the end of the file")
-        return buf

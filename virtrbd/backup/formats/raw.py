@@ -28,6 +28,7 @@ class RawWriter:
         self.out = out
         self.size = size
         os.ftruncate(out.fd, size)
+        out.crc.limit = size                      # the last block's padding is cut off by finish()
         self._granules = Granules(BLOCK, self._emit)
 
     def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
