@@ -80,7 +80,7 @@ def test_restore_with_a_manifest_that_does_not_match(make_full, conf):
                           "should be 1048577 bytes")
 
 
-def test_verify_judges_the_file_not_only_its_content(make_full):
+def test_verify_refuses_refcounts_qemu_would_refuse(make_full):
     """A refcount block's byte means nothing to the content, everything to QEMU: verify refuses it."""
     backup = make_full(os.urandom(256 << 10), None, fmt="qcow2")
     with open(backup.path, "r+b") as f:
@@ -90,6 +90,15 @@ def test_verify_judges_the_file_not_only_its_content(make_full):
         block = int.from_bytes(f.read(8), "big")           # the first refcount block
         f.seek(block + (64 << 10) - 2)
         f.write(b"\x00\x01")                               # a cluster no one uses, counted as used
+    assert_one_line_error(virtrbd("verify", str(backup.path)), 1, "has refcount 1 but 0 users")
+
+
+def test_verify_judges_the_file_not_only_its_content(make_full):
+    """A byte after the header's end marker: QEMU and virtrbd's reader ignore it, the file checksum does not."""
+    backup = make_full(os.urandom(256 << 10), None, fmt="qcow2")
+    with open(backup.path, "r+b") as f:
+        f.seek(4000)
+        f.write(b"\x01")
     assert_one_line_error(virtrbd("verify", str(backup.path)), 1, "checksum mismatch", "file's bytes")
 
 

@@ -234,6 +234,10 @@ def _check(m: Manifest, bad) -> None:
                                         or not is_lower_hex(m.file_checksum.get("value"), 8)
                                         or set(m.file_checksum) != {"algorithm", "value"}):
         bad(f"file_checksum should be {{'algorithm': {FILE_ALGORITHM!r}, 'value': 8 lowercase hex digits}}")
+    if m.format != "qcow2" and m.cluster_size is not None:
+        bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
+    if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):
+        bad(f"cluster_size {m.cluster_size} is not a power of two of at least 512")
     if m.kind == "full":
         if m.format not in FORMATS:
             bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")

@@ -27,12 +27,21 @@ from .qcow2 import (
     MAGIC,
     MAX_CLUSTER_BITS,
     OFFSET_MASK,
+    REFCOUNT_ORDER,
     V2_HEADER_LENGTH,
     V3_HEADER_LENGTH,
     ZERO_FLAG,
     ceil_div,
     virtual_size,
 )
+from .qcow2_check import check_extensions, check_refcounts
+
+MAX_L1_ENTRIES = (32 << 20) // 8         # QEMU refuses a larger active L1 table ("Active L1 table too large")
+
+
+def raw_byte(fd: int, offset: int) -> int:
+    data = os.pread(fd, 1, offset)
+    return data[0] if data else 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Header:
     incompatible_features: int
     refcount_table_offset: int = 0
     refcount_table_clusters: int = 0
+    header_length: int = V2_HEADER_LENGTH
 
     @property
     def cluster_size(self) -> int:
@@ -99,8 +109,8 @@ class Qcow2Reader:
             self._fail("not a QCOW2 file (bad magic or too short)")
         raw = raw.ljust(V3_HEADER_LENGTH, b"\0")
         (_magic, version, backing_offset, _backing_size, cluster_bits, size, crypt, l1_size, l1_offset,
-         rt_offset, rt_clusters, _snapshots, _snap_offset, incompatible, _compatible, _autoclear,
-         _refcount_order, header_length) = HEADER.unpack(raw)
+         rt_offset, rt_clusters, snapshots, snapshots_offset, incompatible, _compatible, autoclear,
+         refcount_order, header_length) = HEADER.unpack(raw)
         if version not in (2, 3):
             self._fail(f"QCOW2 version {version} is not supported (2 or 3)")
         if version == 3 and header_length < V3_HEADER_LENGTH:
@@ -111,6 +121,10 @@ class Qcow2Reader:
             self._fail("has a backing file: restore needs a self-contained image")
         if crypt:
             self._fail("is encrypted: not supported")
+        if snapshots or snapshots_offset:
+            self._fail(f"has internal snapshots ({snapshots}, table at {snapshots_offset}): not supported")
+        if l1_size > MAX_L1_ENTRIES:
+            self._fail(f"its L1 table of {l1_size} entries is larger than QEMU accepts ({MAX_L1_ENTRIES})")
         if version == 3:
             if incompatible & INCOMPATIBLE_CORRUPT:
                 self._fail("is marked corrupt by QEMU")
@@ -118,8 +132,17 @@ class Qcow2Reader:
             if unknown:
                 self._fail(f"uses incompatible features {unknown:#x} (external data file, extended L2, "
                            f"compression type…): not supported")
+            if autoclear:
+                self._fail(f"uses autoclear features {autoclear:#x} (bitmaps, a raw external data file): "
+                           f"not supported")
+            if refcount_order != REFCOUNT_ORDER:
+                self._fail(f"refcount order {refcount_order}: only {REFCOUNT_ORDER} (16-bit refcounts) is supported")
+            if header_length % 8 or header_length > 1 << cluster_bits:
+                self._fail(f"header length {header_length} is not a multiple of 8 inside the first cluster")
+            if header_length > V3_HEADER_LENGTH and raw_byte(self.fd, V3_HEADER_LENGTH):
+                self._fail("uses a compression type other than zlib: not supported")
         else:
-            incompatible = 0
+            incompatible, header_length = 0, V2_HEADER_LENGTH
         cluster_size = 1 << cluster_bits
         per_l1 = cluster_size * (cluster_size // 8)
         if l1_size < ceil_div(size, per_l1):
@@ -129,14 +152,21 @@ class Qcow2Reader:
         if not rt_clusters or rt_offset % cluster_size or rt_offset + rt_clusters * cluster_size > self.file_size:
             self._fail(f"truncated or corrupt: the refcount table ({rt_clusters} clusters at {rt_offset}) is not "
                        f"inside the file ({self.file_size} bytes)")
-        return Header(version, cluster_bits, size, l1_size, l1_offset, incompatible, rt_offset, rt_clusters)
+        check_extensions(self._pread(cluster_size, 0, "the first cluster"), header_length, self._fail)
+        return Header(version, cluster_bits, size, l1_size, l1_offset, incompatible, rt_offset, rt_clusters,
+                      header_length)
 
     def _read_l1(self) -> tuple[int, ...]:
+        """The L1 entries that map the image; any beyond them (QEMU reads all l1_size) must be empty."""
         needed = ceil_div(self.size, self.cluster_size * self.l2_entries)
-        if not needed:
+        count = self.header.l1_size
+        if not count:
             return ()
-        raw = self._pread(needed * 8, self.header.l1_table_offset, "the L1 table")
-        l1 = struct.unpack(f">{needed}Q", raw)
+        raw = self._pread(count * 8, self.header.l1_table_offset, "the L1 table")
+        whole = struct.unpack(f">{count}Q", raw)
+        if any(whole[needed:]):
+            self._fail(f"L1 entries past the image's {needed} are in use")
+        l1 = whole[:needed]
         for index, entry in enumerate(l1):
             offset = entry & OFFSET_MASK
             if entry & ~(OFFSET_MASK | COPIED):
@@ -156,19 +186,20 @@ class Qcow2Reader:
         raw = self._pread(self.cluster_size, offset, f"L2 table {index}")
         table = struct.unpack(f">{self.l2_entries}Q", raw)
         first_guest = index << self.l2_bits
+        allowed = OFFSET_MASK | COPIED | (ZERO_FLAG if self.header.version >= 3 else 0)
         for k, entry in enumerate(table):
             if not entry:
                 continue
             guest = (first_guest + k) << self.header.cluster_bits
-            if guest >= self.size:
-                if entry & ~COPIED & OFFSET_MASK:
-                    self._fail(f"L2 table {index} maps a cluster beyond the image size")
-                continue
             if entry & COMPRESSED:
                 self._fail(f"compressed cluster at guest offset {guest}: not supported")
-            host = entry & OFFSET_MASK
-            if entry & ~(OFFSET_MASK | COPIED | ZERO_FLAG):
+            if entry & ~allowed:
                 self._fail(f"L2 entry for guest offset {guest} has reserved bits set ({entry:#x})")
+            if guest >= self.size:
+                if entry & ~COPIED:
+                    self._fail(f"L2 table {index} maps a cluster beyond the image size")
+                continue
+            host = entry & OFFSET_MASK
             if host:
                 needed = min(self.cluster_size, self.size - guest)
                 if host % self.cluster_size:
@@ -179,8 +210,8 @@ class Qcow2Reader:
         self._l2_cache = (index, table)
         return table
 
-    def _check_refcount_blocks(self) -> None:
-        """Every refcount block the table names lies inside the file (a cut-off tail shows here)."""
+    def refcount_table(self) -> tuple[int, ...]:
+        """The refcount table: where each refcount block lies (0: none), each checked to be inside the file."""
         h = self.header
         count = h.refcount_table_clusters * self.cluster_size // 8
         table = struct.unpack(f">{count}Q", self._pread(count * 8, h.refcount_table_offset, "the refcount table"))
@@ -188,16 +219,18 @@ class Qcow2Reader:
             if entry and (entry % self.cluster_size or entry + self.cluster_size > self.file_size):
                 self._fail(f"truncated or corrupt: refcount block {index} at {entry} is not inside the file "
                            f"({self.file_size} bytes)")
+        return table
 
     def validate(self) -> int:
-        """Check every table (L1, L2, refcount); return the number of data clusters."""
-        self._check_refcount_blocks()
-        clusters = 0
-        for index in range(len(self._l1)):
+        """Check every table and every refcount as ``qemu-img check`` would; return the number of data clusters."""
+        l2_offsets, data_offsets = [], []
+        for index, entry in enumerate(self._l1):
             table = self._l2(index)
             if table:
-                clusters += sum(1 for e in table if e & OFFSET_MASK)
-        return clusters
+                l2_offsets.append((entry, entry & OFFSET_MASK))
+                data_offsets += [(e, e & OFFSET_MASK) for e in table if e & OFFSET_MASK]
+        check_refcounts(self, l2_offsets, data_offsets)
+        return len(data_offsets)
 
     def allocated(self, offset: int, length: int) -> Iterator[tuple[int, int, int | None]]:
         """``(guest_offset, length, host_offset)`` runs in the range with data (host None: zero clusters)."""
