@@ -28,6 +28,7 @@ import libvirt
 import pytest
 
 from virtrbd import Storage, config, errors, hook_install
+from virtrbd.backup import leftovers
 from virtrbd.lab import CephSpec, Lab, faults
 from virtrbd.lab.domains import domain_xml, remove_domain, wait_for_reads
 
@@ -175,6 +176,67 @@ def test_osds_killed_during_a_backup_leave_no_file_and_a_rerun_succeeds(fault_la
     assert left == [], f"left behind: {left}"
     assert rerun.code == 0, rerun.err
     assert same
+
+
+def _sigterm_when_blocked(process: subprocess.Popen, flab) -> tuple[float, str]:
+    """Kill every OSD, let the command block on them, send one SIGTERM; (seconds until it ended, its stderr)."""
+    kill_all_osds(flab)
+    time.sleep(1.5)
+    assert process.poll() is None, f"ended before it could be interrupted: {process.communicate()}"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"still running 30 s after SIGTERM: {process.communicate()}") from None
+    return time.monotonic() - sent, err
+
+
+def test_one_sigterm_ends_a_backup_and_a_restore_blocked_on_dead_osds_within_a_second(fault_lab, everything_back,
+                                                                                      tmp_path):
+    """What systemd's stop or an agent's cancel does: one SIGTERM, then a second's wait."""
+    flab, conf, steady = fault_lab
+    tag = uuid.uuid4().hex[:6]
+    with Storage(steady) as storage:
+        fill(storage, f"t{tag}", 512 * MiB, 300 * MiB)
+        storage.create_snapshot(f"t{tag}@s")
+    full = tmp_path / "full"
+    full.mkdir()
+    assert cli(steady, "backup", f"t{tag}@s", str(full)).code == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    backup = subprocess.Popen([sys.executable, "-m", "virtrbd", "--config", str(conf.path), "backup", f"t{tag}@s",
+                               str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_file(dest, backup)
+    backup_seconds, backup_err = _sigterm_when_blocked(backup, flab)
+    backup_left = sorted(p.name for p in dest.iterdir())
+    start_all_osds(flab)
+
+    restore = subprocess.Popen([sys.executable, "-m", "virtrbd", "--config", str(conf.path), "restore",
+                                str(next(full.glob("*.raw"))), f"t{tag}-r"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)                                           # writing by now: 300 MiB take longer
+    restore_seconds, restore_err = _sigterm_when_blocked(restore, flab)
+    start_all_osds(flab)
+    with Storage(steady) as storage:
+        temps = [n for n in storage.list_images() if leftovers.is_temp_image(n)]
+        deadline = time.monotonic() + 120                     # the killed client's watch expires first
+        while any(leftovers.in_use(storage.cluster, "rbd", n) for n in temps) and time.monotonic() < deadline:
+            time.sleep(2)
+        rerun = cli(steady, "restore", str(next(full.glob("*.raw"))), f"t{tag}-r")
+        after = [n for n in storage.list_images() if leftovers.is_temp_image(n)]
+    ended = (backup_seconds < 1.0 and restore_seconds < 1.0 and backup_left == [] and rerun.code == 0
+             and after == [])
+    LEDGER.fault("one SIGTERM to a backup and a restore blocked on dead OSDs: ended within 1 s, nothing left",
+                 ended)
+    assert backup_seconds < 1.0 and backup.returncode == 130, (backup_seconds, backup.returncode, backup_err)
+    assert len(backup_err.splitlines()) == 1 and backup_err.startswith("virtrbd: interrupted"), backup_err
+    assert backup_left == [], f"left behind: {backup_left}"
+    assert restore_seconds < 1.0 and restore.returncode == 130, (restore_seconds, restore.returncode, restore_err)
+    assert len(restore_err.splitlines()) == 1 and restore_err.startswith("virtrbd: interrupted"), restore_err
+    assert all(name in restore_err for name in temps), (temps, restore_err)   # named, for the operator
+    assert rerun.code == 0 and after == [], (rerun.err, after)
 
 
 def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -> None:

@@ -38,6 +38,7 @@ import stat
 import threading
 from pathlib import Path
 
+from .. import exits
 from ..errors import BackupError, CorruptBackupError
 from .file_crc import FileCRC
 from .stream import BLOCK, POLL, MiB, check_cancel
@@ -193,6 +194,7 @@ class AtomicFile:
             raise BackupError(f"{self.temp}: cannot create ({(exc.strerror or str(exc)).lower()})") from None
         os.fchmod(self.fd, FILE_MODE)      # whatever the umask
         self._open = True
+        self._exit_token = exits.remove_at_forced_exit(self.temp)
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -204,6 +206,7 @@ class AtomicFile:
             _drop_cache(self.fd)
         self._close()
         publish(self.temp, self.final)
+        exits.forget(self._exit_token)
 
     def abort(self) -> None:
         self._close()
@@ -211,6 +214,7 @@ class AtomicFile:
             os.unlink(self.temp)
         except FileNotFoundError:
             pass
+        exits.forget(self._exit_token)
 
     def _close(self) -> None:
         if self._open:

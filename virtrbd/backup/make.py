@@ -19,7 +19,7 @@ from typing import cast
 
 import google_crc32c
 
-from .. import __version__
+from .. import __version__, exits
 from ..ceph import Cluster
 from ..errors import BackupError, NotFoundError, UsageError
 from ..progress import Progress
@@ -123,6 +123,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
 def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, started: float,
             progress: Progress | None) -> BackupResult:
     """Publish the manifest (the commit point of a backup); without it the data file goes too."""
+    token = exits.remove_at_forced_exit(final)
     try:
         manifest.stats["seconds"] = round(time.monotonic() - started, 3)
         manifest_file = manifest.save(final)
@@ -133,6 +134,8 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
         except FileNotFoundError:
             pass
         raise
+    finally:
+        exits.forget(token)
     if progress:
         progress(manifest.size, manifest.size)
     return BackupResult(path=final, manifest=manifest_file, kind=manifest.kind, format=manifest.format,

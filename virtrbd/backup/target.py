@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from .. import exits
 from ..ceph import Cluster, RbdImage, translated
 from ..errors import AlreadyExistsError, BackupError, BusyError, HasSnapshotsError, VirtrbdError
 from ..spec import ImageSpec
@@ -80,6 +81,8 @@ class RestoreTarget:
     @contextmanager
     def building(self) -> Iterator[RbdImage]:
         """The temporary image, made and open; removed again on any failure before ``publish``."""
+        note = exits.note_at_forced_exit(f"the temporary image {self.what} (the next restore into "
+                                         f"{self.spec.pool} removes it)")
         try:
             self._create()
             with self.cluster.image(self.spec.pool, self.temp) as image:
@@ -91,6 +94,8 @@ class RestoreTarget:
                 except VirtrbdError as exc:
                     log.warning("could not remove the partial image %s: %s", self.what, exc)
             raise
+        finally:
+            exits.forget(note)
 
     def _create(self) -> None:
         base = self.plan.links[0]

@@ -10,15 +10,13 @@ Progress, with rate and ETA, is drawn on stderr only when it is a terminal.
 from __future__ import annotations
 
 import dataclasses
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..units import format_size
 from .common import emit_json, open_storage, size_arg
 from .progress import terminal_progress
+from .signals import cooperative
 
 
 def add_parser(subparsers) -> None:
@@ -71,7 +69,7 @@ def cmd_backup(args) -> int:
     storage = Storage(args.config)
     plan = plan_backup(storage, args.snapshot, args.dest, format=args.format, since=args.since,
                        cluster_size=args.cluster_size)
-    with storage, interruptible():
+    with storage, cooperative():
         result = backup(storage, plan, progress=terminal_progress(f"backup {plan.spec}"))
     if args.json:
         emit_json(_summary(result, rate_bytes_per_s=round(result.rate)))
@@ -88,7 +86,7 @@ def cmd_restore(args) -> int:
     storage, target = open_storage(args, args.target, snapshot=False,
                                    ceph_options=RESTORE_CONFIG)     # this process only restores
     plan = plan_restore(args.src)
-    with storage, interruptible():
+    with storage, cooperative():
         result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
                          progress=terminal_progress(f"restore {target}"))
     if args.json:
@@ -105,14 +103,14 @@ def cmd_verify(args) -> int:
     from ..backup import verify
     progress = terminal_progress(f"verify {Path(args.src).name}")
     if args.against is None:
-        with interruptible():
+        with cooperative():
             result = verify(args.src, progress=progress)
     else:
         bound_memory()
         storage, against = open_storage(args, args.against, snapshot=True)
         from ..backup.formats import manifest
         manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
-        with storage, interruptible():
+        with storage, cooperative():
             result = verify(args.src, against=against, storage=storage, progress=progress)
     if args.json:
         emit_json(_summary(result))
@@ -160,21 +158,3 @@ def peak_rss() -> int | None:
     return None
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP ask the operation to stop at its next safe point; it cleans up (temp
-    file, temp image) and the command exits 130.  A second signal interrupts at once."""
-    from ..backup.stream import CANCEL
-
-    def stop(signum, _frame):
-        if CANCEL.is_set():
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-        CANCEL.set()
-
-    CANCEL.clear()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

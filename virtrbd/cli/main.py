@@ -14,6 +14,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError, VirtrbdError
+from . import signals
 from .common import Parser, divert_native_stderr
 
 log = logging.getLogger("virtrbd")
@@ -80,7 +81,9 @@ def run() -> None:
     the Ceph connection is closed by then, and the standard streams are
     flushed at exit whatever the collector does.
     """
+    signals.install()
     code = main()
+    signals.said_last_line(code)
     gc.freeze()
     sys.exit(code)
 
@@ -96,23 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=level, stream=sys.stderr, format="virtrbd: %(message)s")
         return args.func(args) or 0
     except UsageError as exc:
-        print(f"virtrbd: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _last_line(str(exc), exc.exit_code)
     except VirtrbdError as exc:
         log.debug("failure", exc_info=True)
-        print(f"virtrbd: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _last_line(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("virtrbd: interrupted", file=sys.stderr)
-        return 130
+        return _last_line("interrupted", signals.EXIT_CODE)
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line, details with --debug
         if args is not None and args.debug:
             raise
-        print(f"virtrbd: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-              file=sys.stderr)
-        return 1
+        return _last_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", 1)
+
+
+def _last_line(text: str, code: int) -> int:
+    """The command's one line on stderr; the signal watcher then adds none of its own."""
+    signals.said_last_line(code)
+    print(f"virtrbd: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
