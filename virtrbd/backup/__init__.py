@@ -38,6 +38,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
+from .catalog import Entry, catalog
 from .formats import manifest as manifests
 from .formats.manifest import DIFF_FORMAT, FORMATS, Manifest
 from .formats.qcow2 import DEFAULT_CLUSTER_SIZE, cluster_bits_for
@@ -48,7 +49,8 @@ from .stream import Cancelled, cancel, cancellable
 from .verify import run_verify
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
-           "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT"]
+           "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT",
+           "catalog", "Entry"]
 
 
 def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, format: str | None = None,

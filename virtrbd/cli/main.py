@@ -32,6 +32,7 @@ COMMAND_MODULES = {
     "xml_cmd": ("xml",),
     "hook_cmd": ("hook",),
     "backup_cmd": ("backup", "restore", "verify"),
+    "backups_cmd": ("backups",),
 }
 
 

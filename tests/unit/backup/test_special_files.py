@@ -49,17 +49,22 @@ def put_special(path: Path, kind: str, via_symlink: bool) -> None:
 @pytest.mark.parametrize("via_symlink", [False, True], ids=["in place", "symlink"])
 @pytest.mark.parametrize("kind", SPECIAL)
 @pytest.mark.parametrize("which", ["data", "manifest"])
-@pytest.mark.parametrize("command", ["verify", "restore"])
+@pytest.mark.parametrize("command", ["verify", "restore", "backups ls"])
 def test_a_special_file_is_one_line_within_a_second(make_full, tmp_path, command, which, kind, via_symlink):
     backup = make_full(os.urandom(64 << 10), None, fmt="raw")
     put_special(backup.path if which == "data" else backup.manifest, kind, via_symlink)
     conf = tmp_path / "c.conf"
     conf.write_text("[ceph]\nmonitors = 192.0.2.1:3300\nclient_id = virt\nkeyring = /nonexistent\n")
-    args = ["verify", str(backup.manifest)] if command == "verify" else ["restore", str(backup.manifest), "rbd/x"]
+    args = {"verify": ["verify", str(backup.manifest)], "restore": ["restore", str(backup.manifest), "rbd/x"],
+            "backups ls": ["backups", "ls", str(backup.path.parent)]}[command]
     started = time.monotonic()
     result = virtrbd("--config", str(conf), *args, timeout=20)
     assert time.monotonic() - started < 3            # an interpreter's start included; the work itself is instant
-    assert_one_line_error(result, 1, WORDS[kind])
+    if command == "backups ls":                      # the listing names it; the last line says it is broken
+        assert_one_line_error(result, 1, ": 1 of ", "entries are broken: rbd~img~s1.raw")
+        assert WORDS[kind] in result.out
+    else:
+        assert_one_line_error(result, 1, WORDS[kind])
 
 
 def test_a_symlink_to_a_regular_file_is_read(make_full):
