@@ -9,6 +9,12 @@ the whole session.  Here it ends one child: the batch runs in one, the judge
 and the rerun in another, so that a batch the abort killed is judged as the
 crashed client it is.
 
+librbd was also seen to hang for good in ``rbd_clone3`` once every OSD was
+gone, past every Ceph timeout (a gdb backtrace: the call blocked at 0 CPU-s
+for the test's whole 600 s).  A batch whose worker is still in librbd two
+minutes after the kill records that and ends its process with ``HUNG``: a hung
+client is judged as the crashed one it amounts to, and said.
+
 ``python -m tests.integration.fault_clients SCENARIO LAB_ROOT QUICK_CONF STEADY_CONF STATE [die]``
 ``clones-batch`` records its plan and, if it lives, its outcome in the STATE
 file (``die``: it aborts right after killing the OSDs); ``clones-judge``
@@ -32,6 +38,8 @@ from virtrbd.lab.domains import BOOT_SECTOR
 
 MiB = 1 << 20
 OSDS = ["osd.0", "osd.1", "osd.2"]
+HUNG = 70                    # the batch's exit code when librbd never returned
+HANG_AFTER = 120             # seconds after the kill that a clone call still running counts as hung
 
 
 def kill_all_osds(flab: Lab) -> None:
@@ -79,7 +87,11 @@ def clones_batch(flab: Lab, quick: config.Config, state: Path, *, die: bool = Fa
         if die:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))    # no core file in the checkout
             os.abort()
-        worker.join(timeout=120)
+        worker.join(timeout=HANG_AFTER)
+        if worker.is_alive():        # closing the connection would wait for the hung call: end here
+            sys.stderr.write(f"the clone batch's worker was still in librbd {HANG_AFTER} s after the kill\n")
+            sys.stderr.flush()
+            os._exit(HUNG)
     _write(state, {"golden": golden, "children": children, "error": outcome.get("error")})
 
 
