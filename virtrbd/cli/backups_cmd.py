@@ -21,6 +21,16 @@ def add_parser(subparsers) -> None:
     ls.add_argument("--json", action="store_true", help="print a JSON list")
     ls.set_defaults(func=cmd_ls)
 
+    rm = actions.add_parser(
+        "rm", help="remove a backup; refused while others are built on it",
+        description="Remove the backup FILE (its data file or manifest).  Refused, with their names, while "
+                    "incrementals are built on it; --force removes those too, newest first, so no chain is left "
+                    "with a hole.  The manifest goes first: a removal cut short leaves only a data file without "
+                    "manifest, which running it again takes away.")
+    rm.add_argument("file", metavar="FILE")
+    rm.add_argument("--force", action="store_true", help="also remove the backups built on it")
+    rm.set_defaults(func=cmd_rm)
+
 
 def cmd_ls(args) -> int:
     from ..backup.catalog import PROBLEMS, catalog
@@ -35,6 +45,14 @@ def cmd_ls(args) -> int:
     if broken:
         raise BackupError(f"{args.directory}: {len(broken)} of {len(entries)} entries are broken: "
                           f"{', '.join(e.file for e in broken[:3])}{' …' if len(broken) > 3 else ''}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from ..backup.pruning import remove
+
+    for file in remove(args.file, force=args.force).files:
+        print(f"removed {file}")
     return 0
 
 

@@ -80,3 +80,26 @@ def test_a_directory_that_is_not_one_is_one_line_at_once(tmp_path, make):
     assert time.monotonic() - started < 3
     with pytest.raises(BackupError, match="not a directory"):
         catalog(tmp_path / "dir")
+
+
+def test_rm_refuses_a_backup_others_are_built_on_and_force_takes_them_newest_first(chain, tmp_path):
+    full, inc1, inc2 = chain
+    refused = virtrbd("backups", "rm", str(full.path))
+    assert_one_line_error(refused, 1, "2 backup(s) are built on it", inc1.path.name, inc2.path.name)
+    assert full.path.exists() and full.manifest.exists()
+    result = virtrbd("backups", "rm", str(inc1.manifest), "--force")
+    assert result.code == 0 and result.out.splitlines() == [f"removed {inc2.path.name}", f"removed {inc1.path.name}"]
+    assert [e.file for e in catalog(tmp_path)] == [full.path.name] and catalog(tmp_path)[0].status == "ok"
+    assert virtrbd("backups", "rm", str(full.path)).code == 0 and catalog(tmp_path) == []
+
+
+def test_rm_takes_away_what_a_cut_short_removal_left_and_refuses_what_it_cannot_vouch_for(chain, tmp_path):
+    full, inc1, inc2 = chain
+    inc2.manifest.unlink()                                    # a removal cut short after the commit point
+    assert virtrbd("backups", "rm", str(inc2.path)).code == 0 and not inc2.path.exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(virtrbd("backups", "rm", str(tmp_path / "notes.txt")), 1, "not a backup")
+    full.manifest.write_text("{")
+    assert_one_line_error(virtrbd("backups", "rm", str(full.path)), 1, "broken", "remove it by hand")
+    assert_one_line_error(virtrbd("backups", "rm", str(tmp_path / "nothing.raw")), 1, "no such backup")
+    assert (tmp_path / "notes.txt").exists() and full.path.exists()
