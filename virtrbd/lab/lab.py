@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import config as config_module
 from ..errors import LabError, VirtrbdError
 from ..probe import listening
-from . import diagnosis, libvirt_side, processes
+from . import diagnosis, libvirt_side, ports, processes
 from .ceph_cluster import CephCluster, CephSpec
 from .guest import accelerator_said
 
@@ -125,6 +125,8 @@ class Lab:
         with_libvirt = with_libvirt or libvirt_patched is not None
         if libvirt_patched:
             libvirt_side.built_module()          # a missing build fails before anything changes
+        ports.reserve(*ports.LABS)                # every lab's, before any of them binds
+        ports.reserve(spec.port, spec.port + 99)
         with self._locked():
             state = self._read_state()
             if self._only_stopped_on_purpose(state):
