@@ -21,8 +21,10 @@ from .formats import manifest as manifests
 from .formats.manifest import EXTENSIONS, SUFFIX, Manifest
 
 #: an entry's status; only the first is a backup a restore can use
-OK, BROKEN, NO_MANIFEST, BROKEN_CHAIN, UNFINISHED, NOT_A_BACKUP = (
-    "ok", "broken", "no manifest", "broken chain", "unfinished", "not a backup")
+OK, BROKEN, NO_MANIFEST, BROKEN_CHAIN, UNFINISHED, NOT_A_BACKUP, REMOVING = (
+    "ok", "broken", "no manifest", "broken chain", "unfinished", "not a backup", "being removed")
+#: what a removal renames a manifest to before it takes the data file (pruning): its intent, on the disk
+REMOVAL_MARK = ".virtrbd-removing"
 PROBLEMS = (BROKEN, NO_MANIFEST, BROKEN_CHAIN)
 
 
@@ -36,6 +38,7 @@ class Entry:
     image: str | None = None              # POOL/IMAGE
     snapshot: str | None = None
     created: str | None = None
+    time: str | None = None               # the point's time: when the snapshot was taken, else the backup made
     size: int | None = None               # the image's size
     on_disk: int | None = None            # bytes the data file takes on the storage
     parent: str | None = None             # an incremental's parent backup file
@@ -60,10 +63,12 @@ def catalog(directory: os.PathLike | str, image: str | None = None) -> list[Entr
     for name in names:
         if name.endswith(SUFFIX):
             entries.append(_backup(root / name))
+        elif name.startswith(".") and name.endswith(REMOVAL_MARK):
+            entries.append(Entry(name, REMOVING, "a removal that was cut short (the next rm or prune ends it)"))
         elif TEMP_MARK in name:
             entries.append(Entry(name, UNFINISHED, "a backup being written, or one that was killed"))
-        elif name + SUFFIX in present:
-            continue                                  # listed with its manifest
+        elif name + SUFFIX in present or f".{name}{REMOVAL_MARK}" in present:
+            continue                                  # listed with its manifest, or with its removal
         elif Path(name).suffix in EXTENSIONS.values():
             entries.append(Entry(name, NO_MANIFEST, "its manifest is missing (an interrupted backup?)"))
         else:
@@ -89,7 +94,8 @@ def _backup(manifest_path: Path) -> Entry:
     else:
         status, files = OK, [link.file for link in links]
     return Entry(name, status, problem, kind=m.kind, format=m.format, image=m.image, snapshot=m.snapshot,
-                 created=m.created, size=m.size, on_disk=_on_disk(m), parent=(m.parent or {}).get("file"),
+                 created=m.created, time=m.snapshot_time or m.created, size=m.size, on_disk=_on_disk(m),
+                 parent=(m.parent or {}).get("file"),
                  chain=files)
 
 

@@ -114,6 +114,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
                                                     "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
             file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
+            snapshot_time=info.snapshot_time,
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
             stats={"data_bytes": data_bytes, "direct_io": out.direct})
         out.commit()
@@ -224,6 +225,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             checksum={"algorithm": manifests.DIFF_ALGORITHM, "value": raw.sha256.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}", from_snapshot=older,
             file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
+            snapshot_time=info.snapshot_time,
             parent={"file": parent.file, "checksum": parent.checksum["value"]},
             stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records})
         out.commit()

@@ -1,28 +1,64 @@
-"""Taking backups away without breaking a chain: ``virtrbd backups rm``.
+"""Taking backups away without breaking a chain: ``virtrbd backups rm`` and ``backups prune``.
 
-A backup is removed manifest first: the manifest is the commit point, so a
-removal cut short leaves a data file without its manifest, which ``backups ls``
-shows as such and a rerun of the removal takes away.  A backup that others
-need (a full under incrementals, an incremental under later ones) is refused
-with their names; ``force`` takes them away with it, newest first, so no chain
-is ever left with a hole in its middle.
+A removal first renames the backup's manifest to a hidden marker
+(``.<file>.virtrbd-removing``): the backup stops existing at once (the
+manifest is its commit point) and the intent is on the disk.  Then the data
+file goes, then the marker.  A removal cut short at any moment leaves a marker
+that the next ``rm`` or ``prune`` ends, and never a backup that looks whole
+but is not.  Backups are removed newest link first, so a chain is never left
+with a hole in its middle.
+
+``prune`` keeps, per image and by the point's time (when the snapshot was
+taken), what a policy names as Proxmox Backup Server defines its options:
+keep-last, then keep-hourly, -daily, -weekly (ISO weeks), -monthly, -yearly,
+each the newest backup of its last N periods that hold one, not counting
+periods an earlier option already kept a backup in.  Then every backup a kept
+one needs (its chain) is kept too.  Only backups whose chain is whole are
+judged; anything else is left alone and said.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 
 from ..errors import BackupError, NotFoundError
-from .catalog import BROKEN, NOT_A_BACKUP, UNFINISHED, Entry, catalog
+from .catalog import BROKEN, NOT_A_BACKUP, REMOVAL_MARK, UNFINISHED, Entry, catalog
 from .files import fsync_directory
 from .formats.manifest import SUFFIX
+from .retention import Decision, Policy, decide
 
 
 @dataclass(frozen=True)
 class Removed:
     files: list[str]            # the backups taken away, newest first
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    decisions: list[Decision]   # every backup judged: kept (and why) or not
+    removed: list[str]          # what went (nothing with dry_run), newest links first
+    ended: list[str]            # removals a killed run had left, ended first
+    dry_run: bool = False
+
+
+def prune(directory: os.PathLike | str, policy: Policy, *, image: str | None = None, dry_run: bool = False,
+          zone: tzinfo | None = None) -> PruneResult:
+    """Remove what ``policy`` keeps neither itself nor through a chain; ``dry_run`` only says it."""
+    directory = Path(directory)
+    ended = [] if dry_run else finish_removals(directory)
+    entries = catalog(directory, image=image)
+    decisions = decide(entries, policy, zone)
+    links = {e.file: len(e.chain) for e in entries}
+    doomed = sorted((d.file for d in decisions if not d.keep), key=lambda f: links[f], reverse=True)
+    if not dry_run:
+        for file in doomed:
+            _remove_one(directory, file)
+        if doomed:
+            fsync_directory(directory)
+    return PruneResult(decisions, [] if dry_run else doomed, ended, dry_run)
 
 
 def dependents(entries: list[Entry], name: str) -> list[str]:
@@ -43,6 +79,7 @@ def remove(path: os.PathLike | str, *, force: bool = False) -> Removed:
     path = Path(path)
     name = path.name[:-len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
     directory = path.parent
+    finish_removals(directory)
     entries = catalog(directory)
     entry = next((e for e in entries if e.file == name), None)
     if entry is None:
@@ -62,11 +99,33 @@ def remove(path: os.PathLike | str, *, force: bool = False) -> Removed:
     return Removed(removed)
 
 
+def finish_removals(directory: Path) -> list[str]:
+    """End the removals a killed ``rm`` or ``prune`` left (their markers); the backups ended."""
+    ended = []
+    for marker in sorted(directory.glob(f".*{REMOVAL_MARK}")):
+        name = marker.name[1:-len(REMOVAL_MARK)]
+        _unlink(directory / name)
+        _unlink(marker)
+        ended.append(name)
+    return ended
+
+
 def _remove_one(directory: Path, name: str) -> None:
-    for victim in (directory / (name + SUFFIX), directory / name):      # the commit point first
-        try:
-            os.unlink(victim)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise BackupError(f"{victim}: cannot remove ({(exc.strerror or str(exc)).lower()})") from None
+    marker = directory / f".{name}{REMOVAL_MARK}"
+    try:
+        os.rename(directory / (name + SUFFIX), marker)        # the backup is gone; the intent is kept
+    except FileNotFoundError:
+        pass                                                  # a data file without manifest
+    except OSError as exc:
+        raise BackupError(f"{directory / name}: cannot remove ({(exc.strerror or str(exc)).lower()})") from None
+    _unlink(directory / name)
+    _unlink(marker)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise BackupError(f"{path}: cannot remove ({(exc.strerror or str(exc)).lower()})") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from ..ceph import FADVISE_NOCACHE, errno_error, translated
 from ..spec import ImageSpec
@@ -202,8 +203,18 @@ class RbdSink:
 def source_facts(image, spec: ImageSpec) -> SourceFacts:
     with translated(f"reading {spec}"):
         snapshots = {s["name"]: s["id"] for s in image.list_snaps()}
-        return SourceFacts(size=image.size(), image_id=image.id(), snapshot_id=snapshots.get(spec.snapshot, 0),
-                         object_size=int(image.stat()["obj_size"]), snapshots=snapshots)
+        snapshot_id = snapshots.get(spec.snapshot, 0)
+        taken = image.get_snap_timestamp(snapshot_id) if spec.snapshot in snapshots else None
+        return SourceFacts(size=image.size(), image_id=image.id(), snapshot_id=snapshot_id,
+                           object_size=int(image.stat()["obj_size"]), snapshots=snapshots,
+                           snapshot_time=_utc(taken))
+
+
+def _utc(moment: datetime | None) -> str | None:
+    """librbd's snapshot time (a naive datetime in UTC) as the manifest writes times."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="seconds")
 
 
 def resize_image(image, what: str, size: int) -> None:

@@ -104,3 +104,4 @@ class SourceFacts:
     snapshot_id: int
     object_size: int = 4 * MiB
     snapshots: dict[str, int] = field(default_factory=dict)
+    snapshot_time: str | None = None          # when the snapshot was taken, UTC ISO 8601

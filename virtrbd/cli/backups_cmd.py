@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..units import format_size
 from .common import emit_json
 
@@ -31,6 +33,28 @@ def add_parser(subparsers) -> None:
     rm.add_argument("--force", action="store_true", help="also remove the backups built on it")
     rm.set_defaults(func=cmd_rm)
 
+    prune = actions.add_parser(
+        "prune", help="remove what a retention policy keeps neither itself nor through a chain",
+        description="Per image, by the time its snapshot was taken (local time), keep what the --keep options "
+                    "name, as Proxmox Backup Server defines them: keep-last, then the newest backup of each of "
+                    "the last N hours, days, ISO weeks, months and years that hold one, not counting periods an "
+                    "earlier option kept a backup in.  Every backup a kept one needs is kept too.  Prints what "
+                    "stays and why, and what goes; --dry-run changes nothing.  A prune cut short at any moment "
+                    "leaves no kept point unrestorable, and the next one ends its removals.")
+    prune.add_argument("directory", metavar="DIR")
+    for option in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        prune.add_argument(f"--keep-{option}", type=_count, default=0, metavar="N")
+    prune.add_argument("--image", metavar="POOL/IMAGE", help="only this image's backups")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    prune.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    prune.set_defaults(func=cmd_prune)
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
 
 def cmd_ls(args) -> int:
     from ..backup.catalog import PROBLEMS, catalog
@@ -53,6 +77,24 @@ def cmd_rm(args) -> int:
 
     for file in remove(args.file, force=args.force).files:
         print(f"removed {file}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from ..backup.pruning import prune
+    from ..backup.retention import Policy
+
+    policy = Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly,
+                    monthly=args.keep_monthly, yearly=args.keep_yearly)
+    result = prune(args.directory, policy, image=args.image, dry_run=args.dry_run)
+    if args.json:
+        emit_json(result)
+        return 0
+    for name in result.ended:
+        print(f"ended the removal of {name}, which an earlier run left")
+    verb = "would remove" if result.dry_run else "removed"
+    for d in result.decisions:
+        print(f"keep    {d.file}  ({d.reason})" if d.keep else f"{verb}  {d.file}")
     return 0
 
 

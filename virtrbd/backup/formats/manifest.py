@@ -20,6 +20,7 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
     file, file_size  the backup file's name (same directory) and exact size in bytes
     image            "POOL/IMAGE";  image_id: librbd's id (a renamed or recreated image differs)
     snapshot, snapshot_id, size, object_size
+    snapshot_time    when the snapshot was taken (UTC, ISO 8601; librbd's), what pruning goes by
     from_snapshot    incremental: the older snapshot
     parent           incremental: {"file": backup file of from_snapshot, "checksum": its checksum value}
     checksum         {"algorithm", "value", "chunk_size"?, "data_crc32c"?}
@@ -43,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import google_crc32c
@@ -92,6 +94,7 @@ class Manifest:
     cluster_size: int | None = None
     stats: dict = field(default_factory=dict)
     file_checksum: dict | None = None   # the file's bytes as written; None only in version 1
+    snapshot_time: str | None = None    # when the snapshot was taken (UTC); None where it was not recorded
     manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
@@ -133,7 +136,7 @@ _FIELDS = {
     "created": str, "tool": str,
 }
 _OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
-             "file_checksum": dict}
+             "file_checksum": dict, "snapshot_time": str}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -203,6 +206,15 @@ def seal_of(data: dict) -> str:
     return f"{google_crc32c.value(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
 
 
+def parse_time(text: str) -> datetime | None:
+    """A manifest's time as an aware datetime (UTC when it names no zone); None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def is_lower_hex(text, digits: int) -> bool:
     """``text`` is a string of exactly ``digits`` lowercase hexadecimal digits (as hexdigest() writes)."""
     return isinstance(text, str) and len(text) == digits and all(c in "0123456789abcdef" for c in text)
@@ -234,6 +246,9 @@ def _check(m: Manifest, bad) -> None:
                                         or not is_lower_hex(m.file_checksum.get("value"), 8)
                                         or set(m.file_checksum) != {"algorithm", "value"}):
         bad(f"file_checksum should be {{'algorithm': {FILE_ALGORITHM!r}, 'value': 8 lowercase hex digits}}")
+    for name in ("created", "snapshot_time"):
+        if getattr(m, name) is not None and parse_time(getattr(m, name)) is None:
+            bad(f"{name} {getattr(m, name)!r} is not an ISO 8601 time")
     if m.format != "qcow2" and m.cluster_size is not None:
         bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
     if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):
