@@ -131,3 +131,29 @@ def test_writes_into_objects_that_were_empty_cost_only_their_bytes(storage, imag
     backup.restore(storage, result.path, f"rbd/{restored}")
     same = sha256_of(storage, f"rbd/{restored}") == sha256_of(storage, f"rbd/{name}@s3")
     assert LEDGER.restore("incremental of writes into objects that were empty", same)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_synthetic_full_has_the_checksum_of_a_fresh_full_backup(storage, images, judge, tmp_path, fmt):
+    """backups merge, judged against the cluster: the same snapshot backed up fresh, and restored."""
+    name, _ = four_snapshots(images)
+    chain_dir, fresh_dir = tmp_path / "chain", tmp_path / "fresh"
+    chain_dir.mkdir()
+    fresh_dir.mkdir()
+    backup.backup(storage, f"rbd/{name}@s1", chain_dir, format="qcow2")
+    for older, newer in (("s1", "s2"), ("s2", "s3"), ("s3", "s4")):
+        newest = backup.backup(storage, f"rbd/{name}@{newer}", chain_dir, since=f"rbd/{name}@{older}")
+    made = virtrbd("backups", "merge", str(newest.path), "--format", fmt, "--json")
+    assert made.code == 0, made.err
+    synthetic = json.loads(made.out)
+    fresh = backup.backup(storage, f"rbd/{name}@s4", fresh_dir, format=fmt)
+    assert synthetic["checksum"] == fresh.checksum and synthetic["size"] == fresh.size
+    if fmt == "qcow2":
+        check = judge.qemu_img("check", synthetic["path"])
+        assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout + check.stderr
+        compare = judge.qemu_img("compare", "-f", "qcow2", "-F", "qcow2", synthetic["path"], str(fresh.path))
+        assert compare.returncode == 0 and "Images are identical" in compare.stdout, compare.stdout
+    target = images.name()
+    backup.restore(storage, synthetic["path"], f"rbd/{target}")
+    assert LEDGER.restore(f"restore of a synthetic {fmt} full",
+                          sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s4"))

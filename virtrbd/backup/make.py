@@ -77,8 +77,12 @@ def run_backup(cluster: Cluster, plan: BackupPlan, *, progress: Progress | None 
 
 
 def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: Progress | None = None,
-                      direct_io: bool = True, started: float | None = None) -> BackupResult:
-    """A RAW or QCOW2 backup of ``source`` (a ``stream.Source``) and its manifest, published atomically."""
+                      direct_io: bool = True, started: float | None = None,
+                      made_from: list[str] | None = None) -> BackupResult:
+    """A RAW or QCOW2 backup of ``source`` (a ``stream.Source``) and its manifest, published atomically.
+
+    ``made_from``: the backup files a synthetic full was made of (``merge``), recorded in its manifest.
+    """
     spec = plan.spec
     started = time.monotonic() if started is None else started
     final = _reserve_name(plan.dest, manifests.backup_name(spec, plan.format))
@@ -114,7 +118,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
                                                     "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
             file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
-            snapshot_time=info.snapshot_time,
+            snapshot_time=info.snapshot_time, made_from=made_from,
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
             stats={"data_bytes": data_bytes, "direct_io": out.direct})
         out.commit()

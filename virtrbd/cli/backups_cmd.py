@@ -33,6 +33,18 @@ def add_parser(subparsers) -> None:
     rm.add_argument("--force", action="store_true", help="also remove the backups built on it")
     rm.set_defaults(func=cmd_rm)
 
+    merge = actions.add_parser(
+        "merge", help="a full backup and its diffs up to FILE become one new full of FILE's point",
+        description="Make a synthetic full backup of the point FILE holds (an incremental, or a full in another "
+                    "format) from its chain on secondary storage alone, beside it: every checksum of the chain "
+                    "is checked as it is read, and the new full's checksum is the one a fresh full backup of "
+                    "the same snapshot has.  Its manifest names the files it was made of.  The chain is left "
+                    "as it is (backups prune or rm take it away).")
+    merge.add_argument("file", metavar="FILE")
+    merge.add_argument("--format", choices=["raw", "qcow2"], default="raw", help="the new full's format")
+    merge.add_argument("--json", action="store_true", help="print a JSON summary")
+    merge.set_defaults(func=cmd_merge)
+
     prune = actions.add_parser(
         "prune", help="remove what a retention policy keeps neither itself nor through a chain",
         description="Per image, by the time its snapshot was taken (local time), keep what the --keep options "
@@ -77,6 +89,20 @@ def cmd_rm(args) -> int:
 
     for file in remove(args.file, force=args.force).files:
         print(f"removed {file}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ..backup.merge import synthesize
+    from .signals import cooperative
+
+    with cooperative():
+        result = synthesize(args.file, fmt=args.format)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{result.path}: a {result.format} full backup of {result.image} made from its chain "
+              f"({format_size(result.size)}, checksum {result.checksum[:16]}…)")
     return 0
 
 

@@ -21,6 +21,7 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
     image            "POOL/IMAGE";  image_id: librbd's id (a renamed or recreated image differs)
     snapshot, snapshot_id, size, object_size
     snapshot_time    when the snapshot was taken (UTC, ISO 8601; librbd's), what pruning goes by
+    made_from        a synthetic full (backups merge): the files it was made of, full first
     from_snapshot    incremental: the older snapshot
     parent           incremental: {"file": backup file of from_snapshot, "checksum": its checksum value}
     checksum         {"algorithm", "value", "chunk_size"?, "data_crc32c"?}
@@ -95,6 +96,7 @@ class Manifest:
     stats: dict = field(default_factory=dict)
     file_checksum: dict | None = None   # the file's bytes as written; None only in version 1
     snapshot_time: str | None = None    # when the snapshot was taken (UTC); None where it was not recorded
+    made_from: list | None = None       # a synthetic full: the backup files it was made of, full first
     manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
@@ -136,7 +138,7 @@ _FIELDS = {
     "created": str, "tool": str,
 }
 _OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
-             "file_checksum": dict, "snapshot_time": str}
+             "file_checksum": dict, "snapshot_time": str, "made_from": list}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -249,6 +251,8 @@ def _check(m: Manifest, bad) -> None:
     for name in ("created", "snapshot_time"):
         if getattr(m, name) is not None and parse_time(getattr(m, name)) is None:
             bad(f"{name} {getattr(m, name)!r} is not an ISO 8601 time")
+    if m.made_from is not None and not (m.made_from and all(isinstance(f, str) for f in m.made_from)):
+        bad("made_from should be a list of backup file names")
     if m.format != "qcow2" and m.cluster_size is not None:
         bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
     if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):

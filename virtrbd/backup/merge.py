@@ -1,0 +1,138 @@
+"""Synthetic fulls: a full backup and the diffs up to a point become one new full of that point.
+
+From secondary storage only.  The chain is applied, every checksum checked as
+it is read (``restore_chain``), into a sparse scratch file beside the backups;
+that file is then backed up like a snapshot (``write_full_backup``), so the
+new full's content checksum is the one a fresh full backup of the same
+snapshot has, and its manifest is the same but for ``made_from``, the files
+it was made of.  A diff's zero records punch holes in the scratch file, so a
+discarded range costs no writing.  Memory: the restore's and the backup's
+bounded windows; disk: the image's data once more, for the time of the merge.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+from .. import exits
+from ..errors import BackupError
+from ..progress import Progress
+from .files import temp_name
+from .make import write_full_backup
+from .restore import plan_restore, restore_chain
+from .results import BackupPlan, BackupResult, SourceFacts
+from .stream import MiB
+
+_PUNCH_HOLE = 0x02 | 0x01           # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_ZEROS = bytes(1 * MiB)
+
+
+class ScratchImage:
+    """A sparse file standing for the image while a chain is applied: a ``stream.Sink``, then a ``Source``."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._token = exits.remove_at_forced_exit(path)
+        os.ftruncate(self.fd, size)
+        self.size = size
+        self.written_bytes = 0
+
+    # --- as a Sink ---
+
+    def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
+        end = len(data) if end is None else end
+        view = memoryview(data)[start:end]
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            view, offset = view[done:], offset + done
+            self.written_bytes += done
+
+    def zero(self, offset: int, length: int) -> None:
+        length = min(length, self.size - offset)
+        if length > 0 and not _punch(self.fd, offset, length):
+            for at in range(offset, offset + length, len(_ZEROS)):
+                self.write(at, _ZEROS, 0, min(len(_ZEROS), offset + length - at))
+
+    def resize(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        self.size = size
+
+    def drain(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    # --- as a Source ---
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The data regions in the range, found with SEEK_DATA/SEEK_HOLE from ``offset`` on."""
+        found, at, end = [], offset, min(offset + length, self.size)
+        while at < end:
+            try:
+                start = os.lseek(self.fd, at, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:           # only a hole until the end
+                    break
+                raise
+            if start >= end:
+                break
+            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            found.append((start, stop - start))
+            at = stop
+        return found
+
+    def submit_read(self, offset: int, length: int, done) -> None:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            done(None, exc)
+            return
+        done(data, None)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        exits.forget(self._token)
+
+
+def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress | None = None) -> BackupResult:
+    """A new full backup (``raw`` or ``qcow2``) of the point ``src`` holds, beside it, from its chain alone."""
+    plan = plan_restore(src)
+    newest = plan.newest
+    if len(plan.links) == 1 and newest.format == fmt:
+        raise BackupError(f"{newest.file} is a {fmt} full backup already: nothing to merge")
+    assert newest.path is not None, "a planned chain's manifests were read from files"
+    dest = newest.path.parent
+    facts = SourceFacts(size=newest.size, image_id=newest.image_id, snapshot_id=newest.snapshot_id,
+                        object_size=newest.object_size, snapshot_time=newest.snapshot_time)
+    scratch = ScratchImage(temp_name(dest / f"{newest.file}.merge"), plan.links[0].size)
+    try:
+        restore_chain(plan, scratch, progress=progress)
+        if scratch.size != newest.size:
+            raise BackupError(f"{newest.file}: the chain ends at {scratch.size} bytes, its manifest says "
+                              f"{newest.size}")
+        return write_full_backup(scratch, facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
+                                 made_from=[link.file for link in plan.links])
+    finally:
+        scratch.close()
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range (it reads as zeros after); False where the filesystem cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, _PUNCH_HOLE, offset, length) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
