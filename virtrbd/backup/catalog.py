@@ -59,10 +59,12 @@ def catalog(directory: os.PathLike | str, image: str | None = None) -> list[Entr
     except OSError as exc:
         raise BackupError(f"{root}: cannot list ({(exc.strerror or str(exc)).lower()})") from None
     present = set(names)
+    loaded: dict[Path, Manifest | CorruptBackupError] = {}
+    checked: dict[Path, CorruptBackupError | None] = {}
     entries = []
     for name in names:
         if name.endswith(SUFFIX):
-            entries.append(_backup(root / name))
+            entries.append(_backup(root / name, _Remembered(loaded, checked)))
         elif name.startswith(".") and name.endswith(REMOVAL_MARK):
             entries.append(Entry(name, REMOVING, "a removal that was cut short (the next rm or prune ends it)"))
         elif TEMP_MARK in name:
@@ -78,25 +80,53 @@ def catalog(directory: os.PathLike | str, image: str | None = None) -> list[Entr
     return entries
 
 
-def _backup(manifest_path: Path) -> Entry:
+class _Remembered:
+    """Each manifest loaded and each data file checked once per listing: chains share their links."""
+
+    def __init__(self, loaded: dict, checked: dict):
+        self.loaded, self.checked = loaded, checked
+
+    def load(self, path: Path) -> Manifest:
+        if path not in self.loaded:
+            try:
+                self.loaded[path] = manifests.load(path)
+            except CorruptBackupError as exc:
+                self.loaded[path] = exc
+        found = self.loaded[path]
+        if isinstance(found, CorruptBackupError):
+            raise found
+        return found
+
+    def check_file(self, m: Manifest) -> None:
+        if m.data_path not in self.checked:
+            try:
+                _check_file(m)
+                self.checked[m.data_path] = None
+            except CorruptBackupError as exc:
+                self.checked[m.data_path] = exc
+        problem = self.checked[m.data_path]
+        if problem is not None:
+            raise problem
+
+
+def _backup(manifest_path: Path, memory: _Remembered) -> Entry:
     name = manifest_path.name[:-len(SUFFIX)]
     try:
-        m = manifests.load(manifest_path)
+        m = memory.load(manifest_path)
     except CorruptBackupError as exc:
         return Entry(name, BROKEN, _without_path(str(exc), manifest_path))
     problem: str | None = None
     try:
-        links = manifests.chain(m)
+        links = manifests.chain(m, read=memory.load)
         for link in links:
-            _check_file(link)
+            memory.check_file(link)
     except CorruptBackupError as exc:
         status, problem, files = BROKEN_CHAIN, _without_path(str(exc), manifest_path.parent), []
     else:
         status, files = OK, [link.file for link in links]
     return Entry(name, status, problem, kind=m.kind, format=m.format, image=m.image, snapshot=m.snapshot,
                  created=m.created, time=m.snapshot_time or m.created, size=m.size, on_disk=_on_disk(m),
-                 parent=(m.parent or {}).get("file"),
-                 chain=files)
+                 parent=(m.parent or {}).get("file"), chain=files)
 
 
 def _check_file(m: Manifest) -> None:

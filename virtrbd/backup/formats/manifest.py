@@ -292,8 +292,12 @@ def resolve(src: os.PathLike | str) -> Manifest:
     return load(manifest_path(path))
 
 
-def chain(newest: Manifest) -> list[Manifest]:
-    """The full backup first, then each incremental up to ``newest``; links checked, nothing else read."""
+def chain(newest: Manifest, read=None) -> list[Manifest]:
+    """The full backup first, then each incremental up to ``newest``; links checked, nothing else read.
+
+    ``read`` loads a parent's manifest (default ``load``): a listing passes one that remembers.
+    """
+    read = read or load
     links = [newest]
     seen = {newest.path}
     while links[-1].incremental:
@@ -307,7 +311,7 @@ def chain(newest: Manifest) -> list[Manifest]:
         if not parent_path.exists():
             raise CorruptBackupError(f"{child.path}: its parent backup {link['file']} is missing "
                                      f"(no {parent_path.name})")
-        parent = load(parent_path)
+        parent = read(parent_path)
         where = f"{child.file}: a diff"
         if parent.image_id != child.image_id or parent.image != child.image:
             raise CorruptBackupError(f"{where} of {child.image} (id {child.image_id}) cannot apply to "
