@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackupError, CorruptBackupError
-from .files import TEMP_MARK, regular_size
+from .files import TEMP_MARK
+from .formats import check_file_size
 from .formats import manifest as manifests
 from .formats.manifest import EXTENSIONS, SUFFIX, Manifest
 
@@ -100,7 +101,7 @@ class _Remembered:
     def check_file(self, m: Manifest) -> None:
         if m.data_path not in self.checked:
             try:
-                _check_file(m)
+                check_file_size(m)
                 self.checked[m.data_path] = None
             except CorruptBackupError as exc:
                 self.checked[m.data_path] = exc
@@ -127,16 +128,6 @@ def _backup(manifest_path: Path, memory: _Remembered) -> Entry:
     return Entry(name, status, problem, kind=m.kind, format=m.format, image=m.image, snapshot=m.snapshot,
                  created=m.created, time=m.snapshot_time or m.created, size=m.size, on_disk=_on_disk(m),
                  parent=(m.parent or {}).get("file"), chain=files)
-
-
-def _check_file(m: Manifest) -> None:
-    """The data file is there, a regular file of the recorded size (its content is verify's to judge)."""
-    try:
-        size = regular_size(m.data_path)
-    except FileNotFoundError:
-        raise CorruptBackupError(f"{m.data_path}: the backup file is missing (its manifest is there)") from None
-    if size != m.file_size:
-        raise CorruptBackupError(f"{m.data_path}: {size} bytes, the manifest says {m.file_size}")
 
 
 def _on_disk(m: Manifest) -> int | None:

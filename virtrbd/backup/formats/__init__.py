@@ -92,6 +92,12 @@ def full_format(m: Manifest) -> FullFormat:
 
 def check_backup_file(m: Manifest) -> None:
     """The file exists, has the recorded size, and its structure holds (no data hashed)."""
+    check_file_size(m)
+    FORMAT_TABLE[m.format].check_structure(m)
+
+
+def check_file_size(m: Manifest) -> None:
+    """The file is there, a regular file of the recorded size (what a listing checks of every backup)."""
     path = m.data_path
     try:
         actual = regular_size(path)
@@ -100,7 +106,6 @@ def check_backup_file(m: Manifest) -> None:
     if actual != m.file_size:
         kind = "truncated" if actual < m.file_size else "longer than recorded"
         raise CorruptBackupError(f"{path}: {kind}: {actual} bytes, the manifest says {m.file_size}")
-    FORMAT_TABLE[m.format].check_structure(m)
 
 
 def check_diff_header(reader: DiffReader, m: Manifest) -> None:
