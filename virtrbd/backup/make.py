@@ -88,7 +88,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
     final = _reserve_name(plan.dest, manifests.backup_name(spec, plan.format))
     remove_stale_temps(plan.dest)
     size = info.size
-    data_bytes = 0
+    data_bytes = read_bytes = 0
     digest = ContentDigest(size)
     crc = DataCRC()
     with AtomicFile(final, direct=direct_io) as out:
@@ -101,6 +101,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
                     check_cancel()
                     digest.add(chunk.index, chunk.data)
                     crc.add(chunk.index, chunk.data)
+                    read_bytes += chunk.read_bytes
                     for start, end in chunk.extents:
                         writer.write(start, chunk.data, start - chunk.offset, end - chunk.offset)
                         data_bytes += end - start
@@ -120,7 +121,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
             file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
             snapshot_time=info.snapshot_time, made_from=made_from,
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
-            stats={"data_bytes": data_bytes, "direct_io": out.direct})
+            stats={"data_bytes": data_bytes, "read_bytes": read_bytes, "direct_io": out.direct})
         out.commit()
     return _finish(plan, manifest, final, data_bytes, started, progress)
 
@@ -147,7 +148,8 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
                         image=f"{manifest.image}@{manifest.snapshot}", size=manifest.size, data_bytes=data_bytes,
                         file_size=manifest.file_size, checksum=manifest.checksum["value"],
                         seconds=time.monotonic() - started, from_snapshot=manifest.from_snapshot,
-                        parent=(manifest.parent or {}).get("file"))
+                        parent=(manifest.parent or {}).get("file"),
+                        read_bytes=int(manifest.stats.get("read_bytes", 0)))
 
 
 class _HashingFile(io.RawIOBase):
@@ -191,7 +193,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
     final = _reserve_name(plan.dest, manifests.backup_name(spec, DIFF_FORMAT, since=older))
     remove_stale_temps(plan.dest)
     size = info.size
-    data_bytes = 0
+    data_bytes = read_bytes = 0
     with AtomicFile(final) as out:
         raw = _HashingFile(out.fd)
         stream = io.BufferedWriter(raw, buffer_size=1 * MiB)
@@ -205,6 +207,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
                     diff.zero(offset, length)
                     continue
                 data = piece.results[0]
+                read_bytes += length
                 # librbd reports changes by whole extents it knows of (an object that did not exist
                 # before comes whole); the data in them is sent, the zero stretches only as 'z'
                 # records: correct whatever the older snapshot held, and the file stays close to
@@ -231,7 +234,8 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
             snapshot_time=info.snapshot_time,
             parent={"file": parent.file, "checksum": parent.checksum["value"]},
-            stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records})
+            stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records,
+                   "read_bytes": read_bytes})
         out.commit()
     return _finish(plan, manifest, final, data_bytes, started, progress)
 

@@ -22,12 +22,13 @@ class BackupResult:
     format: str                 # "raw" | "qcow2" | "rbd-diff-v1"
     image: str                  # POOL/IMAGE@SNAP
     size: int                   # the image's size in bytes
-    data_bytes: int             # bytes read from the cluster (allocated or changed extents)
+    data_bytes: int             # bytes of the allocated (or changed) extents the backup holds
     file_size: int
     checksum: str
     seconds: float
     from_snapshot: str | None = None
     parent: str | None = None
+    read_bytes: int = 0         # bytes read from the source (extents closer than a gap are read as one)
 
     @property
     def rate(self) -> float:

@@ -131,6 +131,7 @@ class Chunk:
     length: int
     extents: list[tuple[int, int]]
     data: bytes | bytearray
+    read_bytes: int = 0
 
 
 def normalized(extents: Iterable[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
@@ -179,6 +180,7 @@ def chunk_jobs(source: Source, size: int, *, chunk: int = CHUNK, map_window: int
 def assemble(job: Job) -> Chunk:
     """The job's chunk with ``data`` filled: the read itself when it covers the chunk, else a copy."""
     chunk = cast(Chunk, job.key)
+    chunk.read_bytes = job.nbytes
     if len(job.ranges) == 1 and job.ranges[0] == (chunk.offset, chunk.length):
         chunk.data = job.results[0]
         return chunk
