@@ -7,7 +7,7 @@ VENV        := .venv
 VPY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd \
+DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd python3-xxhash xxhash \
                 libvirt-daemon-system libvirt-daemon-driver-storage-rbd libvirt-clients python3-libvirt \
                 qemu-system-x86 qemu-block-extra qemu-utils \
                 python3-venv python3-lxml python3-setuptools \

@@ -250,7 +250,7 @@ def _damaged_backups(storage, folder: Path) -> dict[str, Path]:
     made["manifest of another file"] = copy("manifest of another file", raw)
     _edit_manifest(made["manifest of another file"], file="rbd~other~snap.raw")
     made["manifest wrong checksum"] = copy("manifest wrong checksum", raw)       # damaged: the seal tells
-    _edit_manifest(made["manifest wrong checksum"], checksum=lambda c: {**c, "value": "0" * 64})
+    _edit_manifest(made["manifest wrong checksum"], checksum=lambda c: {**c, "value": "0" * 32})
     made["manifest wrong size"] = copy("manifest wrong size", raw)
     _edit_manifest(made["manifest wrong size"], file_size=lambda s: s + 1)
     made["data without manifest"] = copy("data without manifest", raw)

@@ -6,7 +6,6 @@ manifest; the manifest is the commit point (without it the data file goes too).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -28,13 +27,13 @@ from .files import AtomicFile, BlockWriter, fsync_directory, remove_stale_temps
 from .formats import FULL_FORMATS
 from .formats import manifest as manifests
 from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM
-from .formats.checksum import ContentDigest, DataCRC
+from .formats.checksum import DIFF_ALGORITHM, FILE_HASHES, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffWriter
 from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource, source_facts
 from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import CHUNK, MiB, check_cancel, nonzero_runs, split_at
-from .window import Job, ReadWindow, read_chunks
+from .window import Job, ReadWindow, read_chunk_parts
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +89,19 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
     size = info.size
     data_bytes = read_bytes = 0
     digest = ContentDigest(size)
-    crc = DataCRC()
     with AtomicFile(final, direct=direct_io) as out:
         blocks = BlockWriter(out.fd, direct=out.direct, buffers=3, threads=2)
         try:
             writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)
             # closing(): on any failure, wait for the reads in flight before the image is closed
-            with closing(read_chunks(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
-                for chunk in chunks:
+            with closing(read_chunk_parts(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
+                for chunk, reads in chunks:
                     check_cancel()
-                    digest.add(chunk.index, chunk.data)
-                    crc.add(chunk.index, chunk.data)
+                    digest.add_parts(chunk.index, [(offset - chunk.offset, data) for offset, data in reads])
+                    for offset, data in reads:       # holes merged into a read are zeros: the writer skips them
+                        writer.write(offset, data)
                     read_bytes += chunk.read_bytes
-                    for start, end in chunk.extents:
-                        writer.write(start, chunk.data, start - chunk.offset, end - chunk.offset)
-                        data_bytes += end - start
+                    data_bytes += sum(end - start for start, end in chunk.extents)
                     if progress:
                         progress(chunk.offset + chunk.length, size)
             writer.finish()
@@ -116,7 +113,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
             kind="full", format=plan.format, file=final.name, file_size=file_size, image=str(spec.image_spec),
             image_id=info.image_id, snapshot=spec.snap, snapshot_id=info.snapshot_id, size=size,
             object_size=info.object_size, checksum={"algorithm": CONTENT_ALGORITHM, "chunk_size": CHUNK,
-                                                    "value": digest.hexdigest(), "data_crc32c": crc.hexdigest()},
+                                                    "value": digest.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
             file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
             snapshot_time=info.snapshot_time, made_from=made_from,
@@ -153,11 +150,11 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
 
 
 class _HashingFile(io.RawIOBase):
-    """A raw file descriptor that also feeds SHA-256 with everything written."""
+    """A raw file descriptor that also hashes everything written (the diff's checksum and its file CRC)."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.sha256 = hashlib.sha256()
+        self.hash = FILE_HASHES[DIFF_ALGORITHM]()
         self.crc = 0
         self.bytes = 0
 
@@ -169,7 +166,7 @@ class _HashingFile(io.RawIOBase):
         done = 0
         while done < len(view):
             done += os.write(self.fd, view[done:])
-        self.sha256.update(view)
+        self.hash.update(view)
         self.crc = google_crc32c.extend(self.crc, data if isinstance(data, bytes) else bytes(view))
         self.bytes += len(view)
         return len(view)
@@ -229,7 +226,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             kind="incremental", format=DIFF_FORMAT, file=final.name, file_size=raw.bytes,
             image=str(spec.image_spec), image_id=info.image_id, snapshot=spec.snap,
             snapshot_id=info.snapshot_id, size=size, object_size=info.object_size,
-            checksum={"algorithm": manifests.DIFF_ALGORITHM, "value": raw.sha256.hexdigest()},
+            checksum={"algorithm": DIFF_ALGORITHM, "value": raw.hash.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}", from_snapshot=older,
             file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
             snapshot_time=info.snapshot_time,

@@ -7,7 +7,6 @@ the way, settle the image, and only then give it the target's name.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from ..spec import ImageSpec
 from .files import open_regular_stream
 from .formats import check_backup_file, check_checksum, check_diff_header, full_format
 from .formats import manifest as manifests
-from .formats.checksum import BackgroundCRC, BackgroundDigest
+from .formats.checksum import FILE_HASHES, BackgroundCRC, BackgroundDigest
 from .formats.manifest import Manifest
 from .formats.rbddiff import DiffReader
 from .granules import Granules
@@ -75,13 +74,15 @@ def restore_chain(plan: RestorePlan, sink, *, progress: Progress | None = None) 
 def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
     """Write a full backup's data; every chunk is checked against the manifest before the image is published.
 
-    The manifest's CRC-32C of the data is what is checked when it has one (at
-    CRC speed); older manifests get their SHA-256 recomputed.
+    The content checksum is recomputed (XXH3, at memory speed, on a worker
+    thread); of a backup from the SHA-256 days, the CRC-32C of its data that
+    its manifest records, where it has one.
     """
     granules = Granules(BLOCK, sink.write)      # zero blocks are not written: a sparse image
     crc_wanted = m.checksum.get("data_crc32c")
     fmt = full_format(m)
-    with fmt.reader(m) as reader, (BackgroundCRC() if crc_wanted else BackgroundDigest(m.size)) as check:
+    with fmt.reader(m) as reader, (BackgroundCRC() if crc_wanted else
+                                      BackgroundDigest(m.size, algorithm=m.checksum["algorithm"])) as check:
         for offset, data, extents in fmt.chunks(reader):
             check_cancel()
             check.add(offset // CHUNK, data)
@@ -101,9 +102,9 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
 
 
 def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
-    sha = hashlib.sha256()
+    hashed = FILE_HASHES[m.checksum["algorithm"]]()
     with open_regular_stream(m.data_path) as f:
-        reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=sha.update)
+        reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=hashed.update)
         check_diff_header(reader, m)
         sink.drain()
         if reader.header.size != sink.size:
@@ -117,5 +118,5 @@ def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | N
             if progress:
                 progress(done + reader.position, total)
     sink.drain()
-    check_checksum(m, sha.hexdigest())
+    check_checksum(m, hashed.hexdigest())
     return done + m.file_size

@@ -10,7 +10,6 @@ an incremental's once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from contextlib import closing
@@ -22,7 +21,7 @@ from ..spec import ImageSpec
 from .file_crc import FileCRC, of_file
 from .files import open_regular, open_regular_stream
 from .formats import check_backup_file, check_checksum, check_file_checksum, full_format
-from .formats.checksum import BackgroundDigest, ContentDigest
+from .formats.checksum import FILE_HASHES, BackgroundDigest, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffReader
 from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource
@@ -36,10 +35,10 @@ def file_digest(m: Manifest, *, keep: bool = False,
     """Recompute a backup file's checksum: (value, per-chunk digests of a full backup, bytes read)."""
     check_backup_file(m)
     if m.format == DIFF_FORMAT:
-        sha, crc = hashlib.sha256(), FileCRC()
+        hashed, crc = FILE_HASHES[m.checksum["algorithm"]](), FileCRC()
 
         def seen(data) -> None:
-            sha.update(data)
+            hashed.update(data)
             crc.add(crc.end, data)
 
         with open_regular_stream(m.data_path) as f:
@@ -48,7 +47,7 @@ def file_digest(m: Manifest, *, keep: bool = False,
                 if progress:
                     progress(reader.position, m.file_size)
         check_file_checksum(m, crc.value(m.file_size))
-        return sha.hexdigest(), [], m.file_size
+        return hashed.hexdigest(), [], m.file_size
     if m.file_checksum is not None:
         fd = open_regular(m.data_path)
         try:
@@ -57,7 +56,8 @@ def file_digest(m: Manifest, *, keep: bool = False,
             os.close(fd)
     read = 0
     fmt = full_format(m)
-    with fmt.reader(m) as reader, BackgroundDigest(m.size, keep=keep) as digest:
+    with fmt.reader(m) as reader, BackgroundDigest(m.size, keep=keep,
+                                                                algorithm=m.checksum["algorithm"]) as digest:
         for offset, data, _extents in fmt.chunks(reader):
             digest.add(offset // CHUNK, data)
             read += len(data)
@@ -89,7 +89,7 @@ def run_verify(m: Manifest, *, cluster: Cluster | None = None, against: ImageSpe
 def _compare_full(m: Manifest, chunk_digests: list[bytes], source: RbdSource) -> int:
     if source.size != m.size:
         raise BackupError(f"{m.data_path} holds {m.size} bytes, {source.what} has {source.size}")
-    live = ContentDigest(source.size, keep=True)
+    live = ContentDigest(source.size, keep=True, algorithm=m.checksum["algorithm"])
     read = 0
     with closing(read_chunks(source, source.size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
         for chunk in chunks:

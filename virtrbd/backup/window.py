@@ -197,3 +197,15 @@ def read_chunks(source: Source, size: int, *, window_bytes: int = 32 * MiB, max_
     window = ReadWindow(source.submit_read, window_bytes=window_bytes, max_ops=max_ops)
     for job in window.run(chunk_jobs(source, size, chunk=chunk)):
         yield assemble(job)
+
+
+def read_chunk_parts(source: Source, size: int, *, window_bytes: int = 32 * MiB, max_ops: int = 16,
+                     chunk: int = CHUNK) -> Generator[tuple[Chunk, list[tuple[int, bytes]]], None, None]:
+    """Like ``read_chunks``, without assembling: each chunk (``data`` left empty) with its reads as
+    ``(offset, data)``, sorted; the chunk's other bytes are zeros.  A backup hashes and writes the
+    reads as they came, and so copies none of its data."""
+    window = ReadWindow(source.submit_read, window_bytes=window_bytes, max_ops=max_ops)
+    for job in window.run(chunk_jobs(source, size, chunk=chunk)):
+        found = cast(Chunk, job.key)
+        found.read_bytes = job.nbytes
+        yield found, [(offset, data) for (offset, _length), data in zip(job.ranges, job.results, strict=True)]

@@ -96,3 +96,23 @@ def data_offset(path: Path) -> int:
         return os.lseek(fd, 0, os.SEEK_DATA)
     finally:
         os.close(fd)
+
+
+def as_before_xxh3(manifest: Path, content: bytes, *, data_crc: bool = True) -> None:
+    """Rewrite a full backup's manifest as virtrbd wrote it while SHA-256 was its content checksum: the
+    chunk digests in SHA-256 and (``data_crc``) the CRC-32C of the data a restore checked; sealed again."""
+    import json
+
+    from virtrbd.backup.formats import manifest as manifests
+    from virtrbd.backup.formats.checksum import CHUNK, SHA256_CHUNKS, ContentDigest, DataCRC
+    digest, crc = ContentDigest(len(content), algorithm=SHA256_CHUNKS), DataCRC()
+    for index in range(digest.count):
+        chunk = content[index * CHUNK:(index + 1) * CHUNK]
+        digest.add(index, chunk)
+        crc.add(index, chunk)
+    data = json.loads(manifest.read_text())
+    data["checksum"] = {"algorithm": SHA256_CHUNKS, "chunk_size": CHUNK, "value": digest.hexdigest()}
+    if data_crc:
+        data["checksum"]["data_crc32c"] = crc.hexdigest()
+    data["seal"] = manifests.seal_of(data)
+    manifest.write_text(manifests.dumps(data))

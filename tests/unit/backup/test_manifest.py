@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import stat
 
-import google_crc32c
 import pytest
+import xxhash
 
 from virtrbd.backup.formats import manifest as manifests
 from virtrbd.errors import CorruptBackupError, UsageError
@@ -29,9 +29,10 @@ def test_a_backup_has_a_private_manifest_describing_it(make_full, tmp_path):
     assert stat.S_IMODE(result.manifest.stat().st_mode) == 0o600
     m = manifests.load(result.manifest)
     assert (m.kind, m.format, m.image, m.snapshot, m.size, m.file_size) == ("full", "raw", "rbd/img", "s1", 5000, 5000)
-    crc = google_crc32c.extend(google_crc32c.value((0).to_bytes(8, "little")), b"x" * 5000)  # index, then bytes
-    assert m.checksum == {"algorithm": "sha256-of-4MiB-chunk-sha256", "chunk_size": 4 << 20, "value": result.checksum,
-                          "data_crc32c": f"{crc:08x}"}
+    chunk_digest = xxhash.xxh3_128(b"x" * 5000).digest()
+    assert m.checksum == {"algorithm": "xxh3-128-of-4MiB-chunk-xxh3-128", "chunk_size": 4 << 20,
+                          "value": xxhash.xxh3_128(chunk_digest).hexdigest()}
+    assert result.checksum == m.checksum["value"]
     assert m.data_path == result.path
     assert manifests.resolve(result.path).file == result.path.name
     assert manifests.resolve(result.manifest).file == result.path.name
@@ -48,7 +49,7 @@ def edit(path, **changes):
 def test_a_manifest_changed_after_it_was_written_is_refused(make_full):
     result = make_full(b"x" * 5000)
     data = json.loads(result.manifest.read_text())
-    data["checksum"]["value"] = "0" * 64               # still well-formed: only the seal can tell
+    data["checksum"]["value"] = "0" * 32               # still well-formed: only the seal can tell
     result.manifest.write_text(json.dumps(data))
     with pytest.raises(CorruptBackupError, match="the manifest is damaged: its fields do not match its seal"):
         manifests.load(result.manifest)
@@ -68,6 +69,7 @@ def test_a_manifest_changed_after_it_was_written_is_refused(make_full):
     ({"file": "../x.raw"}, "plain name"),
     ({"file": "other.raw"}, "describes 'other.raw'"),
     ({"checksum": {"algorithm": "sha256-of-4MiB-chunk-sha256", "value": "xyz"}}, "64 lowercase hex"),
+    ({"checksum": {"algorithm": "xxh3-128-of-4MiB-chunk-xxh3-128", "value": "0" * 64}}, "32 lowercase hex"),
     ({"checksum": {"algorithm": "md5", "value": "0" * 64}}, "checksum algorithm"),
     ({"size": 4999}, "RAW backup of a 4999-byte image"),
     ({"image": "rbd/../x"}, "invalid"),
@@ -171,6 +173,6 @@ def test_chain_with_a_parent_of_another_snapshot(make_full, make_incremental):
 
 def test_chain_with_a_replaced_parent(make_full, make_incremental):
     full, inc1, inc2 = chain_of_three(make_full, make_incremental)
-    edit(inc1.manifest, checksum={"algorithm": "sha256", "value": "0" * 64})
+    edit(inc1.manifest, checksum={"algorithm": "xxh3-128", "value": "0" * 32})
     with pytest.raises(CorruptBackupError, match="made on top of another"):
         manifests.chain(manifests.resolve(inc2.path))

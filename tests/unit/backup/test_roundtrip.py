@@ -20,7 +20,7 @@ from virtrbd.backup.verify import run_verify
 from virtrbd.errors import BackupError, CorruptBackupError
 from virtrbd.spec import ImageSpec
 
-from .conftest import apply_changes, data_offset, flip_byte, scattered
+from .conftest import apply_changes, as_before_xxh3, data_offset, flip_byte, scattered
 
 MiB = 1 << 20
 
@@ -105,6 +105,19 @@ def test_corrupted_data_is_caught_by_verify_and_restore(make_full):
     flip_byte(result.path, data_offset(result.path) + 3)
     with pytest.raises(CorruptBackupError, match="checksum mismatch"):
         run_verify(manifests.resolve(result.path))
+    with pytest.raises(CorruptBackupError, match="checksum mismatch: the content hashes to"):
+        restored(result.path)
+
+
+def test_a_backup_from_the_sha256_days_restores_checked_by_its_data_crc(make_full):
+    content, extents = scattered(4 * CHUNK, seed=8)
+    result = make_full(content, extents, fmt="raw")
+    as_before_xxh3(result.manifest, content)
+    assert restored(result.path) == content
+    assert run_verify(manifests.resolve(result.path)).checksum == manifests.resolve(result.path).checksum["value"]
+    flip_byte(result.path, data_offset(result.path) + 3)
+    with pytest.raises(CorruptBackupError, match="checksum mismatch"):
+        run_verify(manifests.resolve(result.path))
     with pytest.raises(CorruptBackupError, match="checksum mismatch: its data has CRC-32C"):
         restored(result.path)
 
@@ -112,8 +125,9 @@ def test_corrupted_data_is_caught_by_verify_and_restore(make_full):
 def test_restore_falls_back_to_sha256_for_a_manifest_without_crc(make_full):
     content, extents = scattered(4 * CHUNK, seed=9)
     result = make_full(content, extents, fmt="raw")
+    as_before_xxh3(result.manifest, content, data_crc=False)
     data = json.loads(result.manifest.read_text())
-    del data["checksum"]["data_crc32c"], data["seal"], data["file_checksum"]   # as version 1 wrote it at first
+    del data["seal"], data["file_checksum"]                    # as version 1 wrote it at first
     data["manifest_version"] = 1
     result.manifest.write_text(json.dumps(data))
     assert restored(result.path) == content
@@ -231,3 +245,20 @@ def test_chain_across_a_shrink(make_full, make_incremental):
     v2, ch = apply_changes(v1, CHUNK + 10, [(5, b"after the shrink")], [])
     inc = make_incremental(v2, ch, "s1", "s2")
     assert restored(inc.path) == v2
+
+
+def test_an_incremental_from_the_sha256_days_verifies_and_restores(make_full, make_incremental):
+    import hashlib
+    v1 = os.urandom(CHUNK)
+    make_full(v1, None, snapshot="s1")
+    v2, ch = apply_changes(v1, CHUNK, [(4096, os.urandom(5000))], [])
+    inc = make_incremental(v2, ch, "s1", "s2")
+    data = json.loads(inc.manifest.read_text())
+    data["checksum"] = {"algorithm": "sha256", "value": hashlib.sha256(inc.path.read_bytes()).hexdigest()}
+    data["seal"] = manifests.seal_of(data)
+    inc.manifest.write_text(manifests.dumps(data))
+    assert run_verify(manifests.resolve(inc.path)).checksum == data["checksum"]["value"]
+    assert restored(inc.path) == v2
+    flip_byte(inc.path, inc.file_size - 100)
+    with pytest.raises(CorruptBackupError, match="checksum mismatch"):
+        run_verify(manifests.resolve(inc.path))

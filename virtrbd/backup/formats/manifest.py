@@ -25,9 +25,11 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
     from_snapshot    incremental: the older snapshot
     parent           incremental: {"file": backup file of from_snapshot, "checksum": its checksum value}
     checksum         {"algorithm", "value", "chunk_size"?, "data_crc32c"?}
-                       full: "sha256-of-4MiB-chunk-sha256" of the image's logical content, and
-                       data_crc32c, the CRC-32C a restore checks (checksum.DataCRC)
-                       incremental: "sha256" of the diff stream (the file's bytes: its logical content)
+                       full: "xxh3-128-of-4MiB-chunk-xxh3-128" of the image's logical content
+                       (older: "sha256-of-4MiB-chunk-sha256" with data_crc32c, the CRC-32C
+                       their restore checks, checksum.DataCRC)
+                       incremental: "xxh3-128" (older: "sha256") of the diff stream (the file's
+                       bytes: its logical content)
     file_checksum    {"algorithm": "crc32c", "value"}: the backup file's bytes as written (file_crc), so a
                        changed byte of its structure is caught too, not only of the content it holds
     cluster_size     qcow2 only
@@ -54,13 +56,12 @@ from ...errors import CorruptBackupError, UsageError
 from ...spec import ImageSpec
 from ..file_crc import ALGORITHM as FILE_ALGORITHM
 from ..files import AtomicFile, open_regular_stream
-from .checksum import ALGORITHM as CONTENT_ALGORITHM
+from .checksum import FILE_HEX_DIGITS, HEX_DIGITS
 
 SUFFIX = ".manifest.json"
 FORMATS = ("raw", "qcow2")
 DIFF_FORMAT = "rbd-diff-v1"
 EXTENSIONS = {"raw": ".raw", "qcow2": ".qcow2", DIFF_FORMAT: ".rbddiff"}
-DIFF_ALGORITHM = "sha256"
 MAX_MANIFEST_BYTES = 1 << 20
 VERSION = 2
 VERSIONS = (1, 2)
@@ -239,8 +240,13 @@ def _check(m: Manifest, bad) -> None:
         bad(f"image {m.image!r} should be POOL/IMAGE")
     if m.size < 0 or m.file_size < 0:
         bad("negative size")
-    if not is_lower_hex(m.checksum.get("value"), 64):
-        bad("checksum value should be 64 lowercase hex digits")
+    algorithm = m.checksum.get("algorithm")
+    known = HEX_DIGITS if m.kind == "full" else FILE_HEX_DIGITS
+    digits = known.get(algorithm, 0) if isinstance(algorithm, str) else 0
+    if not digits:
+        bad(f"checksum algorithm {algorithm!r} is not one of {', '.join(sorted(known))}")
+    if not is_lower_hex(m.checksum.get("value"), digits):
+        bad(f"checksum value should be {digits} lowercase hex digits")
     crc = m.checksum.get("data_crc32c")
     if crc is not None and not is_lower_hex(crc, 8):
         bad("checksum data_crc32c should be 8 lowercase hex digits")
@@ -260,8 +266,6 @@ def _check(m: Manifest, bad) -> None:
     if m.kind == "full":
         if m.format not in FORMATS:
             bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")
-        if m.checksum.get("algorithm") != CONTENT_ALGORITHM:
-            bad(f"checksum algorithm {m.checksum.get('algorithm')!r} is not {CONTENT_ALGORITHM!r}")
         if m.from_snapshot is not None or m.parent is not None:
             bad("a full backup has no from_snapshot or parent")
         if m.format == "raw" and m.file_size != m.size:
@@ -271,8 +275,6 @@ def _check(m: Manifest, bad) -> None:
     else:
         if m.format != DIFF_FORMAT:
             bad(f"an incremental backup's format is {DIFF_FORMAT!r}, not {m.format!r}")
-        if m.checksum.get("algorithm") != DIFF_ALGORITHM:
-            bad(f"checksum algorithm {m.checksum.get('algorithm')!r} is not {DIFF_ALGORITHM!r}")
         if not m.from_snapshot:
             bad("an incremental backup needs from_snapshot")
         parent = m.parent or {}
