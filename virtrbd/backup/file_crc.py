@@ -15,6 +15,7 @@ Bits are reflected as in every CRC-32C: the value's top bit is x^0.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ def _powers() -> list[int]:
 _X_2K = _powers()
 
 
+@functools.lru_cache(maxsize=4096)     # a sparse RAW file has thousands of holes, of few distinct lengths
 def _x_to_8n(n: int) -> int:
     """x^(8n) modulo the polynomial: appending n zero bytes to a CRC register."""
     result, k, exponent = _TOP, 0, 8 * n
@@ -64,6 +66,7 @@ def combine(crc_a: int, crc_b: int, length_b: int) -> int:
     return _multiply(_x_to_8n(length_b), crc_a) ^ crc_b if length_b else crc_a
 
 
+@functools.lru_cache(maxsize=4096)
 def of_zeros(length: int) -> int:
     """The CRC-32C of ``length`` zero bytes, without touching them."""
     return combine(0xFFFFFFFF, 0, length) ^ 0xFFFFFFFF if length else 0

@@ -41,7 +41,7 @@ from pathlib import Path
 from .. import exits
 from ..errors import BackupError, CorruptBackupError
 from .file_crc import FileCRC
-from .stream import BLOCK, POLL, MiB, check_cancel
+from .stream import BLOCK, POLL, KiB, MiB, check_cancel
 
 log = logging.getLogger(__name__)
 
@@ -238,22 +238,40 @@ def _drop_cache(fd: int) -> None:
         pass
 
 
+#: a run shorter than this is written through the page cache, not with O_DIRECT: a scattered image's
+#: many small runs would otherwise each wait for the disk (the fsync before publishing writes them all)
+SMALL_RUN = 256 * KiB
+
+
+def _buffered_twin(fd: int) -> int | None:
+    """A second, buffered descriptor of the file open as ``fd`` (None where /proc is not there)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 class BlockWriter:
     """Positional writes through reused page-aligned buffers and writer threads.
 
     ``pwrite(offset, data, start, end)`` copies ``data[start:end]`` into the
-    current buffer when it continues the previous write (so contiguous runs
-    leave as one large write), else hands the buffer to a thread and starts
-    another.  With ``direct`` every offset and length must be a multiple of
-    4 KiB.  Writes to different places may land in any order (they never
-    overlap: each buffer covers its own range).  Errors in a thread come back on
+    current buffer, as a continuation of the previous run when it continues it
+    in the file (so contiguous runs leave as one large write) or as a run of
+    its own; a full buffer goes to a thread, which writes its runs.  With
+    ``direct`` every offset and length must be a multiple of 4 KiB.  Writes to
+    different places may land in any order (they never overlap: each run
+    covers its own range).  Errors in a thread come back on
     the next call.  Memory: ``buffers`` x ``buffer_size``, whatever the file size.
+    With ``direct``, runs shorter than ``SMALL_RUN`` go through a second,
+    buffered descriptor (the page cache takes them; the file's fsync writes
+    them out together, in order) instead of one disk write each.
     ``crc`` sees every byte written, for the manifest's ``file_checksum``.
     """
 
     def __init__(self, fd: int, *, direct: bool, buffer_size: int = 4 * MiB, buffers: int = 2, threads: int = 1):
         self.fd = fd
         self.direct = direct
+        self._buffered_fd = _buffered_twin(fd) if direct else None
         self.buffer_size = buffer_size
         self.bytes_written = 0
         self.crc = FileCRC()
@@ -264,8 +282,9 @@ class BlockWriter:
         self._work: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._current: mmap.mmap | None = None
-        self._current_at = 0          # file offset of the current buffer
-        self._current_len = 0
+        self._current_len = 0         # bytes of the current buffer in use
+        #: the current buffer's runs: [file offset, offset in the buffer, length], in the order written
+        self._runs: list[list[int]] = []
         self._threads = [threading.Thread(target=self._run, name=f"backup-writer-{n}", daemon=True)
                          for n in range(threads)]
         for thread in self._threads:
@@ -280,13 +299,16 @@ class BlockWriter:
         self.crc.add(offset, data if whole else view[start:end])
         while start < end:
             self._check()
-            if self._current is None or offset != self._current_at + self._current_len \
-                    or self._current_len == self.buffer_size:
+            if self._current is None or self._current_len == self.buffer_size:
                 self._hand_over()
                 self._current = self._take_free()
-                self._current_at, self._current_len = offset, 0
             take = min(end - start, self.buffer_size - self._current_len)
             self._current[self._current_len:self._current_len + take] = view[start:start + take]
+            last = self._runs[-1] if self._runs else None
+            if last is not None and offset == last[0] + last[2]:
+                last[2] += take                              # continues the run before it
+            else:
+                self._runs.append([offset, self._current_len, take])
             self._current_len += take
             offset += take
             start += take
@@ -310,6 +332,9 @@ class BlockWriter:
                 thread.join()
         for buf in self._drain_free():
             buf.close()
+        if self._buffered_fd is not None:
+            os.close(self._buffered_fd)
+            self._buffered_fd = None
 
     def _drain_free(self):
         while True:
@@ -331,10 +356,10 @@ class BlockWriter:
     def _hand_over(self) -> None:
         if self._current is not None:
             if self._current_len:
-                self._work.put((self._current, self._current_at, self._current_len))
+                self._work.put((self._current, self._runs))
             else:
                 self._free.put(self._current)
-            self._current = None
+            self._current, self._current_len, self._runs = None, 0, []
 
     def _check(self) -> None:
         if self._error is not None:
@@ -349,10 +374,12 @@ class BlockWriter:
             try:
                 if item is None:
                     return
-                buf, offset, length = item
+                buf, runs = item
                 try:
-                    if self._error is None:
-                        self._write_all(buf, offset, length)
+                    for offset, at, length in runs:
+                        if self._error is None:
+                            fd = self.fd if length >= SMALL_RUN or self._buffered_fd is None else self._buffered_fd
+                            self._write_all(buf, at, offset, length, fd)
                 except BaseException as exc:  # handed to the caller on its next call
                     self._error = exc
                 finally:
@@ -360,12 +387,13 @@ class BlockWriter:
             finally:
                 self._work.task_done()
 
-    def _write_all(self, buf: mmap.mmap, offset: int, length: int) -> None:
-        view = memoryview(buf)
+    def _write_all(self, buf: mmap.mmap, at: int, offset: int, length: int, fd: int) -> None:
+        """``length`` bytes from ``at`` in ``buf`` to the file at ``offset``."""
+        view = memoryview(buf)[at:at + length]
         try:
             done = 0
             while done < length:
-                written = os.pwrite(self.fd, view[done:length], offset + done)
+                written = os.pwrite(fd, view[done:length], offset + done)
                 if written <= 0:
                     raise OSError(errno.EIO, "short write")
                 done += written

@@ -100,9 +100,12 @@ def zero_granules(data: bytes | bytearray, start: int, end: int, granule: int) -
 
     Only a granule whose first and last bytes are zero can be empty; those
     bytes, sliced out with a stride (C speed, one byte per granule), leave
-    few candidates in real data (1 in 65536 granules of random data) and
-    only the candidates are compared whole.  A byte-by-byte search for
-    zero runs costs a full pass over the data instead.
+    few candidates in real data (1 in 65536 granules of random data).  Each
+    stretch of consecutive candidates is then compared whole, once: in a
+    read that is mostly a hole that is one comparison for the hole, not one
+    per granule; a stretch that is not all zeros has its granules compared
+    one by one.  A byte-by-byte search for zero runs costs a full pass over
+    the data instead.
     """
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(memoryview(data)[start:end])
@@ -110,10 +113,15 @@ def zero_granules(data: bytes | bytearray, start: int, end: int, granule: int) -
     heads = data[start:end:granule]
     tails = data[start + granule - 1:end:granule]
     empty = zeros(granule)
-    found = []
-    index = heads.find(0)
-    while index >= 0:
-        if tails[index] == 0 and data.startswith(empty, start + index * granule):
-            found.append(index)
-        index = heads.find(0, index + 1)
+    found: list[int] = []
+    first = heads.find(0)
+    while first >= 0:
+        stop = len(heads) - len(heads[first:].lstrip(b"\0"))       # the stretch of zero heads
+        stretch = tails[first:stop]
+        if not stretch.strip(b"\0") and data.startswith(zeros((stop - first) * granule), start + first * granule):
+            found.extend(range(first, stop))
+        else:
+            found.extend(i for i in range(first, stop)
+                         if tails[i] == 0 and data.startswith(empty, start + i * granule))
+        first = heads.find(0, stop)
     return found

@@ -30,7 +30,7 @@ from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM
 from .formats.checksum import DIFF_ALGORITHM, FILE_HASHES, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffWriter
-from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource, source_facts
+from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource, source_facts
 from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import CHUNK, MiB, check_cancel, nonzero_runs, split_at
 from .window import Job, ReadWindow, read_chunk_parts
@@ -90,11 +90,12 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
     data_bytes = read_bytes = 0
     digest = ContentDigest(size)
     with AtomicFile(final, direct=direct_io) as out:
-        blocks = BlockWriter(out.fd, direct=out.direct, buffers=3, threads=2)
+        blocks = BlockWriter(out.fd, direct=out.direct, buffers=2, threads=2)
         try:
             writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)
             # closing(): on any failure, wait for the reads in flight before the image is closed
-            with closing(read_chunk_parts(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
+            with closing(read_chunk_parts(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS,
+                                                  max_read=READ_BYTES)) as chunks:
                 for chunk, reads in chunks:
                     check_cancel()
                     digest.add_parts(chunk.index, [(offset - chunk.offset, data) for offset, data in reads])
@@ -252,5 +253,5 @@ def _change_jobs(source: RbdSource, size: int, older: str) -> Iterator[Job]:
             if not exists:
                 yield Job(key=(offset, end - offset, False), ranges=())
                 continue
-            for piece_offset, piece_length in split_at(offset, end - offset, CHUNK):
+            for piece_offset, piece_length in split_at(offset, end - offset, READ_BYTES):
                 yield Job(key=(piece_offset, piece_length, True), ranges=((piece_offset, piece_length),))

@@ -21,26 +21,31 @@ from ..spec import ImageSpec
 from .results import SourceFacts
 from .stream import CHUNK, MiB, wait_until, within
 
-#: reads (or writes) in flight: 24 MiB in at most 12 requests.  Each in-flight read costs about twice its
-#: size (librados' receive buffer and ours); with the file writer's 12 MiB a backup stays within the
-#: 128 MiB its benchmark holds it to (docs/performance.md).
-WINDOW_BYTES = 24 * MiB
+#: reads (or writes) in flight: 16 MiB in at most 16 requests of at most READ_BYTES each.  A read in
+#: flight costs a multiple of its size (librados' receive buffer, librbd's assembly, ours), more so
+#: for 4 MiB reads than for 1 MiB ones; so a backup stays within the 96 MiB its benchmark holds it to
+#: and keeps as many reads going (docs/performance.md).
+WINDOW_BYTES = 16 * MiB
+MAX_OPS = 16
+READ_BYTES = 1 * MiB
 
 
-MAX_OPS = 12
-
-
-def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048) -> bool:
-    """Make glibc unmap freed buffers larger than one of our 4 MiB chunks, for processes that read a lot.
+def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048, keep: int = 64 * MiB) -> bool:
+    """Tune glibc's allocator for a process that moves many 4 MiB buffers: a bounded peak, few page faults.
 
     Reading a snapshot, librados receives each 4 MiB read into a page-aligned
     buffer (4 MiB plus alignment slack) allocated in its messenger threads;
     glibc's default keeps freed ones in heaps that fragment, and the backup's
-    peak RSS then depends on thread timing.  Above this threshold those
-    buffers are mapped and unmapped, so the peak stays bounded.  Python's own
-    4 MiB ``bytes`` (4 MiB + 33) stay below it and are recycled from the heap:
-    a lower threshold would fault their pages in again and again.  A restore
-    does not need it (its big buffers come and go in one thread).
+    peak RSS then depends on thread timing.  Above ``threshold`` those buffers
+    are mapped and unmapped, so the peak stays bounded.  Python's own 4 MiB
+    ``bytes`` (4 MiB + 33) stay below it and are recycled from the heap: a lower
+    threshold would fault their pages in again and again.  Setting the
+    threshold also fixes glibc's trim threshold at 128 KiB, and every 4 MiB
+    buffer freed at the top of the heap would go back to the system and be
+    faulted in again by the next one: ``keep`` bytes of free heap stay mapped
+    instead (most of a backup's system time went to those faults).  And one
+    arena for every thread: a buffer librados frees in one thread is reused
+    by the next allocation in another, not kept aside in a per-thread heap.
     Process-wide, so the command calls it; a program using the library may
     too.  False where the C library is not glibc.  The figures:
     docs/performance.md.
@@ -50,8 +55,9 @@ def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    M_MMAP_THRESHOLD = -3
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+    return (bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, keep))
+            and bool(mallopt(M_ARENA_MAX, 1)))
 
 
 class RbdSource:

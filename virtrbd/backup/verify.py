@@ -24,7 +24,7 @@ from .formats import check_backup_file, check_checksum, check_file_checksum, ful
 from .formats.checksum import FILE_HASHES, BackgroundDigest, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffReader
-from .rbd_io import MAX_OPS, WINDOW_BYTES, RbdSource
+from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource
 from .results import VerifyResult
 from .stream import CHUNK, is_zero, split_at
 from .window import read_chunks
@@ -91,7 +91,8 @@ def _compare_full(m: Manifest, chunk_digests: list[bytes], source: RbdSource) ->
         raise BackupError(f"{m.data_path} holds {m.size} bytes, {source.what} has {source.size}")
     live = ContentDigest(source.size, keep=True, algorithm=m.checksum["algorithm"])
     read = 0
-    with closing(read_chunks(source, source.size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)) as chunks:
+    with closing(read_chunks(source, source.size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS,
+                             max_read=READ_BYTES)) as chunks:
         for chunk in chunks:
             live.add(chunk.index, chunk.data)
             read += chunk.length

@@ -148,21 +148,22 @@ def normalized(extents: Iterable[tuple[int, int]], limit: int) -> list[tuple[int
     return [(s, e) for s, e in merged]
 
 
-def _read_ranges(extents: list[tuple[int, int]], merge_gap: int) -> list[tuple[int, int]]:
-    """Fewer, larger reads: extents closer than ``merge_gap`` are read as one (holes read as zeros)."""
+def _read_ranges(extents: list[tuple[int, int]], merge_gap: int, max_read: int) -> list[tuple[int, int]]:
+    """Fewer, larger reads: extents closer than ``merge_gap`` are read as one (holes read as zeros); none
+    longer than ``max_read`` or crossing a multiple of it."""
     reads: list[list[int]] = []
     for start, end in extents:
         if reads and start - reads[-1][1] <= merge_gap:
             reads[-1][1] = end
         else:
             reads.append([start, end])
-    return [(s, e - s) for s, e in reads]
+    return [piece for s, e in reads for piece in split_at(s, e - s, max_read)]
 
 
 def chunk_jobs(source: Source, size: int, *, chunk: int = CHUNK, map_window: int = 64 * CHUNK,
-               merge_gap: int = 256 * KiB) -> Iterator[Job]:
-    """One job per chunk with allocated data.  The allocation map is asked for ``map_window`` bytes at a
-    time, so a huge, fragmented image never has its whole map in memory."""
+               merge_gap: int = 256 * KiB, max_read: int = CHUNK) -> Iterator[Job]:
+    """One job per chunk with allocated data, its reads at most ``max_read`` long.  The allocation map is
+    asked for ``map_window`` bytes at a time, so a huge, fragmented image never has its whole map in memory."""
     for window_start in range(0, size, map_window):
         window_end = min(size, window_start + map_window)
         extents = normalized(source.extents(window_start, window_end - window_start), window_end)
@@ -174,7 +175,7 @@ def chunk_jobs(source: Source, size: int, *, chunk: int = CHUNK, map_window: int
             inside = by_chunk[index]
             offset = index * chunk
             yield Job(key=Chunk(index, offset, min(chunk, size - offset), inside, b""),
-                      ranges=_read_ranges(inside, merge_gap))
+                      ranges=_read_ranges(inside, merge_gap, max_read))
 
 
 def assemble(job: Job) -> Chunk:
@@ -192,20 +193,21 @@ def assemble(job: Job) -> Chunk:
 
 
 def read_chunks(source: Source, size: int, *, window_bytes: int = 32 * MiB, max_ops: int = 16,
-                chunk: int = CHUNK) -> Generator[Chunk, None, None]:
+                chunk: int = CHUNK, max_read: int = CHUNK) -> Generator[Chunk, None, None]:
     """The chunks of ``source`` that hold allocated data, in order, read ahead within the window."""
     window = ReadWindow(source.submit_read, window_bytes=window_bytes, max_ops=max_ops)
-    for job in window.run(chunk_jobs(source, size, chunk=chunk)):
+    for job in window.run(chunk_jobs(source, size, chunk=chunk, max_read=max_read)):
         yield assemble(job)
 
 
 def read_chunk_parts(source: Source, size: int, *, window_bytes: int = 32 * MiB, max_ops: int = 16,
-                     chunk: int = CHUNK) -> Generator[tuple[Chunk, list[tuple[int, bytes]]], None, None]:
+                     chunk: int = CHUNK, max_read: int = CHUNK
+                     ) -> Generator[tuple[Chunk, list[tuple[int, bytes]]], None, None]:
     """Like ``read_chunks``, without assembling: each chunk (``data`` left empty) with its reads as
     ``(offset, data)``, sorted; the chunk's other bytes are zeros.  A backup hashes and writes the
     reads as they came, and so copies none of its data."""
     window = ReadWindow(source.submit_read, window_bytes=window_bytes, max_ops=max_ops)
-    for job in window.run(chunk_jobs(source, size, chunk=chunk)):
+    for job in window.run(chunk_jobs(source, size, chunk=chunk, max_read=max_read)):
         found = cast(Chunk, job.key)
         found.read_bytes = job.nbytes
         yield found, [(offset, data) for (offset, _length), data in zip(job.ranges, job.results, strict=True)]

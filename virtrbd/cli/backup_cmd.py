@@ -83,6 +83,7 @@ def cmd_backup(args) -> int:
 def cmd_restore(args) -> int:
     from ..backup import plan_restore, restore
     from ..backup.tuning import RESTORE_CONFIG
+    bound_memory()
     storage, target = open_storage(args, args.target, snapshot=False,
                                    ceph_options=RESTORE_CONFIG)     # this process only restores
     plan = plan_restore(args.src)
@@ -126,8 +127,8 @@ def cmd_verify(args) -> int:
 # --- helpers --------------------------------------------------------------------------------------------
 
 def bound_memory() -> None:
-    """For commands that read snapshots: a peak RSS that does not depend on thread timing
-    (see rbd_io.return_large_buffers_to_the_system)."""
+    """For commands that move an image's data: a peak RSS that does not depend on thread timing, and
+    buffers reused rather than faulted in again (see rbd_io.return_large_buffers_to_the_system)."""
     from ..backup.rbd_io import return_large_buffers_to_the_system
     return_large_buffers_to_the_system()
 
