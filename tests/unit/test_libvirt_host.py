@@ -205,3 +205,18 @@ def test_find_secret_by_reference_uses_the_ceph_usage(lv, conn):
     with Host(libvirt_module=lv) as host:
         host.find_secret(SecretRef(usage="ceph client.virt"))
     conn.secretLookupByUsage.assert_called_once_with(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "ceph client.virt")
+
+
+def test_nobody_listens_only_where_the_local_system_daemon_has_no_socket(tmp_path, monkeypatch):
+    """A restore skips loading libvirt's binding (~12 MiB) only when no daemon could answer."""
+    from virtrbd.libvirt import host
+    sock = tmp_path / "libvirt-sock"
+    monkeypatch.setattr(host, "SYSTEM_SOCKETS", (sock, tmp_path / "virtqemud-sock"))
+    assert host.nobody_listens("qemu:///system")
+    assert host.nobody_listens(f"qemu+unix:///system?socket={tmp_path / 'other'}")
+    sock.touch()
+    assert not host.nobody_listens("qemu:///system")
+    assert host.nobody_listens(f"qemu+unix:///system?socket={tmp_path / 'other'}")
+    assert not host.nobody_listens(f"qemu+unix:///system?socket={sock}")
+    for elsewhere in ("qemu+ssh://hv2/system", "qemu:///session", "qemu+tcp://10.0.0.1/system", "test:///default"):
+        assert not host.nobody_listens(elsewhere)

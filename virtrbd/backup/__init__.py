@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import UsageError
@@ -119,8 +120,13 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
     plan = src if isinstance(src, RestorePlan) else plan_restore(src)
     spec = storage.spec(target, snapshot=False)
     # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
-    from ..libvirt.policy import upload_target
-    with cancellable(cancel), upload_target(storage.config) as libvirt:
+    from ..libvirt.host import nobody_listens
+    if nobody_listens(storage.config.libvirt.uri):
+        libvirt_side: AbstractContextManager = nullcontext(None)
+    else:
+        from ..libvirt.policy import upload_target
+        libvirt_side = upload_target(storage.config)
+    with cancellable(cancel), libvirt_side as libvirt:
         return run_restore(storage.cluster, plan, spec, force=force, create_snapshot=create_snapshot,
                            progress=progress, libvirt=libvirt)
 

@@ -83,13 +83,16 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
     fmt = full_format(m)
     with fmt.reader(m) as reader, (BackgroundCRC() if crc_wanted else
                                       BackgroundDigest(m.size, algorithm=m.checksum["algorithm"])) as check:
-        for offset, data, extents in fmt.chunks(reader):
+        for offset, parts in fmt.chunks(reader):
             check_cancel()
-            check.add(offset // CHUNK, data)
-            for start, end in extents:
-                granules.write(start, data, start - offset, end - offset)
+            if isinstance(check, BackgroundCRC):
+                check.add(offset // CHUNK, _assembled(offset, parts, min(CHUNK, m.size - offset)))
+            else:
+                check.add_parts(offset // CHUNK, [(at - offset, data) for at, data in parts])
+            for at, data in parts:
+                granules.write(at, data)
             if progress:
-                progress(done + offset + len(data), total)
+                progress(done + min(offset + CHUNK, m.size), total)
         granules.finish()
         value = check.hexdigest()
     if crc_wanted:
@@ -99,6 +102,14 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
     else:
         check_checksum(m, value)
     return done + m.size
+
+
+def _assembled(offset: int, parts: list, length: int) -> bytearray:
+    """A chunk's full content from its parts (zeros between): the data CRC of older backups needs it."""
+    chunk = bytearray(length)
+    for at, data in parts:
+        chunk[at - offset:at - offset + len(data)] = data
+    return chunk
 
 
 def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:

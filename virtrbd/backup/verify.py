@@ -58,11 +58,11 @@ def file_digest(m: Manifest, *, keep: bool = False,
     fmt = full_format(m)
     with fmt.reader(m) as reader, BackgroundDigest(m.size, keep=keep,
                                                                 algorithm=m.checksum["algorithm"]) as digest:
-        for offset, data, _extents in fmt.chunks(reader):
-            digest.add(offset // CHUNK, data)
-            read += len(data)
+        for offset, parts in fmt.chunks(reader):
+            digest.add_parts(offset // CHUNK, [(at - offset, data) for at, data in parts])
+            read += sum(len(data) for _at, data in parts)
             if progress:
-                progress(offset + len(data), m.size)
+                progress(min(offset + CHUNK, m.size), m.size)
         value = digest.hexdigest()
     return value, digest.digests or [], read
 

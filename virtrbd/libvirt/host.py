@@ -16,8 +16,10 @@ import base64
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import InvalidXMLError, LibvirtError, NotFoundError
 from ..keyring import CephKey
@@ -35,6 +37,24 @@ log = logging.getLogger(__name__)
 
 # The XML layer (lxml and our templates, slow to load) is imported by the methods that read or
 # write XML, not here: a restore that only asks libvirtd whether it can upload never needs it.
+
+
+#: where the local system daemon (libvirtd, or the modular virtqemud) listens for qemu:///system
+SYSTEM_SOCKETS = (Path("/run/libvirt/libvirt-sock"), Path("/run/libvirt/virtqemud-sock"))
+
+
+def nobody_listens(uri: str) -> bool:
+    """True when ``uri`` is the local system daemon's and none of its sockets exists: nothing would answer.
+
+    Loading libvirt's binding only to hear that costs a command ~12 MiB of
+    memory (a restore's peak, docs/performance.md).  Any other URI (remote, a
+    session daemon): False, the caller asks.
+    """
+    parts = urlsplit(uri)
+    if parts.netloc or parts.scheme not in ("qemu", "qemu+unix") or parts.path != "/system":
+        return False
+    sockets = [Path(value) for key, value in parse_qsl(parts.query) if key == "socket"] or SYSTEM_SOCKETS
+    return not any(path.exists() for path in sockets)
 
 
 def _import_libvirt() -> ModuleType:

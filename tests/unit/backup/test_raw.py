@@ -71,9 +71,10 @@ def test_reader_gives_chunks_with_data_only(tmp_path):
     write_raw(path, MemorySource(bytes(content)), direct=False)
     with RawReader(path, expected_size=size) as reader:
         chunks = list(reader.chunks())
-    assert [offset for offset, _, _ in chunks] == [CHUNK, 4 * CHUNK]
-    assert all(data == bytes(content[o:o + CHUNK]) for o, data, _ in chunks)
-    assert chunks[0][2] == [(CHUNK, CHUNK + BLOCK)]
+    assert [offset for offset, _ in chunks] == [CHUNK, 4 * CHUNK]
+    assert all(data == bytes(content[at:at + len(data)]) for _, parts in chunks for at, data in parts)
+    assert [(at, len(data)) for at, data in chunks[0][1]] == [(CHUNK, BLOCK)]    # the holes are never read
+    assert [(at, len(data)) for at, data in chunks[1][1]] == [(5 * CHUNK - BLOCK, BLOCK)]
 
 
 def test_reader_refuses_a_file_of_the_wrong_size(tmp_path):

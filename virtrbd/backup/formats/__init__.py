@@ -27,7 +27,9 @@ from .rbddiff import DiffReader
 
 #: ``(offset, data, extents)`` of a chunk of a full backup: ``extents`` are the ``(start, end)`` ranges
 #: of ``data`` that hold the image's data, in absolute offsets
-DataChunk = tuple[int, Any, list[tuple[int, int]]]
+#: a chunk of a full backup's content: its offset, and its data as ``(offset, bytes)`` parts (sorted,
+#: disjoint, within the chunk); the chunk's other bytes are zeros
+DataChunk = tuple[int, list[tuple[int, Any]]]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def _check_qcow2(m: Manifest) -> None:
 
 def _qcow2_chunks(reader: Qcow2Reader) -> Iterator[DataChunk]:
     for offset, data in reader.chunks():
-        yield offset, data, [(offset, offset + len(data))]
+        yield offset, [(offset, data)]
 
 
 def _check_diff(m: Manifest) -> None:

@@ -66,6 +66,23 @@ def _feed_zeros(h, count: int) -> None:
         count -= step
 
 
+def digest_of_parts(algorithm: str, length: int, parts: Iterable[tuple[int, bytes | bytearray | memoryview]]
+                    ) -> bytes | None:
+    """The digest of ``length`` bytes holding ``parts`` (``(start, data)``, sorted, disjoint) and zeros
+    elsewhere; None when there are no parts (the zero digest, known)."""
+    h, cursor = HASHES[algorithm](), 0
+    for start, data in parts:
+        if start < cursor or start + len(data) > length:
+            raise ValueError(f"part at {start} of {len(data)} bytes is out of order or beyond {length} bytes")
+        _feed_zeros(h, start - cursor)
+        h.update(data)
+        cursor = start + len(data)
+    if not cursor:
+        return None
+    _feed_zeros(h, length - cursor)
+    return h.digest()
+
+
 class ContentDigest:
     """Accumulates per-chunk digests in order; chunks never added are zeros."""
 
@@ -103,18 +120,10 @@ class ContentDigest:
         chunk) and zeros elsewhere: hashed piece by piece, never assembled into one buffer."""
         self._check(index)
         length = self.chunk_length(index)
-        h, cursor = self._hash(), 0
-        for start, data in parts:
-            if start < cursor or start + len(data) > length:
-                raise ValueError(f"chunk {index}: part at {start} of {len(data)} bytes is out of order or too long")
-            _feed_zeros(h, start - cursor)
-            h.update(data)
-            cursor = start + len(data)
-        if not cursor:
+        digest = digest_of_parts(self.algorithm, length, parts)
+        if digest is None:
             digest = zero_digest(length, self.algorithm)
         else:
-            _feed_zeros(h, length - cursor)
-            digest = h.digest()
             self.hashed_bytes += length
         self._append(digest)
         return digest
@@ -230,6 +239,13 @@ class BackgroundDigest:
         if data is not None and len(data) != length:
             raise ValueError(f"chunk {index} holds {len(data)} bytes, expected {length}")
         self._queue.append((index, self._pool.submit(_digest_or_none, self.digest, data), length))
+        while len(self._queue) > self._pending:
+            self._fold_one()
+
+    def add_parts(self, index: int, parts: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """Chunk ``index`` holds ``parts`` (as ``ContentDigest.add_parts``), hashed on the worker."""
+        length = self.digest.chunk_length(index)
+        self._queue.append((index, self._pool.submit(digest_of_parts, self.digest.algorithm, length, parts), length))
         while len(self._queue) > self._pending:
             self._fold_one()
 

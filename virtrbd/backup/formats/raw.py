@@ -93,8 +93,9 @@ class RawReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def chunks(self, chunk_size: int = CHUNK, ahead: int = 2) -> Iterator[tuple[int, bytes, list[tuple[int, int]]]]:
-        """``(offset, data, extents)`` for each chunk holding data; ``extents`` are the data regions in it.
+    def chunks(self, chunk_size: int = CHUNK, ahead: int = 2) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+        """``(offset, parts)`` for each chunk holding data: ``parts`` are the file's data regions in it,
+        ``(offset, bytes)``; the chunk's other bytes are holes (zeros), never read.
 
         A reader thread keeps up to ``ahead`` chunks read in advance (``pread``
         lets the interpreter go while it waits): holes between data break the
@@ -106,8 +107,8 @@ class RawReader:
 
         def read_ahead() -> None:
             try:
-                for first, chunk_end, inside in self._layout(chunk_size):
-                    item = (first, self._read(first, chunk_end - first), inside)
+                for first, _chunk_end, inside in self._layout(chunk_size):
+                    item = (first, [(start, self._read(start, end - start)) for start, end in inside])
                     while not stop.is_set():
                         try:
                             chunks.put(item, timeout=0.1)
