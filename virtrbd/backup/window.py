@@ -174,14 +174,14 @@ def chunk_jobs(source: Source, size: int, *, chunk: int = CHUNK, map_window: int
         for index in sorted(by_chunk):
             inside = by_chunk[index]
             offset = index * chunk
-            yield Job(key=Chunk(index, offset, min(chunk, size - offset), inside, b""),
-                      ranges=_read_ranges(inside, merge_gap, max_read))
+            reads = _read_ranges(inside, merge_gap, max_read)
+            yield Job(key=Chunk(index, offset, min(chunk, size - offset), inside, b"",
+                                read_bytes=sum(length for _, length in reads)), ranges=reads)
 
 
 def assemble(job: Job) -> Chunk:
     """The job's chunk with ``data`` filled: the read itself when it covers the chunk, else a copy."""
     chunk = cast(Chunk, job.key)
-    chunk.read_bytes = job.nbytes
     if len(job.ranges) == 1 and job.ranges[0] == (chunk.offset, chunk.length):
         chunk.data = job.results[0]
         return chunk
@@ -208,6 +208,5 @@ def read_chunk_parts(source: Source, size: int, *, window_bytes: int = 32 * MiB,
     reads as they came, and so copies none of its data."""
     window = ReadWindow(source.submit_read, window_bytes=window_bytes, max_ops=max_ops)
     for job in window.run(chunk_jobs(source, size, chunk=chunk, max_read=max_read)):
-        found = cast(Chunk, job.key)
-        found.read_bytes = job.nbytes
-        yield found, [(offset, data) for (offset, _length), data in zip(job.ranges, job.results, strict=True)]
+        reads = [(offset, data) for (offset, _length), data in zip(job.ranges, job.results, strict=True)]
+        yield cast(Chunk, job.key), reads
