@@ -32,6 +32,7 @@ from .spec import ImageSpec
 
 if TYPE_CHECKING:
     from .backup.results import BackupResult, RestoreResult, VerifyResult
+    from .domains.snapshot import DomainSnapshot
     from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 
 
@@ -171,6 +172,15 @@ class Storage:
         """Refused while a client (a VM) has the image open, unless ``force``."""
         self.layering.rollback(self.spec(snapshot, snapshot=True), force=force, progress=progress)
 
+    def snapshot_domain(self, domain: str, snapshot: str, *, quiesce: str = "auto",
+                        freeze_timeout: float = 10.0) -> DomainSnapshot:
+        """Snapshot SNAP of every rbd disk of a libvirt domain at one instant: for a running guest, its
+        filesystems frozen through its agent only around that instant (``quiesce`` auto, require or off), and
+        thawed by a guard process within ``freeze_timeout`` seconds whatever happens to this one."""
+        from .domains.snapshot import snapshot_domain
+        return snapshot_domain(self, domain, snapshot, quiesce=quiesce, freeze_timeout=freeze_timeout,
+                               libvirt_module=self._libvirt_module)
+
     # --- golden images, clones, flatten ----------------------------------------------------
 
     def make_golden(self, image: str | ImageSpec) -> ImageSpec:
@@ -226,7 +236,7 @@ class Storage:
         return backup.restore(self, src, target, force=force, progress=progress)
 
     def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None) -> VerifyResult:
-        """Recompute a backup's SHA-256 against its manifest; ``against`` also compares with a live snapshot."""
+        """Recompute a backup's checksums against its manifest; ``against`` also compares with a live snapshot."""
         from . import backup
         return backup.verify(src, against=against, storage=self)
 

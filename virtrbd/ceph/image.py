@@ -22,6 +22,10 @@ from .translate import translated
 #: push what the running guests use out of the OSDs' caches.
 FADVISE_NOCACHE = 0x40
 
+#: ``RBD_SNAP_CREATE_SKIP_QUIESCE``: no quiesce request to the image's other clients (a round trip each) when
+#: the guest is frozen or paused already
+SNAP_CREATE_SKIP_QUIESCE = 1 << 0
+
 #: ``RBD_FEATURE_*`` bits of ``RbdImage.features()`` (librbd/features.h)
 FEATURE_LAYERING = 1 << 0
 FEATURE_STRIPINGV2 = 1 << 1

@@ -1,7 +1,10 @@
-"""``virtrbd snap create|ls|rm|protect|unprotect|rollback``: snapshots that stay in Ceph."""
+"""``virtrbd snap create|ls|rm|protect|unprotect|rollback``: snapshots that stay in Ceph, of an image or of a
+whole domain at one instant."""
 
 from __future__ import annotations
 
+from ..domains.request import DEFAULT_FREEZE_TIMEOUT, QUIESCE, check_request
+from ..errors import UsageError
 from ..units import format_size
 from .common import emit_json, open_storage
 from .progress import terminal_progress
@@ -17,7 +20,20 @@ def add_parser(subparsers) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    action("create", "take a snapshot", cmd_create)
+    create = action("create", "take a snapshot of an image, or of every rbd disk of a domain at one instant",
+                    cmd_create)
+    create.set_defaults(spec=None)
+    create._actions[-1].nargs = "?"         # the spec is left out with --domain
+    create.add_argument("--domain", metavar="NAME", help="snapshot every rbd disk of this libvirt domain at one "
+                        "instant (needs --name, not POOL/IMAGE@SNAP)")
+    create.add_argument("--name", metavar="SNAP", help="the snapshot's name on each of the domain's disks")
+    create.add_argument("--quiesce", choices=QUIESCE, default="auto",
+                        help="freeze the running guest's filesystems through its agent around the instant: auto "
+                             "(when the agent answers; else crash-consistent, said), require (else nothing is "
+                             "created), off (default auto)")
+    create.add_argument("--freeze-timeout", type=float, default=DEFAULT_FREEZE_TIMEOUT, metavar="SECONDS",
+                        help="a guard process thaws the guest at the latest this long after the freeze, whatever "
+                             f"happens to virtrbd (default {DEFAULT_FREEZE_TIMEOUT:g})")
     ls = action("ls", "list snapshots with size, protection, time and clones", cmd_ls, metavar="POOL/IMAGE")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     rm = action("rm", "remove a snapshot no clone depends on", cmd_rm)
@@ -34,10 +50,26 @@ def _open(args, snapshot: bool):
 
 
 def cmd_create(args) -> int:
+    if args.domain is not None or args.name is not None:
+        return _create_for_domain(args)
+    if args.spec is None:
+        raise UsageError("snap create: name POOL/IMAGE@SNAP, or --domain NAME --name SNAP")
     storage, spec = _open(args, snapshot=True)
     with storage:
         storage.create_snapshot(spec)
     print(f"created snapshot {spec}")
+    return 0
+
+
+def _create_for_domain(args) -> int:
+    if args.spec is not None or args.domain is None or args.name is None:
+        raise UsageError("snap create --domain NAME --name SNAP takes no POOL/IMAGE@SNAP")
+    check_request(args.name, args.quiesce, args.freeze_timeout)
+    from ..storage import Storage
+    with Storage(args.config) as storage:
+        made = storage.snapshot_domain(args.domain, args.name, quiesce=args.quiesce,
+                                       freeze_timeout=args.freeze_timeout)
+    print(f"created {made.describe()}")
     return 0
 
 
@@ -49,11 +81,12 @@ def cmd_ls(args) -> int:
         emit_json(snapshots)
         return 0
     if snapshots:
-        print(f"{'NAME':<24} {'SIZE':>10} {'PROTECTED':<9} {'CLONES':>6}  {'CREATED':<19}  ORIGIN")
+        print(f"{'NAME':<24} {'SIZE':>10} {'PROTECTED':<9} {'CLONES':>6}  {'CREATED':<19}  {'ORIGIN':<7}  "
+              f"CONSISTENCY")
     for s in snapshots:
         created = s.timestamp.strftime("%Y-%m-%d %H:%M:%S") if s.timestamp else "-"
         print(f"{s.name:<24} {format_size(s.size):>10} {'yes' if s.protected else 'no':<9} {s.children:>6}  "
-              f"{created:<19}  {s.origin}")
+              f"{created:<19}  {s.origin:<7}  {s.consistency or '-'}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 
@@ -13,6 +14,51 @@ GOLDEN_KEY = "virtrbd.golden"
 
 
 DEFAULT_GOLDEN_SNAPSHOT = "golden"
+
+
+#: image metadata key prefix: ``virtrbd.consistency.SNAP`` says how snapshot SNAP of this image was taken
+CONSISTENCY_PREFIX = "virtrbd.consistency."
+#: what a recorded snapshot holds: a filesystem the guest froze or shut down cleanly, or what a power cut leaves
+CONSISTENCIES = ("application", "crash")
+
+
+@dataclass(frozen=True)
+class ConsistencyRecord:
+    """How one image's snapshot was taken with its domain's other disks, in the image's metadata.
+
+    It names the snapshot's id: librbd copies metadata into clones, and a name
+    can be taken again after a removal, but an id is never reused in a pool.
+    """
+
+    snap_id: int
+    consistency: str                # one of CONSISTENCIES
+    domain_uuid: str
+    domain_name: str
+    disks: tuple[str, ...]          # every POOL/IMAGE taken at the same instant, this one included
+
+    @staticmethod
+    def key(snapshot: str) -> str:
+        return CONSISTENCY_PREFIX + snapshot
+
+    def to_json(self) -> str:
+        return json.dumps({"snap_id": self.snap_id, "consistency": self.consistency, "domain_uuid": self.domain_uuid,
+                           "domain_name": self.domain_name, "disks": list(self.disks)}, sort_keys=True)
+
+    @classmethod
+    def read(cls, image, snapshot: str, snap_id: int) -> ConsistencyRecord | None:
+        """The record of ``snapshot`` on ``image`` when it was made for this very snapshot, else None."""
+        text = _metadata(image, cls.key(snapshot))
+        if not text:
+            return None
+        try:
+            found = json.loads(text)
+            record = cls(int(found["snap_id"]), str(found["consistency"]), str(found["domain_uuid"]),
+                         str(found["domain_name"]), tuple(str(d) for d in found["disks"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if record.snap_id != snap_id or record.consistency not in CONSISTENCIES:
+            return None
+        return record
 
 
 #: image metadata set while a flatten runs; found by the next flatten, it means "interrupted"

@@ -14,7 +14,7 @@ from .. import errors
 from ..ceph import translated
 from ..ceph.image import FEATURE_NAMES, SNAP_NAMESPACE_TRASH, SNAP_NAMESPACE_USER
 from ..spec import ImageSpec
-from .base import GOLDEN_KEY, LayeringBase, _metadata, _SnapshotFacts
+from .base import GOLDEN_KEY, ConsistencyRecord, LayeringBase, _metadata, _SnapshotFacts
 from .results import Dependent, ImageInfo, SnapshotInfo
 
 #: libvirt's vol-clone protects a snapshot named libvirt-<random number> on the source
@@ -37,10 +37,12 @@ class Inspection(LayeringBase):
                     continue
                 name = snap["name"]
                 origin = "golden" if name == golden else "libvirt" if _LIBVIRT_SNAPSHOT.match(name) else "user"
+                record = ConsistencyRecord.read(image, name, snap["id"])
                 result.append(SnapshotInfo(
                     name=name, id=snap["id"], size=snap["size"], protected=bool(image.is_protected_snap(name)),
                     timestamp=image.get_snap_timestamp(snap["id"]),
-                    children=len(self._children_at(spec, image, snap["id"])), origin=origin))
+                    children=len(self._children_at(spec, image, snap["id"])), origin=origin,
+                    consistency=record.consistency if record else None))
         return result
 
     def golden_snapshot(self, spec: ImageSpec) -> str | None:

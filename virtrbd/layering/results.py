@@ -30,6 +30,7 @@ class SnapshotInfo:
     timestamp: datetime | None
     children: int
     origin: str = "user"    # "user", "golden" (virtrbd) or "libvirt" (vol-clone's libvirt-<n>)
+    consistency: str | None = None      # "application" or "crash" for a domain's snapshot; None: not recorded
 
     def describe(self) -> str:
         notes = [n for n in ("protected" if self.protected else "",

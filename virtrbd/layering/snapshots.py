@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 
 from .. import errors
 from ..ceph import translated
 from ..progress import Progress
 from ..spec import ImageSpec
-from .base import DEFAULT_GOLDEN_SNAPSHOT, GOLDEN_KEY
+from .base import DEFAULT_GOLDEN_SNAPSHOT, GOLDEN_KEY, ConsistencyRecord
 from .inspection import Inspection
+
+log = logging.getLogger(__name__)
 
 
 class Snapshots(Inspection):
@@ -31,6 +34,7 @@ class Snapshots(Inspection):
                                                f"(or use force / --force)")
                     image.unprotect_snap(snap.snap)
                 image.remove_snap(snap.snap)
+            _drop_record(image, snap.snap)
         self._forget(snap)
 
     def protect_snapshot(self, snap: ImageSpec) -> bool:
@@ -103,3 +107,13 @@ class Snapshots(Inspection):
             with translated(f"recording {snap} as golden"):
                 image.metadata_set(GOLDEN_KEY, json.dumps({"snapshot": snap.snapshot, "image_id": image.id()}))
         return snap
+
+
+def _drop_record(image, snapshot: str) -> None:
+    """The consistency record of a removed snapshot goes with it (a stale one is ignored anyway: its id)."""
+    try:
+        image.metadata_remove(ConsistencyRecord.key(snapshot))
+    except KeyError:
+        pass
+    except Exception as exc:            # noqa: BLE001 - the snapshot is gone, which is what was asked
+        log.debug("removing the consistency record of %s: %s", snapshot, exc)

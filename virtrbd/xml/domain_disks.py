@@ -55,3 +55,19 @@ def rbd_disks(domain: etree._Element | str | bytes) -> list[DiskDef | ForeignDis
     if root.tag != "domain":
         raise InvalidXMLError(f"expected a <domain> document, got <{root.tag}>")
     return [read_disk(disk) for disk in root.iterfind("devices/disk") if is_rbd_disk(disk)]
+
+
+def other_disks(domain: etree._Element | str | bytes) -> list[str]:
+    """The targets of a domain's writable disks that are not rbd images (files, block devices, …).
+
+    A snapshot of a whole domain cannot hold them, so it names them instead of
+    silently leaving them out; cdroms, floppies and read-only disks change
+    nothing and are not counted.
+    """
+    root = domain if isinstance(domain, etree._Element) else safe.parse(domain, what="domain XML")
+    found = []
+    for disk in root.iterfind("devices/disk"):
+        if is_rbd_disk(disk) or disk.get("device", "disk") not in ("disk", "lun") or disk.find("readonly") is not None:
+            continue
+        found.append(nodes.attr(disk, "target", "dev") or "(no target)")
+    return found
