@@ -60,3 +60,21 @@ def remove_all() -> list[str]:
         except OSError:
             pass
     return removed
+
+
+#: objects whose cleanup would wait for Ceph without end: a librbd call on them never returned
+_stuck: list[object] = []
+
+
+def keep_until_exit(*objects: object) -> None:
+    """Keep ``objects`` referenced until the process ends, never closed: closing an image or shutting a
+    connection down while a librbd call on it still runs waits for that call, or aborts the process.  The
+    ``virtrbd`` command then ends with ``os._exit`` after its last line (``stuck_calls``)."""
+    with _lock:
+        _stuck.extend(objects)
+
+
+def stuck_calls() -> bool:
+    """Whether anything was kept by ``keep_until_exit``: the interpreter's own shutdown would finalize it."""
+    with _lock:
+        return bool(_stuck)

@@ -210,6 +210,9 @@ class FakeCluster:
     def setting(self, name: str) -> str:
         return self.settings[name]
 
+    def forsake(self) -> None:
+        self.log.append(("forsake",))
+
 
 # --- libvirt ---------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ that records what it was told; the guard's own process runs for real against lib
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 
@@ -54,7 +55,7 @@ class RecordingGuard:
     def done(self):
         self.events.append(("done",))
 
-    def abandon(self):
+    def abandon(self, wait):
         self.events.append(("abandon",))
         return self.answer
 
@@ -206,6 +207,35 @@ def test_a_failed_thaw_is_left_to_the_guard_and_reported_with_its_answer(world):
     assert snaps(world) == {"vm1-a": [], "vm1-b": []}
 
 
+def test_a_snapshot_ceph_never_ends_is_given_up_named_and_its_objects_never_closed(world, mocker):
+    """A monitor gone: librbd waits without end.  The line names every disk; closing would wait or abort."""
+    never = threading.Event()
+    image = world.cluster.pools["rbd"]["vm1-b"]
+    image.create_snap = lambda snap, flags=0: never.wait()
+    mocker.patch.object(domain_snapshot, "SETTLE", 0.2)
+    kept = mocker.patch.object(domain_snapshot.exits, "keep_until_exit")
+    started = time.monotonic()
+    with pytest.raises(errors.OperationTimeoutError, match=r"^domain vm1: Ceph did not create snapshot s1 of "
+                                                           r"rbd/vm1-b within 0.3 s .*remove s1 wherever it appears "
+                                                           r"on rbd/vm1-a, rbd/vm1-b \('virtrbd snap rm'\)$"):
+        take(world, freeze_timeout=0.1)
+    assert time.monotonic() - started < 3
+    assert ("forsake",) in world.cluster.log and image in kept.call_args.args
+    assert world.events[-2:] == [("fsThaw",), ("done",)]                # released (here the thaw answers)
+    never.set()
+
+
+def test_a_thaw_that_never_returns_is_left_to_the_guard(world, mocker):
+    never = threading.Event()
+    world.dom.fsThaw.side_effect = lambda *args: never.wait()
+    mocker.patch.object(domain_snapshot, "SETTLE", 0.2)
+    with pytest.raises(errors.LibvirtError, match=r"^thawing the filesystems of vm1: no answer within 0.2 s; the "
+                                                  r"thaw guard then said: virtrbd thaw guard: domain vm1: thawed 2"):
+        take(world)
+    assert world.events[-1] == ("abandon",) and snaps(world) == {"vm1-a": [], "vm1-b": []}
+    never.set()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda w: w.cluster.pools["rbd"]["vm1-b"].snaps.append("s1"),
      r"^domain vm1: disk vdb \(rbd/vm1-b\) already has a snapshot s1; nothing was created$"),
@@ -273,7 +303,7 @@ def test_the_guard_thaws_at_once_when_the_freezer_ends_without_done(test_domain_
     guard = ThawGuard(TEST_URI, test_domain_uuid, 30.0)
     guard.arm("thaw")
     started = time.monotonic()
-    assert guard.abandon() == ("virtrbd thaw guard: domain test: thawed 0 filesystem(s) "
+    assert guard.abandon(10) == ("virtrbd thaw guard: domain test: thawed 0 filesystem(s) "
                                "(virtrbd ended without undoing it)")
     assert time.monotonic() - started < 5                               # not at the deadline
     assert guard._proc.wait(5) == 0

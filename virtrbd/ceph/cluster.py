@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
-from .. import errors
+from .. import errors, exits
 from ..config import Config
 from ..keyring import CephKey, read_key
 from ..monitor import Monitor, mon_host
@@ -147,6 +147,12 @@ class Cluster:
         for old in [handle, *retired]:
             if old is not None:
                 self._shutdown(old)
+
+    def forsake(self) -> None:
+        """Give the connection up without a shutdown: a librbd call on it never returned (a monitor gone), and
+        a shutdown would wait for it or abort.  Kept referenced until the process ends (``exits``)."""
+        handles, self._handle, self._retired = [self._handle, *self._retired], None, []
+        exits.keep_until_exit(*[handle for handle in handles if handle is not None])
 
     def _fresh_if_stale(self) -> None:
         with self._lock:

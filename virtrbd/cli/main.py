@@ -10,9 +10,10 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import sys
 
-from .. import __version__
+from .. import __version__, exits
 from ..errors import UsageError, VirtrbdError
 from . import signals
 from .common import Parser, divert_native_stderr
@@ -85,6 +86,10 @@ def run() -> None:
     signals.install()
     code = main()
     signals.said_last_line(code)
+    if exits.stuck_calls():         # a librbd call never returned: finalizing its objects would wait, or abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     gc.freeze()
     sys.exit(code)
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from .. import exits
 from ..ceph import translated
 from ..ceph.image import SNAP_CREATE_SKIP_QUIESCE
-from ..errors import LibvirtError, UsageError, VirtrbdError
+from ..errors import LibvirtError, OperationTimeoutError, UsageError, VirtrbdError
 from ..layering.base import ConsistencyRecord
 from ..libvirt.domain import Domain, DomainDisk, DomainFacts
 from ..libvirt.host import Host
@@ -36,6 +36,12 @@ from ..libvirt.thaw_guard import ThawGuard
 from .request import DEFAULT_FREEZE_TIMEOUT, check_request
 
 log = logging.getLogger(__name__)
+
+#: seconds Ceph may take beyond the freeze timeout to end the snapshot calls (or their removal) before
+#: virtrbd gives up on them, says so and leaves
+SETTLE = 30.0
+#: seconds to wait for the guard's word once the release is left to it
+GUARD_ANSWER = 5.0
 
 @dataclass(frozen=True)
 class DomainSnapshot:
@@ -69,7 +75,14 @@ def snapshot_domain(storage, name: str, snapshot: str, *, quiesce: str = "auto",
         facts = domain.facts()
         images = [stack.enter_context(storage.cluster.image(d.image.pool, d.image.image)) for d in facts.disks]
         _refuse_taken(facts, images, snapshot)
-        made = _OneInstant(host, domain, facts, images, snapshot, quiesce, freeze_timeout).take()
+        try:
+            made = _OneInstant(host, domain, facts, images, snapshot, quiesce, freeze_timeout).take()
+        except _Unfinished:
+            # closing an image, or the connection, would wait for the calls still inside librbd, or abort;
+            # the images' context managers are kept too (collected, they would close them)
+            exits.keep_until_exit(stack.pop_all(), *images)
+            storage.cluster.forsake()
+            raise
         _record(made, images)
         return made
 
@@ -125,6 +138,9 @@ class _OneInstant:
             if self.guard is not None and self.guard.deadline is not None and snapped >= self.guard.deadline:
                 raise LibvirtError(f"domain {self.facts.name}: the snapshots took longer than the freeze timeout "
                                    f"({self.timeout:g} s) and the guard released the guest before they ended")
+        except _Unfinished:
+            self._release(quietly=True, within=1.0)        # the guard acts already: its deadline passed
+            raise
         except BaseException:
             self._release(quietly=True)
             self._remove(made)
@@ -134,27 +150,28 @@ class _OneInstant:
 
     def _snapshot_all(self, made: list) -> None:
         """Every disk's snapshot at once: each is a round trip to the image's lock owner (QEMU) and a snapshot
-        id from the monitors, so one after the other would stretch the freeze by that much per disk."""
-        def one(pair):
-            disk, image = pair
-            with translated(f"snapshot {disk.image.at(self.snapshot)}"):
-                image.create_snap(self.snapshot, SNAP_CREATE_SKIP_QUIESCE)
-            return pair
+        id from the monitors, so one after the other would stretch the freeze by that much per disk.
 
+        A monitor that stops answering makes librbd wait without end, so the
+        calls run on threads of their own and are waited for until the freeze
+        timeout and ``SETTLE`` seconds more: what ends late is removed again.
+        """
         pairs = list(zip(self.facts.disks, self.images, strict=True))
-        if len(pairs) == 1:
-            made.append(one(pairs[0]))
-            return
-        with ThreadPoolExecutor(len(pairs)) as pool:
-            futures = [pool.submit(one, pair) for pair in pairs]
-        failures = []
-        for future in futures:
-            try:
-                made.append(future.result())
-            except BaseException as exc:        # noqa: BLE001 - the first is raised once all have ended
-                failures.append(exc)
-        if failures:
-            raise failures[0]
+        calls = [lambda image=image: image.create_snap(self.snapshot, SNAP_CREATE_SKIP_QUIESCE) for _, image in pairs]
+        start = self._asked if self.holding else time.monotonic()
+        outcomes = _bounded(calls, start + self.timeout + SETTLE)
+        made.extend(pair for pair, outcome in zip(pairs, outcomes, strict=True) if outcome is None)
+        pending = [str(disk.image) for (disk, _), outcome in zip(pairs, outcomes, strict=True) if outcome is _PENDING]
+        if pending:         # removing the others would wait for Ceph as well: the line names them all
+            every = [str(disk.image) for disk, _ in pairs]
+            raise _Unfinished(f"domain {self.facts.name}: Ceph did not create snapshot {self.snapshot} of "
+                              f"{', '.join(pending)} within {self.timeout + SETTLE:g} s (a monitor or OSD down?); "
+                              f"the guest was released; once Ceph answers, remove {self.snapshot} wherever it "
+                              f"appears on {', '.join(every)} ('virtrbd snap rm')")
+        for (disk, _), outcome in zip(pairs, outcomes, strict=True):
+            if outcome is not None:
+                with translated(f"snapshot {disk.image.at(self.snapshot)}"):
+                    raise outcome
 
     # --- holding the guest still ----------------------------------------------------------------------
 
@@ -212,33 +229,64 @@ class _OneInstant:
         except VirtrbdError as exc:
             outcome.append(exc)
 
-    def _release(self, quietly: bool = False) -> None:
-        """Thaw or resume what this call holds, then let the guard go; a failed thaw is left to the guard too."""
+    def _release(self, quietly: bool = False, within: float | None = None) -> None:
+        """Thaw or resume what this call holds, then let the guard go.  A thaw that fails, or does not return
+        within ``within`` seconds (default ``SETTLE``: librbd holds the guest's writes while a snapshot waits
+        for Ceph, so the agent's thaw waits too), is left to the guard."""
+        within = SETTLE if within is None else within
         guard, holding = self.guard, self.holding
         if guard is None or holding is None:
             return
         self.holding = None
         started = time.monotonic()
-        try:
-            if holding == "resume":
-                self.domain.resume()
-            else:
-                self.domain.thaw()
-        except VirtrbdError as exc:
-            answer = guard.abandon()
-            if not quietly:
-                raise LibvirtError(f"{exc}; the thaw guard then said: {answer or 'nothing'}") from None
-            log.warning("%s; the thaw guard then said: %s", exc, answer or "nothing")
+        undo = self.domain.resume if holding == "resume" else self.domain.thaw
+        outcome, = _bounded([undo], started + within)
+        self.seconds["thaw"] = time.monotonic() - started
+        self.seconds["window"] = time.monotonic() - self._asked
+        if outcome is None:
+            guard.done()
             return
-        finally:
-            self.seconds["thaw"] = time.monotonic() - started
-            self.seconds["window"] = time.monotonic() - self._asked
-        guard.done()
+        what = "resuming" if holding == "resume" else "thawing the filesystems of"
+        why = f"{what} {self.facts.name}: no answer within {within:g} s" if outcome is _PENDING else str(outcome)
+        answer = guard.abandon(GUARD_ANSWER)
+        said = f"{why}; the thaw guard then said: {answer or f'nothing within {GUARD_ANSWER:g} s (still trying)'}"
+        if not quietly:
+            raise LibvirtError(said)
+        log.warning("%s", said)
 
     def _remove(self, made: list) -> None:
-        for disk, image in made:
-            try:
-                with translated(f"removing snapshot {disk.image.at(self.snapshot)}"):
-                    image.remove_snap(self.snapshot)
-            except VirtrbdError as exc:
-                log.warning("%s (left behind by a failed domain snapshot)", exc)
+        """Remove the snapshots this call made, as long as Ceph answers within ``SETTLE`` seconds."""
+        calls = [lambda image=image: image.remove_snap(self.snapshot) for _, image in made]
+        for (disk, _), outcome in zip(made, _bounded(calls, time.monotonic() + SETTLE), strict=True):
+            if outcome is not None:
+                why = "Ceph did not answer" if outcome is _PENDING else str(outcome)
+                log.warning("snapshot %s left behind by a failed domain snapshot: %s", disk.image.at(self.snapshot),
+                            why)
+
+
+class _Unfinished(OperationTimeoutError):
+    """Calls into librbd still running: their images must not be closed (closing would wait for them)."""
+
+
+#: what ``_bounded`` reports for a call still running at its limit
+_PENDING = object()
+
+
+def _bounded(calls: list, until: float) -> list:
+    """Run ``calls`` at once, each on a daemon thread; per call None (it returned), its exception, or
+    ``_PENDING`` when it still runs at ``until`` (a ``time.monotonic()`` value): the process may end without it."""
+    outcomes: list = [_PENDING] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            calls[index]()
+            outcomes[index] = None
+        except BaseException as exc:        # noqa: BLE001 - handed to the caller
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,), daemon=True) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, until - time.monotonic()))
+    return list(outcomes)

@@ -75,10 +75,11 @@ class ThawGuard:
         self._say("done")
         self._finish()
 
-    def abandon(self) -> str:
-        """Leave the undoing to the guard now (the freezer's own thaw failed): what it answered, if anything."""
+    def abandon(self, wait: float) -> str:
+        """Leave the undoing to the guard now (the freezer's own thaw failed): what it answers within ``wait``
+        seconds ("" when nothing)."""
         self._finish()
-        return self._line(time.monotonic() + ATTEMPTS * (BETWEEN_ATTEMPTS + 30))
+        return self._line(time.monotonic() + wait)
 
     def _finish(self) -> None:
         try:
