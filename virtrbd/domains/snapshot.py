@@ -213,7 +213,7 @@ class _OneInstant:
             self.frozen = outcome[0]
             return True
         why = str(outcome[0]) if outcome else f"no answer within {self.timeout:g} s"
-        self._release(quietly=True)
+        self._release(quietly=True, precaution=True)
         self.frozen = None
         if self.quiesce == "require":
             raise LibvirtError(f"domain {self.facts.name}: its filesystems could not be frozen ({why}); "
@@ -229,10 +229,11 @@ class _OneInstant:
         except VirtrbdError as exc:
             outcome.append(exc)
 
-    def _release(self, quietly: bool = False, within: float | None = None) -> None:
+    def _release(self, quietly: bool = False, within: float | None = None, precaution: bool = False) -> None:
         """Thaw or resume what this call holds, then let the guard go.  A thaw that fails, or does not return
         within ``within`` seconds (default ``SETTLE``: librbd holds the guest's writes while a snapshot waits
-        for Ceph, so the agent's thaw waits too), is left to the guard."""
+        for Ceph, so the agent's thaw waits too), is left to the guard.  ``precaution``: the thaw after a failed
+        freeze, which fails the same way when the agent is gone: not worth a line of its own."""
         within = SETTLE if within is None else within
         guard, holding = self.guard, self.holding
         if guard is None or holding is None:
@@ -248,6 +249,10 @@ class _OneInstant:
             return
         what = "resuming" if holding == "resume" else "thawing the filesystems of"
         why = f"{what} {self.facts.name}: no answer within {within:g} s" if outcome is _PENDING else str(outcome)
+        if precaution:
+            guard.abandon(0)
+            log.debug("%s (after a failed freeze; left to the thaw guard)", why)
+            return
         answer = guard.abandon(GUARD_ANSWER)
         said = f"{why}; the thaw guard then said: {answer or f'nothing within {GUARD_ANSWER:g} s (still trying)'}"
         if not quietly:
