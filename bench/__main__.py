@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import bench_backup, bench_clones, bench_guests, bench_hook, bench_lab, bench_merge, bench_xml_lookup
+from . import (
+    bench_backup,
+    bench_clones,
+    bench_freeze,
+    bench_guests,
+    bench_hook,
+    bench_lab,
+    bench_merge,
+    bench_xml_lookup,
+)
 from .common import print_table
 
 SUITES = [
@@ -17,6 +26,7 @@ SUITES = [
     ("volume lookup by name, pool of 1000 images (medians)", lambda: bench_xml_lookup.measure(1000)),
     ("qemu hook (medians)", lambda: bench_hook.measure(10, 100)),
     ("real Linux guests (medians of 5 alternating starts)", lambda: bench_guests.measure(5)),
+    ("freeze window of a domain snapshot (medians of 10, alternating)", lambda: bench_freeze.measure(10)),
 ]
 
 

@@ -32,6 +32,7 @@ from .spec import ImageSpec
 
 if TYPE_CHECKING:
     from .backup.results import BackupResult, RestoreResult, VerifyResult
+    from .domains.backup import DomainBackup
     from .domains.snapshot import DomainSnapshot
     from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
 
@@ -234,6 +235,22 @@ class Storage:
         before the image is published; through libvirt's volume upload where the daemon can."""
         from . import backup
         return backup.restore(self, src, target, force=force, progress=progress)
+
+    def backup_domain(self, domain: str, snapshot: str, dest_dir: str | os.PathLike[str], *,
+                      format: str | None = None, since: str | None = None, quiesce: str = "auto",
+                      freeze_timeout: float = 10.0, progress: Progress | None = None) -> DomainBackup:
+        """Back up SNAP of every rbd disk of a libvirt domain as one set (taking the domain snapshot at one
+        instant first when SNAP is new); each manifest names the domain, its consistency and the whole set."""
+        from .domains.backup import backup_domain
+        return backup_domain(self, domain, snapshot, dest_dir, format=format, since=since, quiesce=quiesce,
+                             freeze_timeout=freeze_timeout, progress=progress, libvirt_module=self._libvirt_module)
+
+    def restore_domain_set(self, src: str | os.PathLike[str], *, suffix: str = "", force: bool = False,
+                           create_snapshot: bool = False, progress: Progress | None = None) -> list[RestoreResult]:
+        """Restore every disk of a domain's set of backups (any one file of it) into its own image."""
+        from .domains.backup import restore_domain_set
+        return restore_domain_set(self, src, suffix=suffix, force=force, create_snapshot=create_snapshot,
+                                  progress=progress)
 
     def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None) -> VerifyResult:
         """Recompute a backup's checksums against its manifest; ``against`` also compares with a live snapshot."""

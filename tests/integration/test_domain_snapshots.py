@@ -14,6 +14,7 @@ import libvirt_qemu
 import pytest
 
 from virtrbd import backup
+from virtrbd.backup.formats import manifest as manifests
 
 from ..cli_helpers import assert_one_line_error, virtrbd
 from ..ledger import LEDGER
@@ -272,3 +273,57 @@ def test_bad_input_is_one_line_and_nothing_is_created_or_frozen(lab, domain, sto
     for disk in "ab":
         assert storage.list_snapshots(f"rbd/{domain}-{disk}") == []
     assert [s.name for s in storage.list_snapshots(f"rbd/{domain}-c")] == ["taken"]
+
+
+def same_content(storage, one: str, other: str) -> bool:
+    """Whether two images (or snapshots) hold the same bytes, read in 4 MiB pieces."""
+    a, b = storage.spec(one), storage.spec(other)
+    with storage.cluster.image(a.pool, a.image, snapshot=a.snapshot, read_only=True) as left, \
+            storage.cluster.image(b.pool, b.image, snapshot=b.snapshot, read_only=True) as right:
+        size = left.size()
+        if size != right.size():
+            return False
+        return all(left.read(offset, 4 << 20) == right.read(offset, 4 << 20) for offset in range(0, size, 4 << 20))
+
+
+def test_a_domains_disks_back_up_as_one_set_and_restore_as_one(lab, domain, storage, tmp_path):
+    in_guest(lab, domain, "records", "start", "vdb", "vdc")
+    time.sleep(1)
+    first = virtrbd("backup", "--domain", domain, "--name", "set1", str(tmp_path), "--quiesce", "require",
+                    env=lab.env, timeout=300)
+    assert first.code == 0, first.err
+    assert first.out.splitlines()[-1] == f"domain {domain}: 3 disk(s) at set1, application-consistent"
+    time.sleep(1)
+    second = virtrbd("backup", "--domain", domain, "--name", "set2", str(tmp_path), "--since", "set1",
+                     env=lab.env, timeout=300)
+    assert second.code == 0, second.err
+    in_guest(lab, domain, "records", "stop")
+    for disk in "abc":
+        found = manifests.resolve(tmp_path / f"rbd~{domain}-{disk}~set1~set2.rbddiff")
+        assert found.domain["consistency"] == "application" and found.domain["name"] == domain
+        assert [d["file"] for d in found.domain["disks"]] == [f"rbd~{domain}-{x}~set1~set2.rbddiff" for x in "abc"]
+    restored = virtrbd("restore", str(tmp_path / f"rbd~{domain}-c~set1~set2.rbddiff"), "--domain-set",
+                       "--suffix=-back", "--snapshot", env=lab.env, timeout=300)
+    assert restored.code == 0 and len(restored.out.splitlines()) == 3, restored.err
+    for disk in "abc":
+        same = same_content(storage, f"rbd/{domain}-{disk}@set2", f"rbd/{domain}-{disk}-back@set2")
+        assert LEDGER.restore(f"a domain's set (full + incremental), disk {disk}", same), disk
+    consistent_pair(storage, f"{domain}", "set2", tmp_path, 1)      # the originals, one instant
+    b = judged(storage, f"rbd/{domain}-b-back", "set2", tmp_path)
+    c = judged(storage, f"rbd/{domain}-c-back", "set2", tmp_path)
+    assert b[0] == c[0] == "clean" and c[1] <= b[1] <= c[1] + 1
+
+
+def test_a_set_with_a_backup_missing_restores_nothing(lab, domain, storage, tmp_path):
+    made = storage.backup_domain(domain, "lone", tmp_path)
+    assert made.consistency == "application" and len(made.backups) == 3
+    made.backups[1].path.unlink()
+    refused = virtrbd("restore", str(made.backups[0].path), "--domain-set", "--suffix=-x", env=lab.env)
+    clean = refused.code != 0 and len(refused.err_lines) == 1
+    nothing = not any(storage.image_exists(f"rbd/{domain}-{disk}-x") for disk in "abc")
+    LEDGER.bad_input("restore --domain-set with one backup of the set missing", clean and nothing)
+    assert clean and nothing, refused.err
+    (tmp_path / "alone").mkdir()
+    alone = storage.backup(f"rbd/{domain}-a@lone", tmp_path / "alone")
+    refused = virtrbd("restore", str(alone.path), "--domain-set", env=lab.env)
+    assert_one_line_error(refused, 2, "not one of a domain's set of backups")

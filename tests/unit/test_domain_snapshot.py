@@ -3,6 +3,7 @@ that records what it was told; the guard's own process runs for real against lib
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import types
@@ -10,12 +11,14 @@ import types
 import libvirt
 import pytest
 
-from virtrbd import errors
+from virtrbd import Storage, errors
 from virtrbd.ceph.image import SNAP_CREATE_SKIP_QUIESCE
+from virtrbd.domains import backup as domain_backup
 from virtrbd.domains import snapshot as domain_snapshot
 from virtrbd.layering.base import ConsistencyRecord
 from virtrbd.layering.snapshots import _drop_record as drop_record
 from virtrbd.libvirt.thaw_guard import ThawGuard
+from virtrbd.spec import ImageSpec
 
 from .fakes import FakeCluster, libvirt_error
 
@@ -345,3 +348,42 @@ def test_a_guard_that_cannot_reach_the_domain_stops_the_freeze_before_it_starts(
     with pytest.raises(errors.LibvirtError, match=r"^the thaw guard did not start: error: domain "
                                                   r"00000000-0000-0000-0000-000000000000: .*nothing was frozen$"):
         ThawGuard(TEST_URI, "00000000-0000-0000-0000-000000000000", 1.0)
+
+
+# --- a domain's disks backed up as one set ------------------------------------------------------------------
+
+def with_spec(world) -> None:
+    world.storage.spec = functools.partial(Storage.spec, world.storage)
+
+
+def test_a_set_is_refused_when_only_some_disks_have_the_snapshot(world, tmp_path):
+    with_spec(world)
+    world.cluster.pools["rbd"]["vm1-b"].snaps.append("s1")
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(errors.UsageError, match=r"^domain vm1: snapshot s1 is on vdb but not on vda; name a new "
+                                                r"snapshot, or one every disk has$"):
+        domain_backup.backup_domain(world.storage, "vm1", "s1", tmp_path / "dest", libvirt_module=world.lv)
+    assert world.events == [] and list((tmp_path / "dest").iterdir()) == []
+
+
+@pytest.mark.parametrize("dest, options, words", [
+    ("missing", {}, "not a directory"),
+    (".", {"since": "s1"}, "is the snapshot being backed up"),
+    (".", {"since": "a b"}, "invalid snapshot name"),
+    (".", {"format": "vmdk"}, "unknown backup format"),
+    (".", {"freeze_timeout": 0}, "invalid freeze timeout"),
+])
+def test_a_bad_set_request_is_refused_before_anything_is_frozen_or_taken(world, tmp_path, dest, options, words):
+    with_spec(world)
+    with pytest.raises(errors.UsageError, match=words):
+        domain_backup.backup_domain(world.storage, "vm1", "s1", tmp_path / dest, libvirt_module=world.lv, **options)
+    assert world.events == [] and snaps(world) == {"vm1-a": [], "vm1-b": []}
+
+
+def test_the_consistency_of_an_existing_snapshot_is_what_every_disk_recorded(world):
+    take(world)
+    facts = types.SimpleNamespace(uuid=UUID, disks=[types.SimpleNamespace(image=ImageSpec("rbd", name))
+                                                    for name in ("vm1-a", "vm1-b")])
+    assert domain_backup._recorded(world.storage, facts, "s1") == "application"
+    world.cluster.pools["rbd"]["vm1-b"].metadata.clear()                 # one disk without its record
+    assert domain_backup._recorded(world.storage, facts, "s1") == "unknown"

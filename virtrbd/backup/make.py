@@ -130,6 +130,7 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
     token = exits.remove_at_forced_exit(final)
     try:
         manifest.stats["seconds"] = round(time.monotonic() - started, 3)
+        manifest.domain = plan.domain
         manifest_file = manifest.save(final)
         fsync_directory(plan.dest)
     except BaseException:

@@ -72,6 +72,7 @@ class BackupPlan:
     format: str                 # "raw" | "qcow2" | "rbd-diff-v1"
     since: ImageSpec | None = None
     cluster_size: int = 64 << 10
+    domain: dict | None = None  # one of a domain's set at one instant: the manifest's ``domain`` field
 
 
 @dataclass

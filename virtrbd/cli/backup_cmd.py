@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..units import format_size
 from .common import emit_json, open_storage, size_arg
 from .progress import terminal_progress
@@ -25,11 +26,13 @@ def add_parser(subparsers) -> None:
         description="Write POOL/IMAGE@SNAP into DEST (a directory, e.g. an NFS mount) as a sparse RAW file or a "
                     "QCOW2 file, or with --since the changes from an older snapshot as an 'rbd diff v1' stream "
                     "(rbd import-diff applies it).  A JSON manifest is written beside the file.")
-    backup.add_argument("snapshot", metavar="POOL/IMAGE@SNAP")
-    backup.add_argument("dest", metavar="DEST", help="destination directory (must exist)")
+    backup.add_argument("snapshot", metavar="POOL/IMAGE@SNAP", nargs="?", help="left out with --domain")
+    backup.add_argument("dest", metavar="DEST", nargs="?", help="destination directory (must exist)")
     backup.add_argument("--format", choices=["raw", "qcow2"], help="full backup format (default raw)")
     backup.add_argument("--since", metavar="POOL/IMAGE@OLDER",
-                        help="incremental: only what changed since this older snapshot, whose backup is in DEST")
+                        help="incremental: only what changed since this older snapshot, whose backup is in DEST "
+                             "(with --domain: the older snapshot's name)")
+    add_domain_options(backup)
     backup.add_argument("--cluster-size", type=size_arg, metavar="SIZE",
                         help="QCOW2 cluster size, 4K..2M (default 64K)")
     backup.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -41,7 +44,13 @@ def add_parser(subparsers) -> None:
                     "backup is followed) into POOL/IMAGE.  The image is built under a temporary name and renamed "
                     "once every checksum matched.")
     restore.add_argument("src", metavar="SRC", help="backup file (or its .manifest.json)")
-    restore.add_argument("target", metavar="POOL/IMAGE")
+    restore.add_argument("target", metavar="POOL/IMAGE", nargs="?", help="left out with --domain-set")
+    restore.add_argument("--domain-set", action="store_true",
+                         help="SRC is one of a domain's backups (backup --domain): restore every disk of its set, "
+                              "each into its own image")
+    restore.add_argument("--suffix", default="", metavar="TEXT",
+                         help="with --domain-set: restore each disk into its image's name followed by TEXT "
+                              "(--suffix=-copy for one that starts with a dash)")
     restore.add_argument("--force", action="store_true",
                          help="replace an existing image (only if it has no snapshots and is not in use)")
     restore.add_argument("--snapshot", action="store_true",
@@ -63,6 +72,11 @@ def add_parser(subparsers) -> None:
 # --- commands -------------------------------------------------------------------------------------------
 
 def cmd_backup(args) -> int:
+    if args.domain is not None or args.name is not None:
+        from .domain_backup import cmd_backup_domain
+        return cmd_backup_domain(args)
+    if args.snapshot is None or args.dest is None:
+        raise UsageError("backup: name POOL/IMAGE@SNAP and DEST, or --domain NAME --name SNAP DEST")
     from ..backup import backup, plan_backup
     bound_memory()
     from ..storage import Storage
@@ -81,6 +95,11 @@ def cmd_backup(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    if args.domain_set:
+        from .domain_backup import cmd_restore_set
+        return cmd_restore_set(args)
+    if args.target is None or args.suffix:
+        raise UsageError("restore: name SRC and POOL/IMAGE (--suffix goes with --domain-set)")
     from ..backup import plan_restore, restore
     from ..backup.tuning import RESTORE_CONFIG
     bound_memory()
@@ -122,6 +141,19 @@ def cmd_verify(args) -> int:
             print(f"note: {Path(result.file).name} was written before backups recorded a checksum of their file: "
                   f"only its content was checked")
     return 0
+
+
+def add_domain_options(parser) -> None:
+    from ..domains.request import DEFAULT_FREEZE_TIMEOUT, QUIESCE
+    parser.add_argument("--domain", metavar="NAME", help="back up every rbd disk of this libvirt domain at SNAP "
+                        "(--name), snapshotting the domain at one instant first when SNAP is new")
+    parser.add_argument("--name", metavar="SNAP", help="with --domain: the snapshot's name on each disk")
+    parser.add_argument("--quiesce", choices=QUIESCE, default="auto",
+                        help="with --domain, when SNAP is taken: freeze the guest's filesystems around it (auto: "
+                             "when its agent answers; require: else nothing is made; off)")
+    parser.add_argument("--freeze-timeout", type=float, default=DEFAULT_FREEZE_TIMEOUT, metavar="SECONDS",
+                        help=f"with --domain: a guard thaws the guest at the latest this long after the freeze "
+                             f"(default {DEFAULT_FREEZE_TIMEOUT:g})")
 
 
 # --- helpers --------------------------------------------------------------------------------------------

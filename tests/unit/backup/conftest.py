@@ -61,9 +61,10 @@ def apply_changes(old: bytes, new_size: int, writes: list[tuple[int, bytes]], ze
 def make_full(tmp_path: Path):
     """make_full(content, extents, fmt) -> BackupResult, a full backup of 'rbd/img@s1' in tmp_path."""
     def make(content: bytes, extents=None, fmt: str = "raw", *, snapshot: str = "s1", image: str = "img",
-             image_id: str = "abc123", dest: Path | None = None, cluster_size: int = 64 << 10, direct=True):
+             image_id: str = "abc123", dest: Path | None = None, cluster_size: int = 64 << 10, direct=True,
+             domain: dict | None = None):
         source = MemorySource(content, extents)
-        plan = BackupPlan(ImageSpec("rbd", image, snapshot), dest or tmp_path, fmt, None, cluster_size)
+        plan = BackupPlan(ImageSpec("rbd", image, snapshot), dest or tmp_path, fmt, None, cluster_size, domain)
         info = SourceFacts(size=len(content), image_id=image_id, snapshot_id=1)
         return write_full_backup(source, info, plan, direct_io=direct)
     return make

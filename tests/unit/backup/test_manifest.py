@@ -83,6 +83,35 @@ def test_bad_manifests_are_refused_in_one_line(make_full, changes, words):
     assert "\n" not in str(exc.value)
 
 
+SET = {"name": "vm1", "uuid": "6a3c1a52-53a4-4c29-b1f5-2d1c0a7e9b10", "consistency": "application",
+       "disks": [{"target": "vda", "image": "rbd/img", "file": "rbd~img~s1.raw"},
+                 {"target": "vdb", "image": "rbd/data", "file": "rbd~data~s1.raw"}]}
+
+
+def test_a_domain_backup_names_its_whole_set_and_others_say_nothing_of_domains(make_full, tmp_path):
+    (tmp_path / "alone").mkdir()
+    alone = make_full(b"x" * 5000, dest=tmp_path / "alone")
+    assert '"domain"' not in alone.manifest.read_text()             # as every manifest written before it
+    one = make_full(b"x" * 5000, domain=SET)
+    loaded = manifests.load(one.manifest)
+    assert loaded.domain == SET and loaded.to_json() == one.manifest.read_text()
+
+
+@pytest.mark.parametrize("domain, words", [
+    ({**SET, "consistency": "maybe"}, "domain should be"),
+    ({**SET, "disks": []}, "domain should be"),
+    ({k: v for k, v in SET.items() if k != "uuid"}, "domain should be"),
+    ({**SET, "disks": [{"target": "vda", "image": "rbd/img"}]}, "each disk of domain should be"),
+    ({**SET, "disks": [{"target": "vda", "image": "rbd/img", "file": "../x.raw"}]}, "each disk of domain"),
+    ({**SET, "disks": SET["disks"][1:]}, r"domain does not list this backup \(rbd~img~s1.raw\)"),
+])
+def test_a_bad_domain_record_is_refused(make_full, domain, words):
+    result = make_full(b"x" * 5000)
+    edit(result.manifest, domain=domain)
+    with pytest.raises(CorruptBackupError, match=words):
+        manifests.load(result.manifest)
+
+
 def test_any_changed_byte_of_a_manifest_is_refused_even_in_its_layout(make_full):
     result = make_full(b"x" * 5000)
     text = result.manifest.read_text()

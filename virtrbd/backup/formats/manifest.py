@@ -35,6 +35,10 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
     cluster_size     qcow2 only
     created, tool    UTC time (ISO 8601), "virtrbd X.Y.Z"
     stats            bytes read, data bytes, seconds (informational)
+    domain           a backup of a domain's disks at one instant (``backup --domain``), left out otherwise:
+                       {"name", "uuid", "consistency": "application" | "crash" | "unknown",
+                        "disks": [{"target", "image", "file"}, …]}, every disk of the set with its
+                       backup file (same directory), this one included
     seal             CRC-32C of all the other fields (canonical JSON): a damaged manifest is refused
 
 A version 2 manifest must carry its seal and be byte for byte what virtrbd
@@ -98,6 +102,7 @@ class Manifest:
     file_checksum: dict | None = None   # the file's bytes as written; None only in version 1
     snapshot_time: str | None = None    # when the snapshot was taken (UTC); None where it was not recorded
     made_from: list | None = None       # a synthetic full: the backup files it was made of, full first
+    domain: dict | None = None          # one of a domain's set of backups at one instant (left out otherwise)
     manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
@@ -120,6 +125,8 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
+        if data["domain"] is None:          # manifests written before the field existed stay byte for byte
+            data.pop("domain")
         return dumps(data)
 
     def save(self, data_path: Path) -> Path:
@@ -139,7 +146,7 @@ _FIELDS = {
     "created": str, "tool": str,
 }
 _OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
-             "file_checksum": dict, "snapshot_time": str, "made_from": list}
+             "file_checksum": dict, "snapshot_time": str, "made_from": list, "domain": dict}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -259,6 +266,8 @@ def _check(m: Manifest, bad) -> None:
             bad(f"{name} {getattr(m, name)!r} is not an ISO 8601 time")
     if m.made_from is not None and not (m.made_from and all(isinstance(f, str) for f in m.made_from)):
         bad("made_from should be a list of backup file names")
+    if m.domain is not None:
+        _check_domain(m, bad)
     if m.format != "qcow2" and m.cluster_size is not None:
         bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
     if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):
@@ -280,6 +289,28 @@ def _check(m: Manifest, bad) -> None:
         parent = m.parent or {}
         if not isinstance(parent.get("file"), str) or not isinstance(parent.get("checksum"), str):
             bad("an incremental backup needs parent.file and parent.checksum")
+
+
+#: what a domain's backup set may say of its snapshot: "unknown" when it was not taken by virtrbd
+DOMAIN_CONSISTENCIES = ("application", "crash", "unknown")
+
+
+def _check_domain(m: Manifest, bad) -> None:
+    domain = m.domain or {}
+    disks = domain.get("disks")
+    if set(domain) != {"name", "uuid", "consistency", "disks"} or not isinstance(domain["name"], str) \
+            or not isinstance(domain["uuid"], str) or domain["consistency"] not in DOMAIN_CONSISTENCIES \
+            or not isinstance(disks, list) or not disks:
+        disks = []
+        bad("domain should be {'name', 'uuid', 'consistency', 'disks'} with a consistency of "
+            f"{', '.join(DOMAIN_CONSISTENCIES)} and at least one disk")
+    for disk in disks:
+        if not isinstance(disk, dict) or set(disk) != {"target", "image", "file"} \
+                or not all(isinstance(value, str) for value in disk.values()) \
+                or "/" in disk["file"] or disk["file"].startswith("."):
+            bad("each disk of domain should be {'target', 'image', 'file'}, the file a plain name")
+    if m.file not in [disk["file"] for disk in disks]:
+        bad(f"domain does not list this backup ({m.file}) among its disks")
 
 
 def resolve(src: os.PathLike | str) -> Manifest:
