@@ -156,11 +156,12 @@ def domain_uuid(lab, name: str) -> str:
 
 
 def snapshot_with_the_monitor_stopped(lab, name: str, snapshot: str):
-    """``snap create --domain`` in a child process, the monitor stopped (SIGSTOP) as soon as the guard starts, so
-    that the guest is frozen and the snapshots wait for Ceph.  The child, and the monitor's pid."""
+    """``snap create --domain`` in a child process of its own session (as a terminal's job would be), the monitor
+    stopped (SIGSTOP) as soon as the guard starts, so that the guest is frozen and the snapshots wait for Ceph.
+    The child, and the monitor's pid."""
     child = subprocess.Popen([sys.executable, "-m", "virtrbd", "snap", "create", "--domain", name, "--name", snapshot,
                               "--freeze-timeout", str(FREEZE_TIMEOUT)], env={**os.environ, **lab.env},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     mon = mon_pid(lab)
     if not guard_started(domain_uuid(lab, name), time.monotonic() + 30):
         child.kill()
@@ -169,23 +170,27 @@ def snapshot_with_the_monitor_stopped(lab, name: str, snapshot: str):
     return child, mon
 
 
-def test_sigkill_while_frozen_thaws_the_guest_at_once_and_it_writes_again(lab, domain, storage):
+@pytest.mark.parametrize("how", ["SIGKILL of virtrbd", "SIGHUP of its terminal's process group"])
+def test_virtrbd_ended_while_the_guest_is_frozen_thaws_it_at_once_and_it_writes_again(lab, domain, storage, how):
     in_guest(lab, domain, "records", "start", "vdb")
-    child, mon = snapshot_with_the_monitor_stopped(lab, domain, "killed")
+    child, mon = snapshot_with_the_monitor_stopped(lab, domain, "ended")
     try:
         assert wait_for_status(lab, domain, "frozen", 10) is not None
-        child.kill()
-        killed = time.monotonic()
+        if how.startswith("SIGKILL"):
+            child.kill()
+        else:
+            os.killpg(child.pid, signal.SIGHUP)     # the terminal hung up: virtrbd's whole job, not the guard
+        ended = time.monotonic()
     finally:
-        os.kill(mon, signal.SIGCONT)      # the snapshot the dead process asked for may end now
-    child.wait()
+        os.kill(mon, signal.SIGCONT)      # the snapshot the process asked for may end now
+    child.communicate(timeout=120)
     thawed = wait_for_status(lab, domain, "thawed", FREEZE_TIMEOUT + 1)
-    in_time = thawed is not None and time.monotonic() - killed <= FREEZE_TIMEOUT + 1
+    in_time = thawed is not None and time.monotonic() - ended <= FREEZE_TIMEOUT + 1
     durable = int(in_guest(lab, domain, "records", "durable"))
     time.sleep(1)
     writing = int(in_guest(lab, domain, "records", "durable")) > durable
     in_guest(lab, domain, "records", "stop")
-    assert LEDGER.fault("virtrbd SIGKILLed while the guest is frozen: thawed in time, writing again",
+    assert LEDGER.fault(f"{how} while the guest is frozen: thawed in time, writing again",
                         in_time and writing), (thawed, writing)
 
 
@@ -246,14 +251,20 @@ def test_bad_input_is_one_line_and_nothing_is_created_or_frozen(lab, domain, sto
     storage.create_snapshot(f"rbd/{domain}-c@taken")
     conn = libvirt.open(lab.config.libvirt.uri)
     file_only = f"{domain}-files"
+    mixed = f"{domain}-mixed"
+    rbd_disk = conn.lookupByName(domain).XMLDesc(0).split("<disk ")[1].split("</disk>")[0]
     try:
         conn.defineXML(f"<domain type='qemu'><name>{file_only}</name><memory unit='MiB'>64</memory><os><type>hvm"
                        f"</type></os><devices><disk type='file' device='disk'><source file='/var/tmp/x.img'/>"
                        f"<target dev='vda' bus='virtio'/></disk></devices></domain>")
+        conn.defineXML(f"<domain type='qemu'><name>{mixed}</name><memory unit='MiB'>64</memory><os><type>hvm"
+                       f"</type></os><devices><disk {rbd_disk}</disk><disk type='file' device='disk'>"
+                       f"<source file='/var/tmp/x.img'/><target dev='vdb' bus='virtio'/></disk></devices></domain>")
         cases = [
             (("--domain", "no-such-domain", "--name", "x"), 1, "domain no-such-domain: not defined"),
             (("--domain", domain, "--name", "taken"), 2, f"disk vdc (rbd/{domain}-c) already has a snapshot taken"),
             (("--domain", file_only, "--name", "x"), 2, "disk vda is not an rbd image"),
+            (("--domain", mixed, "--name", "x"), 2, "disk vdb is not an rbd image"),
             (("--domain", domain, "--name", "x", "--freeze-timeout", "0"), 2, "invalid freeze timeout 0"),
             (("--domain", domain, "--name", "x", "--freeze-timeout", "-3"), 2, "invalid freeze timeout -3"),
             (("--domain", domain, "--name", "bad name"), 2, "invalid snapshot name"),
@@ -267,7 +278,8 @@ def test_bad_input_is_one_line_and_nothing_is_created_or_frozen(lab, domain, sto
                              and words in refused.err and untouched)
             assert_one_line_error(refused, code, words)
     finally:
-        conn.lookupByName(file_only).undefine()
+        for name in (file_only, mixed):
+            conn.lookupByName(name).undefine()
         conn.close()
     assert freeze_status(lab, domain) == "thawed"
     for disk in "ab":

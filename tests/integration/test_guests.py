@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,10 +36,21 @@ def golden(lab, installed_hook):
     assert made.code == 0, made.err
     yield f"rbd/{name}@golden"
     from virtrbd import Storage
+    from virtrbd.errors import BusyError
     with Storage(lab.conf_path) as storage:
         for image in storage.list_images():
             if image.startswith(PREFIX):
-                storage.remove_image(image, with_snapshots=True, flatten_children=True)
+                # a process killed with an image open (the fault tests) leaves its watch for the OSD's
+                # watch timeout (30 s): the image is busy until then
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        storage.remove_image(image, with_snapshots=True, flatten_children=True)
+                        break
+                    except BusyError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(1)
 
 
 @pytest.fixture
