@@ -44,6 +44,8 @@ class Entry:
     on_disk: int | None = None            # bytes the data file takes on the storage
     parent: str | None = None             # an incremental's parent backup file
     chain: list[str] = field(default_factory=list)   # full first, this one last, when complete
+    consistency: str | None = None        # one of a domain's set: "application", "crash" or "unknown"
+    domain: str | None = None             # that domain's name
 
 
 def catalog(directory: os.PathLike | str, image: str | None = None) -> list[Entry]:
@@ -127,7 +129,9 @@ def _backup(manifest_path: Path, memory: _Remembered) -> Entry:
         status, files = OK, [link.file for link in links]
     return Entry(name, status, problem, kind=m.kind, format=m.format, image=m.image, snapshot=m.snapshot,
                  created=m.created, time=m.snapshot_time or m.created, size=m.size, on_disk=_on_disk(m),
-                 parent=(m.parent or {}).get("file"), chain=files)
+                 parent=(m.parent or {}).get("file"), chain=files,
+                 consistency=m.domain["consistency"] if m.domain else None,
+                 domain=m.domain["name"] if m.domain else None)
 
 
 def _on_disk(m: Manifest) -> int | None:

@@ -175,7 +175,7 @@ class _HashingFile(io.RawIOBase):
 
 
 def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: Progress | None = None,
-                             started: float | None = None) -> BackupResult:
+                             started: float | None = None, made_from: list[str] | None = None) -> BackupResult:
     """An rbd diff of what changed since ``plan.since`` and its manifest, on top of a backup in ``plan.dest``.
 
     ``source`` reads the newer snapshot and lists ``changes(offset, length, older)``.
@@ -231,7 +231,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             checksum={"algorithm": DIFF_ALGORITHM, "value": raw.hash.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}", from_snapshot=older,
             file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
-            snapshot_time=info.snapshot_time,
+            snapshot_time=info.snapshot_time, made_from=made_from,
             parent={"file": parent.file, "checksum": parent.checksum["value"]},
             stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records,
                    "read_bytes": read_bytes})

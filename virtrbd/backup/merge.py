@@ -1,4 +1,6 @@
-"""Synthetic fulls: a full backup and the diffs up to a point become one new full of that point.
+"""Synthetic fulls and merged diffs, from secondary storage only.
+
+``synthesize``: a full backup and the diffs up to a point become one new full of that point.
 
 From secondary storage only.  The chain is applied, every checksum checked as
 it is read (``restore_chain``), into a sparse scratch file beside the backups;
@@ -8,21 +10,32 @@ snapshot has, and its manifest is the same but for ``made_from``, the files
 it was made of.  A diff's zero records punch holes in the scratch file, so a
 discarded range costs no writing.  Memory: the restore's and the backup's
 bounded windows; disk: the image's data once more, for the time of the merge.
+
+``merge_diffs``: the diffs from an older point to a newer one become one diff,
+with the content ``rbd merge-diff`` gives: the diffs are applied, checked, into
+a sparse scratch file that records which ranges they touched (a size record
+that shrinks the image touches what it cuts off), and that file is written out
+as an incremental backup whose changes are those ranges, so its records say
+the final bytes of every range any of the diffs changed, in offset order.
+Memory grows with the number of separate changed ranges, as the diffs do.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import os
 from pathlib import Path
 
 from .. import exits
-from ..errors import BackupError
+from ..errors import BackupError, UsageError
 from ..progress import Progress
+from ..spec import check_name
 from .files import temp_name
-from .make import write_full_backup
-from .restore import plan_restore, restore_chain
+from .formats.manifest import DIFF_FORMAT
+from .make import write_full_backup, write_incremental_backup
+from .restore import apply_diff, plan_restore, restore_chain
 from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import MiB
 
@@ -123,6 +136,89 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
                               f"{newest.size}")
         return write_full_backup(scratch, facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
                                  made_from=[link.file for link in plan.links])
+    finally:
+        scratch.close()
+
+
+class Touched:
+    """Disjoint ``[start, end)`` ranges in order; adding one joins it with those it overlaps or meets."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        first = bisect.bisect_left(self.ends, start)          # the first range that ends at or after start
+        last = bisect.bisect_right(self.starts, end)          # past the last range that starts at or before end
+        if first < last:
+            start, end = min(start, self.starts[first]), max(end, self.ends[last - 1])
+        self.starts[first:last] = [start]
+        self.ends[first:last] = [end]
+
+    def within(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The parts of the ranges inside ``[offset, offset + length)``, as (offset, length)."""
+        end = offset + length
+        found = []
+        for index in range(bisect.bisect_right(self.ends, offset), len(self.starts)):
+            if self.starts[index] >= end:
+                break
+            start, stop = max(self.starts[index], offset), min(self.ends[index], end)
+            found.append((start, stop - start))
+        return found
+
+
+class ChangedScratch(ScratchImage):
+    """A scratch image that remembers every range written, zeroed or cut off: the changes of a merged diff."""
+
+    def __init__(self, path: Path, size: int):
+        super().__init__(path, size)
+        self.touched = Touched()
+
+    def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
+        super().write(offset, data, start, end)
+        self.touched.add(offset, offset + (len(data) if end is None else end) - start)
+
+    def zero(self, offset: int, length: int) -> None:
+        super().zero(offset, length)
+        self.touched.add(offset, offset + length)
+
+    def resize(self, size: int) -> None:
+        self.touched.add(size, self.size)       # a shrink cuts data off: grown again, it reads as zeros
+        super().resize(size)
+
+    def changes(self, offset: int, length: int, older: str) -> list[tuple[int, int, bool]]:
+        return [(at, count, True) for at, count in self.touched.within(offset, length)]
+
+
+def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None = None) -> BackupResult:
+    """One diff from point ``older`` to the point ``src`` holds (an incremental), beside it, made of the diffs
+    between them in its chain; its manifest names them (``made_from``)."""
+    check_name("snapshot", older)
+    plan = plan_restore(src)
+    newest = plan.newest
+    points = [link.snapshot for link in plan.links]
+    if older not in points[:-1]:
+        raise UsageError(f"{newest.file}: @{older} is not an earlier point of its chain "
+                         f"({', '.join('@' + p for p in points)})")
+    diffs = plan.links[points.index(older) + 1:]
+    if len(diffs) == 1:
+        raise BackupError(f"{newest.file} is the diff from @{older} already: nothing to merge")
+    assert newest.path is not None, "a planned chain's manifests were read from files"
+    dest = newest.path.parent
+    facts = SourceFacts(size=newest.size, image_id=newest.image_id, snapshot_id=newest.snapshot_id,
+                        object_size=newest.object_size, snapshot_time=newest.snapshot_time)
+    base = plan.links[points.index(older)]
+    scratch = ChangedScratch(temp_name(dest / f"{newest.file}.merge"), base.size)
+    try:
+        total = sum(m.file_size for m in diffs)
+        done = 0
+        for m in diffs:
+            done = apply_diff(m, scratch, done, total, progress)
+        return write_incremental_backup(scratch, facts, BackupPlan(newest.spec, dest, DIFF_FORMAT,
+                                                                   newest.spec.image_spec.at(older)),
+                                        progress=progress, made_from=[m.file for m in diffs])
     finally:
         scratch.close()
 

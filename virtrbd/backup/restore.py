@@ -67,7 +67,7 @@ def restore_chain(plan: RestorePlan, sink, *, progress: Progress | None = None) 
     """Write the chain's content into ``sink`` (sized for the full backup), checking every checksum."""
     done = _restore_full(plan.links[0], sink, 0, plan.total_bytes, progress)
     for m in plan.links[1:]:
-        done = _apply_diff(m, sink, done, plan.total_bytes, progress)
+        done = apply_diff(m, sink, done, plan.total_bytes, progress)
     sink.flush()
 
 
@@ -112,7 +112,8 @@ def _assembled(offset: int, parts: list, length: int) -> bytearray:
     return chunk
 
 
-def _apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
+def apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
+    """Apply one incremental to ``sink``, every record as read, its checksum checked at the end."""
     hashed = FILE_HASHES[m.checksum["algorithm"]]()
     with open_regular_stream(m.data_path) as f:
         reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=hashed.update)

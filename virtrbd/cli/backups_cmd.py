@@ -34,14 +34,19 @@ def add_parser(subparsers) -> None:
     rm.set_defaults(func=cmd_rm)
 
     merge = actions.add_parser(
-        "merge", help="a full backup and its diffs up to FILE become one new full of FILE's point",
+        "merge", help="a full backup and its diffs up to FILE become one new full of FILE's point; or, with "
+                      "--from, the diffs from an older point one diff",
         description="Make a synthetic full backup of the point FILE holds (an incremental, or a full in another "
                     "format) from its chain on secondary storage alone, beside it: every checksum of the chain "
                     "is checked as it is read, and the new full's checksum is the one a fresh full backup of "
-                    "the same snapshot has.  Its manifest names the files it was made of.  The chain is left "
-                    "as it is (backups prune or rm take it away).")
+                    "the same snapshot has.  With --from OLDER, the diffs from @OLDER to FILE become one diff "
+                    "instead, with the content 'rbd merge-diff' gives.  The new file's manifest names the files "
+                    "it was made of.  The chain is left as it is (backups prune or rm take it away).")
     merge.add_argument("file", metavar="FILE")
-    merge.add_argument("--format", choices=["raw", "qcow2"], default="raw", help="the new full's format")
+    merge.add_argument("--format", choices=["raw", "qcow2", "rbddiff"], default=None,
+                       help="the new backup's format: raw (default) or qcow2 for a full; rbddiff with --from")
+    merge.add_argument("--from", dest="older", metavar="OLDER",
+                       help="merge only the diffs from this earlier point of FILE's chain into one diff")
     merge.add_argument("--json", action="store_true", help="print a JSON summary")
     merge.set_defaults(func=cmd_merge)
 
@@ -93,13 +98,24 @@ def cmd_rm(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from ..backup.merge import synthesize
+    from ..backup.merge import merge_diffs, synthesize
+    from ..errors import UsageError
     from .signals import cooperative
 
+    if args.older is not None and args.format not in (None, "rbddiff"):
+        raise UsageError(f"backups merge --from makes one diff, not a {args.format} full")
+    if args.older is None and args.format == "rbddiff":
+        raise UsageError("backups merge --format rbddiff needs --from OLDER: the point the diff starts from")
     with cooperative():
-        result = synthesize(args.file, fmt=args.format)
+        if args.older is not None:
+            result = merge_diffs(args.file, args.older.removeprefix("@"))
+        else:
+            result = synthesize(args.file, fmt=args.format or "raw")
     if args.json:
         emit_json(result)
+    elif result.kind == "incremental":
+        print(f"{result.path}: one diff of {result.image} from @{result.from_snapshot}, made from its chain "
+              f"({format_size(result.file_size)}, checksum {result.checksum[:16]}…)")
     else:
         print(f"{result.path}: a {result.format} full backup of {result.image} made from its chain "
               f"({format_size(result.size)}, checksum {result.checksum[:16]}…)")
@@ -125,13 +141,14 @@ def cmd_prune(args) -> int:
 
 
 def _print_table(entries) -> None:
-    rows = [("FILE", "POINT", "KIND", "FORMAT", "CREATED", "ON DISK", "PARENT", "STATUS")]
+    rows = [("FILE", "POINT", "KIND", "FORMAT", "CREATED", "ON DISK", "PARENT", "CONSISTENCY", "STATUS")]
     for e in entries:
         point = f"{e.image}@{e.snapshot}" if e.image else "-"
         status = e.status if e.problem is None else f"{e.status}: {e.problem}"
         on_disk = format_size(e.on_disk) if e.on_disk is not None else "-"
+        consistency = f"{e.consistency} ({e.domain})" if e.consistency else "-"
         rows.append((e.file, point, e.kind or "-", e.format or "-", e.created or "-", on_disk, e.parent or "-",
-                     status))
+                     consistency, status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

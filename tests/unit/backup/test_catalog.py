@@ -71,6 +71,19 @@ def test_the_command_lists_and_says_when_something_is_broken(chain, tmp_path):
     assert "missing field" in broken.out
 
 
+def test_a_domains_backup_shows_the_consistency_it_recorded(make_full, tmp_path):
+    domain = {"name": "vm1", "uuid": "6a3c1a52-53a4-4c29-b1f5-2d1c0a7e9b10", "consistency": "application",
+              "disks": [{"target": "vda", "image": "rbd/img", "file": "rbd~img~s1.raw"}]}
+    make_full(b"x" * 5000, domain=domain)
+    make_full(b"y" * 5000, image="other")
+    entries = {e.file: e for e in catalog(tmp_path)}
+    assert (entries["rbd~img~s1.raw"].consistency, entries["rbd~img~s1.raw"].domain) == ("application", "vm1")
+    assert entries["rbd~other~s1.raw"].consistency is None
+    listed = virtrbd("backups", "ls", str(tmp_path)).out.splitlines()
+    assert "CONSISTENCY" in listed[0]
+    assert "application (vm1)" in listed[1] and "application" not in listed[2]
+
+
 @pytest.mark.parametrize("make", [os.mkfifo, lambda p: p.write_text("x"), lambda p: p.symlink_to("/dev/zero")],
                          ids=["FIFO", "file", "device"])
 def test_a_directory_that_is_not_one_is_one_line_at_once(tmp_path, make):

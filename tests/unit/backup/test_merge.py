@@ -10,11 +10,12 @@ import pytest
 
 from virtrbd.backup.catalog import catalog
 from virtrbd.backup.formats import manifest as manifests
+from virtrbd.backup.formats.rbddiff import DiffReader
 from virtrbd.backup.make import write_full_backup
 from virtrbd.backup.memory import MemorySource
-from virtrbd.backup.merge import synthesize
+from virtrbd.backup.merge import merge_diffs, synthesize
 from virtrbd.backup.results import BackupPlan, SourceFacts
-from virtrbd.errors import BackupError, CorruptBackupError
+from virtrbd.errors import BackupError, CorruptBackupError, UsageError
 from virtrbd.spec import ImageSpec
 
 from ...cli_helpers import assert_one_line_error, virtrbd
@@ -76,3 +77,63 @@ def test_the_command_and_its_refusals(chain, tmp_path):
     assert_one_line_error(virtrbd("backups", "merge", made["path"]), 1, "nothing to merge")
     with pytest.raises(BackupError, match="nothing to merge"):
         synthesize(made["path"], fmt="raw")
+
+
+# --- diffs merged into one (--from OLDER) ---------------------------------------------------------------------
+
+def applied(base: bytes, diff) -> bytes:
+    """What ``rbd import-diff`` makes of an image holding ``base`` with this diff."""
+    with open(diff, "rb") as f:
+        reader = DiffReader(f, str(diff))
+        size = reader.header.size
+        data = bytearray(base[:size].ljust(size, b"\0"))
+        for record in reader.records():
+            data[record.offset:record.offset + record.length] = record.data or bytes(record.length)
+    return bytes(data)
+
+
+def rbd_merged(first, second, out) -> None:
+    done = subprocess.run(["rbd", "merge-diff", str(first), str(second), str(out), "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def shrinking(make_full, make_incremental):
+    """s1 of 3 MiB; s2 cut to 1 MiB; s3 grown to 4 MiB again with a little written: what was cut reads zero."""
+    base, extents = scattered(SIZE, seed=5, count=20)
+    full = make_full(base, extents, snapshot="s1")
+    second, changes = apply_changes(base, 1 << 20, [(100, b"x" * 5000)], [])
+    inc1 = make_incremental(second, changes, "s1", "s2")
+    third, changes = apply_changes(second, 4 << 20, [(3 << 20, b"y" * 9000)], [(0, 50)])
+    inc2 = make_incremental(third, changes, "s2", "s3", snapshot_id=3)
+    return full, inc1, inc2, base, third
+
+
+@pytest.mark.parametrize("history", ["chain", "shrinking"])
+def test_diffs_merged_into_one_give_what_rbd_merge_diff_gives(request, history, tmp_path, tmp_path_factory):
+    full, inc1, inc2, *rest = request.getfixturevalue(history)
+    base, newest = restored(full.path), restored(inc2.path)
+    result = merge_diffs(inc2.path, "s1")
+    assert (result.kind, result.from_snapshot, result.format) == ("incremental", "s1", "rbd-diff-v1")
+    m = manifests.resolve(result.path)
+    assert m.made_from == [inc1.path.name, inc2.path.name] and m.parent["file"] == full.path.name
+    assert applied(base, result.path) == newest
+    theirs = tmp_path_factory.mktemp("rbd") / "merged"
+    rbd_merged(inc1.path, inc2.path, theirs)
+    assert applied(base, theirs) == applied(base, result.path)
+    assert restored(result.path) == newest                              # a chain of its own: full + merged
+    assert [e.status for e in catalog(tmp_path)] == ["ok"] * 4
+
+
+def test_merged_diffs_refuse_what_they_cannot_make(chain):
+    full, inc1, inc2, _ = chain
+    with pytest.raises(UsageError, match=r"@s0 is not an earlier point of its chain \(@s1, @s2, @s3\)"):
+        merge_diffs(inc2.path, "s0")
+    with pytest.raises(BackupError, match="is the diff from @s2 already: nothing to merge"):
+        merge_diffs(inc2.path, "s2")
+    assert_one_line_error(virtrbd("backups", "merge", str(inc2.path), "--format", "rbddiff"), 2, "needs --from")
+    assert_one_line_error(virtrbd("backups", "merge", str(inc2.path), "--from", "s1", "--format", "qcow2"), 2,
+                          "--from makes one diff")
+    made = virtrbd("backups", "merge", str(inc2.path), "--from", "@s1")
+    assert made.code == 0 and "one diff of rbd/img@s3 from @s1" in made.out, made.err
