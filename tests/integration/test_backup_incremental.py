@@ -157,3 +157,26 @@ def test_a_synthetic_full_has_the_checksum_of_a_fresh_full_backup(storage, image
     backup.restore(storage, synthetic["path"], f"rbd/{target}")
     assert LEDGER.restore(f"restore of a synthetic {fmt} full",
                           sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s4"))
+
+
+def test_a_merged_diff_is_what_rbd_merge_diff_makes_applied_by_rbd_import_diff(storage, images, judge, lab,
+                                                                               tmp_path):
+    """backups merge --from, judged by Ceph's own tools: both merged diffs applied by rbd import-diff onto the
+    same base give the snapshot (writes, a discard and a resize between the points)."""
+    name, _ = four_snapshots(images)
+    full = backup.backup(storage, f"rbd/{name}@s1", tmp_path)
+    diffs = [backup.backup(storage, f"rbd/{name}@{newer}", tmp_path, since=f"rbd/{name}@{older}")
+             for older, newer in (("s1", "s2"), ("s2", "s3"), ("s3", "s4"))]
+    made = virtrbd("backups", "merge", str(diffs[-1].path), "--from", "s1", "--json", env=lab.env)
+    assert made.code == 0, made.err
+    ours = json.loads(made.out)["path"]
+    theirs = tmp_path / "rbd-merged" / "s1-s4"
+    theirs.parent.mkdir()
+    judge.rbd("merge-diff", str(diffs[0].path), str(diffs[1].path), str(theirs) + ".half")
+    judge.rbd("merge-diff", str(theirs) + ".half", str(diffs[2].path), str(theirs))
+    for label, merged in (("virtrbd's", ours), ("rbd merge-diff's", str(theirs))):
+        target = images.name()
+        assert virtrbd("restore", str(full.path), f"rbd/{target}", "--snapshot", env=lab.env).code == 0
+        judge.rbd("import-diff", merged, f"rbd/{target}")
+        same = sha256_of(storage, f"rbd/{target}@s4") == sha256_of(storage, f"rbd/{name}@s4")
+        assert LEDGER.restore(f"rbd import-diff of {label} merged diff s1->s4", same), label

@@ -82,6 +82,17 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
 
     ``made_from``: the backup files a synthetic full was made of (``merge``), recorded in its manifest.
     """
+    chunks = read_chunk_parts(source, info.size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS, max_read=READ_BYTES)
+    return write_full_chunks(chunks, info, plan, progress=progress, direct_io=direct_io, started=started,
+                             made_from=made_from)
+
+
+def write_full_chunks(chunks, info: SourceFacts, plan: BackupPlan, *, progress: Progress | None = None,
+                      direct_io: bool = True, started: float | None = None,
+                      made_from: list[str] | None = None) -> BackupResult:
+    """A RAW or QCOW2 backup of the image ``chunks`` yields: ``(chunk, parts)`` in offset order, each chunk
+    with its ``index``, ``offset``, ``length``, ``extents`` and ``read_bytes``, its parts ``(offset, bytes)``
+    with zeros between them.  A failure while it yields (a checksum) publishes nothing."""
     spec = plan.spec
     started = time.monotonic() if started is None else started
     final = _reserve_name(plan.dest, manifests.backup_name(spec, plan.format))
@@ -94,8 +105,7 @@ def write_full_backup(source, info: SourceFacts, plan: BackupPlan, *, progress: 
         try:
             writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)
             # closing(): on any failure, wait for the reads in flight before the image is closed
-            with closing(read_chunk_parts(source, size, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS,
-                                                  max_read=READ_BYTES)) as chunks:
+            with closing(chunks):
                 for chunk, reads in chunks:
                     check_cancel()
                     digest.add_parts(chunk.index, [(offset - chunk.offset, data) for offset, data in reads])

@@ -1,15 +1,15 @@
 """Synthetic fulls and merged diffs, from secondary storage only.
 
 ``synthesize``: a full backup and the diffs up to a point become one new full of that point.
-
-From secondary storage only.  The chain is applied, every checksum checked as
-it is read (``restore_chain``), into a sparse scratch file beside the backups;
-that file is then backed up like a snapshot (``write_full_backup``), so the
-new full's content checksum is the one a fresh full backup of the same
-snapshot has, and its manifest is the same but for ``made_from``, the files
-it was made of.  A diff's zero records punch holes in the scratch file, so a
-discarded range costs no writing.  Memory: the restore's and the backup's
-bounded windows; disk: the image's data once more, for the time of the merge.
+The chain is read as one image in offset order (``overlay.chain_chunks``: the
+diffs' ranges laid over the full's chunks, every checksum checked as it is
+read) and written like a snapshot's backup (``write_full_chunks``), so the new
+full's content checksum is the one a fresh full backup of the same snapshot
+has, and its manifest is the same but for ``made_from``, the files it was made
+of.  The data is read once and written once.  A full from the SHA-256 days with
+a data CRC is checked over whole chunks instead: its chain is applied into a
+sparse scratch file beside the backups, which is then backed up (the image's
+data once more on the backup storage, for the time of the merge).
 
 ``merge_diffs``: the diffs from an older point to a newer one become one diff,
 with the content ``rbd merge-diff`` gives: the diffs are applied, checked, into
@@ -34,7 +34,8 @@ from ..progress import Progress
 from ..spec import check_name
 from .files import temp_name
 from .formats.manifest import DIFF_FORMAT
-from .make import write_full_backup, write_incremental_backup
+from .make import write_full_backup, write_full_chunks, write_incremental_backup
+from .overlay import chain_chunks
 from .restore import apply_diff, plan_restore, restore_chain
 from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import MiB
@@ -128,6 +129,10 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
     dest = newest.path.parent
     facts = SourceFacts(size=newest.size, image_id=newest.image_id, snapshot_id=newest.snapshot_id,
                         object_size=newest.object_size, snapshot_time=newest.snapshot_time)
+    made_from = [link.file for link in plan.links]
+    if "data_crc32c" not in plan.links[0].checksum:       # all but the oldest fulls: no scratch copy
+        return write_full_chunks(chain_chunks(plan), facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
+                                 made_from=made_from)
     scratch = ScratchImage(temp_name(dest / f"{newest.file}.merge"), plan.links[0].size)
     try:
         restore_chain(plan, scratch, progress=progress)
@@ -135,7 +140,7 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
             raise BackupError(f"{newest.file}: the chain ends at {scratch.size} bytes, its manifest says "
                               f"{newest.size}")
         return write_full_backup(scratch, facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
-                                 made_from=[link.file for link in plan.links])
+                                 made_from=made_from)
     finally:
         scratch.close()
 

@@ -19,7 +19,7 @@ from virtrbd.errors import BackupError, CorruptBackupError, UsageError
 from virtrbd.spec import ImageSpec
 
 from ...cli_helpers import assert_one_line_error, virtrbd
-from .conftest import apply_changes, flip_byte, scattered
+from .conftest import apply_changes, as_before_xxh3, flip_byte, scattered
 from .test_prune import restored
 
 SIZE = 3 << 20
@@ -137,3 +137,22 @@ def test_merged_diffs_refuse_what_they_cannot_make(chain):
                           "--from makes one diff")
     made = virtrbd("backups", "merge", str(inc2.path), "--from", "@s1")
     assert made.code == 0 and "one diff of rbd/img@s3 from @s1" in made.out, made.err
+
+
+@pytest.mark.parametrize("data_crc", [True, False], ids=["SHA-256 and data CRC", "SHA-256 only"])
+def test_a_chain_on_a_full_from_the_sha256_days_merges_too(chain, tmp_path_factory, data_crc):
+    """The oldest fulls are checked whole chunk by whole chunk: through the scratch file; the others streamed."""
+    full, inc1, inc2, content = chain
+    as_before_xxh3(full.manifest, restored(full.path), data_crc=data_crc)
+    relinked = json.loads(inc1.manifest.read_text())                 # its diff was made on that full
+    relinked["parent"]["checksum"] = manifests.load(full.manifest).checksum["value"]
+    relinked["seal"] = manifests.seal_of(relinked)
+    inc1.manifest.write_text(manifests.dumps(relinked))
+    result = synthesize(inc2.path)
+    assert result.checksum == fresh_full_checksum(content, tmp_path_factory.mktemp("fresh"))
+    assert restored(result.path) == content
+    flip_byte(full.path, full.file_size // 2)        # inside a data cluster of the full
+    os.unlink(result.path)
+    os.unlink(result.manifest)
+    with pytest.raises(CorruptBackupError, match="checksum|CRC"):
+        synthesize(inc2.path)
