@@ -29,6 +29,8 @@ from .formats.rbddiff import DiffReader
 from .results import RestorePlan
 from .stream import CHUNK, check_cancel
 
+_ZEROS = memoryview(bytes(CHUNK))
+
 #: where a range's bytes are: (index of the diff file, byte of it where the range starts), or None for zeros
 Place = tuple[int, int] | None
 
@@ -87,9 +89,10 @@ class ChainChunk:
 
 def chain_chunks(plan: RestorePlan) -> Iterator[tuple[ChainChunk, list[tuple[int, bytes | bytearray]]]]:
     """The chain's image up to its newest point's size, chunk by chunk: ``(chunk, parts)`` for each chunk
-    with data, ``parts`` being ``(offset, bytes)`` in order, zeros between them."""
+    with data, ``parts`` being ``(offset, bytes)`` in order, zeros between them.  A chunk the diffs change is
+    put together in one buffer, the same each time: its bytes hold until the next chunk is asked for."""
     full, diffs = plan.links[0], plan.links[1:]
-    overlay = Overlay()
+    overlay, buffer = Overlay(), bytearray(CHUNK)
     with ExitStack() as stack:
         size, fds = full.size, list[int]()
         for m in diffs:
@@ -112,7 +115,7 @@ def chain_chunks(plan: RestorePlan) -> Iterator[tuple[ChainChunk, list[tuple[int
             read = sum(len(data) for _, data in parts)
             segments = overlay.within(offset, offset + length)
             if segments:
-                parts = _laid_over(offset, length, parts, segments, fds, diffs)
+                parts = _laid_over(buffer, offset, length, parts, segments, fds, diffs)
                 read += sum(end - start for start, end, place in segments if place is not None)
             if parts:
                 extents = [(at, at + len(data)) for at, data in parts]
@@ -148,20 +151,21 @@ def _cut(parts: list, end: int) -> list:
     return kept
 
 
-def _laid_over(offset: int, length: int, parts: list, segments: list, fds: list[int],
+def _laid_over(buffer: bytearray, offset: int, length: int, parts: list, segments: list, fds: list[int],
                diffs: list[Manifest]) -> list:
-    """The chunk with the overlay's ranges in it, as one part (the writer skips its zero blocks)."""
-    chunk = bytearray(length)
+    """The chunk with the overlay's ranges in it, put together in ``buffer``, as one part (the writer skips
+    its zero blocks)."""
+    view = memoryview(buffer)
+    view[:length] = _ZEROS[:length]
     for at, data in parts:
-        chunk[at - offset:at - offset + len(data)] = data
-    view = memoryview(chunk)
+        view[at - offset:at - offset + len(data)] = data
     for start, end, place in segments:
         if place is None:
-            chunk[start - offset:end - offset] = bytes(end - start)
+            view[start - offset:end - offset] = _ZEROS[:end - start]
             continue
         index, position = place
         got = os.preadv(fds[index], [view[start - offset:end - offset]], position)
         if got != end - start:
             raise CorruptBackupError(f"{diffs[index].data_path}: shorter than when it was checked (changed "
                                      f"during the merge?)")
-    return [(offset, chunk)]
+    return [(offset, buffer if length == CHUNK else bytes(view[:length]))]

@@ -106,6 +106,8 @@ def cmd_merge(args) -> int:
         raise UsageError(f"backups merge --from makes one diff, not a {args.format} full")
     if args.older is None and args.format == "rbddiff":
         raise UsageError("backups merge --format rbddiff needs --from OLDER: the point the diff starts from")
+    from .backup_cmd import bound_memory
+    bound_memory()
     with cooperative():
         if args.older is not None:
             result = merge_diffs(args.file, args.older.removeprefix("@"))
