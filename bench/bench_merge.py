@@ -10,6 +10,11 @@ no chain applied, no checksum), each synced before the clock stops.
 
 Target (issue 19): merge <= 1.5x cp's time; peak RSS <= 128 MiB.
 
+Then prune: 1,000 backups (10 images x 100 points a day apart, every fourth a full, the others diffs on
+the point before; 64 KiB images), ``virtrbd backups prune DIR --keep-daily 7 --keep-weekly 4 --dry-run``
+beside ``cat`` of every manifest (the floor: reading what prune must read), alternating, medians of 5.
+Target: <= 1 s.
+
 Run: .venv/bin/python -m bench.bench_merge [--size-gib 4] [--runs 3] [--root /var/tmp]
 """
 
@@ -21,6 +26,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from virtrbd.backup.make import write_full_backup, write_incremental_backup
@@ -95,6 +101,40 @@ def make_chain(folder: Path, size: int) -> tuple[Path, Path]:
     return full, newest
 
 
+def make_many(folder: Path, images: int = 10, points: int = 100) -> None:
+    """``images`` x ``points`` small backups a day apart: a full every fourth point, diffs between."""
+    size, start = 64 << 10, datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for image in range(images):
+        blocks: dict[int, int] = {}
+        for point in range(points):
+            facts = SourceFacts(size, f"id-{image}", point + 1,
+                                snapshot_time=(start + timedelta(days=point)).isoformat(timespec="seconds"))
+            spec = ImageSpec("rbd", f"vm{image}", f"s{point}")
+            blocks[(point % 16) * 4096] = point
+            if point % 4 == 0:
+                write_full_backup(Generated(size, dict(blocks)), facts, BackupPlan(spec, folder, "raw"))
+            else:
+                write_incremental_backup(GeneratedDiff(size, dict(blocks), [(point % 16) * 4096]), facts,
+                                         BackupPlan(spec, folder, "rbd-diff-v1", spec.at(f"s{point - 1}")))
+
+
+def prune_rows(runs: int, root: Path) -> list[Row]:
+    work = Path(tempfile.mkdtemp(prefix="virtrbd-bench-prune-", dir=root))
+    try:
+        make_many(work)
+        manifests = sorted(str(p) for p in work.glob("*.manifest.json"))
+        ours, cats = [], []
+        for _ in range(runs):
+            ours.append(Run([sys.executable, "-m", "virtrbd", "backups", "prune", str(work), "--keep-daily", "7",
+                             "--keep-weekly", "4", "--dry-run"])().seconds)
+            cats.append(Run(["sh", "-c", 'cat "$@" > /dev/null', "cat", *manifests])().seconds)
+        return [Row(f"prune --dry-run of {len(manifests)} backups", statistics.median(ours),
+                    "cat of every manifest", statistics.median(cats), target="<= 1 s",
+                    passed=statistics.median(ours) <= 1)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def measure(size: int, runs: int, root: Path) -> list[Row]:
     compile_virtrbd()
     work = Path(tempfile.mkdtemp(prefix="virtrbd-bench-merge-", dir=root))
@@ -116,7 +156,7 @@ def measure(size: int, runs: int, root: Path) -> list[Row]:
                     "cp --sparse=always of the full", statistics.median(cps), target="ours <= 1.5 x peer",
                     passed=ratio <= 1.5),
                 Row("its peak RSS", max(peaks) / MiB, "bound", 128, unit="MiB", target="<= 128 MiB",
-                    passed=max(peaks) <= 128 * MiB)]
+                    passed=max(peaks) <= 128 * MiB), *prune_rows(max(runs, 5), root)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
