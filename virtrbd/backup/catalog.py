@@ -44,6 +44,9 @@ class Entry:
     on_disk: int | None = None            # bytes the data file takes on the storage
     parent: str | None = None             # an incremental's parent backup file
     chain: list[str] = field(default_factory=list)   # full first, this one last, when complete
+    image_id: str | None = None           # librbd's id of the image (a recreated image differs)
+    snapshot_id: int | None = None
+    checksum: tuple[str, str] | None = None   # a full's content checksum: (algorithm, value)
     consistency: str | None = None        # one of a domain's set: "application", "crash" or "unknown"
     domain: str | None = None             # that domain's name
 
@@ -130,6 +133,8 @@ def _backup(manifest_path: Path, memory: _Remembered) -> Entry:
     return Entry(name, status, problem, kind=m.kind, format=m.format, image=m.image, snapshot=m.snapshot,
                  created=m.created, time=m.snapshot_time or m.created, size=m.size, on_disk=_on_disk(m),
                  parent=(m.parent or {}).get("file"), chain=files,
+                 image_id=m.image_id, snapshot_id=m.snapshot_id,
+                 checksum=(m.checksum["algorithm"], m.checksum["value"]) if m.kind == "full" else None,
                  consistency=m.domain["consistency"] if m.domain else None,
                  domain=m.domain["name"] if m.domain else None)
 

@@ -25,7 +25,7 @@ from datetime import tzinfo
 from pathlib import Path
 
 from ..errors import BackupError, NotFoundError
-from .catalog import BROKEN, NOT_A_BACKUP, REMOVAL_MARK, UNFINISHED, Entry, catalog
+from .catalog import BROKEN, NOT_A_BACKUP, OK, PROBLEMS, REMOVAL_MARK, UNFINISHED, Entry, catalog
 from .files import fsync_directory
 from .formats.manifest import SUFFIX
 from .retention import Decision, Policy, decide
@@ -48,6 +48,7 @@ def prune(directory: os.PathLike | str, policy: Policy, *, image: str | None = N
           zone: tzinfo | None = None) -> PruneResult:
     """Remove what ``policy`` keeps neither itself nor through a chain; ``dry_run`` only says it."""
     directory = Path(directory)
+    _refuse_what_is_not_sound(directory, catalog(directory, image=image))
     ended = [] if dry_run else finish_removals(directory)
     entries = catalog(directory, image=image)
     decisions = decide(entries, policy, zone)
@@ -59,6 +60,24 @@ def prune(directory: os.PathLike | str, policy: Policy, *, image: str | None = N
         if doomed:
             fsync_directory(directory)
     return PruneResult(decisions, [] if dry_run else doomed, ended, dry_run)
+
+
+def _refuse_what_is_not_sound(directory: Path, entries: list[Entry]) -> None:
+    """A broken backup or chain, or two fulls of one snapshot with different content, make a policy's
+    verdict a guess: nothing is removed then, and the line says why (``backups ls`` shows the details)."""
+    broken = [e for e in entries if e.status in PROBLEMS]
+    if broken:
+        shown = "; ".join(f"{e.file}: {e.problem or e.status}" for e in broken[:2])
+        raise BackupError(f"{directory}: {len(broken)} backup(s) are broken, so prune removes nothing "
+                          f"({shown}{'; …' if len(broken) > 2 else ''}); see virtrbd backups ls")
+    claims: dict[tuple, Entry] = {}
+    for e in entries:
+        if e.status != OK or e.kind != "full" or e.checksum is None:
+            continue
+        other = claims.setdefault((e.image_id, e.snapshot, e.snapshot_id, e.checksum[0]), e)
+        if other.checksum != e.checksum:
+            raise BackupError(f"{directory}: {other.file} and {e.file} both claim {e.image}@{e.snapshot} with "
+                              f"different content, so prune removes nothing; remove the wrong one by hand")
 
 
 def dependents(entries: list[Entry], name: str) -> list[str]:

@@ -165,3 +165,29 @@ def test_a_directory_that_is_not_one_changes_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     assert_one_line_error(virtrbd("backups", "prune", str(tmp_path / "file"), "--keep-last", "1"), 1,
                           "not a directory")
+
+
+def test_a_broken_backup_or_chain_makes_prune_remove_nothing(tmp_path):
+    entry_times(tmp_path, [START + timedelta(days=n) for n in range(4)])
+    data = sorted(tmp_path.glob("*.raw"))
+    with open(data[1], "r+b") as f:                       # a data file that no longer matches its manifest
+        f.truncate(SIZE // 2)
+    before = sorted(os.listdir(tmp_path))
+    for extra in ([], ["--dry-run"]):
+        refused = virtrbd("backups", "prune", str(tmp_path), "--keep-last", "1", *extra)
+        assert_one_line_error(refused, 1, "1 backup(s) are broken, so prune removes nothing", data[1].name)
+    assert sorted(os.listdir(tmp_path)) == before
+    data[1].unlink()
+    (tmp_path / (data[1].name + ".manifest.json")).unlink()  # taken away by hand: prune goes on
+    assert virtrbd("backups", "prune", str(tmp_path), "--keep-last", "1").code == 0
+    assert sorted(p.name for p in tmp_path.glob("*.raw")) == [data[3].name]
+
+
+def test_two_fulls_claiming_one_point_with_different_content_make_prune_remove_nothing(make_full, tmp_path):
+    make_full(b"a" * 5000, fmt="raw")
+    make_full(b"b" * 5000, fmt="qcow2")                   # the same image id and snapshot, other bytes
+    before = sorted(os.listdir(tmp_path))
+    refused = virtrbd("backups", "prune", str(tmp_path), "--keep-last", "1")
+    assert_one_line_error(refused, 1, "rbd~img~s1.qcow2 and rbd~img~s1.raw both claim rbd/img@s1 with different "
+                                      "content")
+    assert sorted(os.listdir(tmp_path)) == before
