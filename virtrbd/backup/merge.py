@@ -22,7 +22,6 @@ Memory grows with the number of separate changed ranges, as the diffs do.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import errno
 import os
@@ -35,7 +34,7 @@ from ..spec import check_name
 from .files import temp_name
 from .formats.manifest import DIFF_FORMAT
 from .make import write_full_backup, write_full_chunks, write_incremental_backup
-from .overlay import chain_chunks
+from .overlay import Overlay, chain_chunks
 from .restore import apply_diff, plan_restore, restore_chain
 from .results import BackupPlan, BackupResult, SourceFacts
 from .stream import MiB
@@ -145,56 +144,33 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
         scratch.close()
 
 
-class Touched:
-    """Disjoint ``[start, end)`` ranges in order; adding one joins it with those it overlaps or meets."""
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-
-    def add(self, start: int, end: int) -> None:
-        if end <= start:
-            return
-        first = bisect.bisect_left(self.ends, start)          # the first range that ends at or after start
-        last = bisect.bisect_right(self.starts, end)          # past the last range that starts at or before end
-        if first < last:
-            start, end = min(start, self.starts[first]), max(end, self.ends[last - 1])
-        self.starts[first:last] = [start]
-        self.ends[first:last] = [end]
-
-    def within(self, offset: int, length: int) -> list[tuple[int, int]]:
-        """The parts of the ranges inside ``[offset, offset + length)``, as (offset, length)."""
-        end = offset + length
-        found = []
-        for index in range(bisect.bisect_right(self.ends, offset), len(self.starts)):
-            if self.starts[index] >= end:
-                break
-            start, stop = max(self.starts[index], offset), min(self.ends[index], end)
-            found.append((start, stop - start))
-        return found
-
-
 class ChangedScratch(ScratchImage):
     """A scratch image that remembers every range written, zeroed or cut off: the changes of a merged diff."""
 
     def __init__(self, path: Path, size: int):
         super().__init__(path, size)
-        self.touched = Touched()
+        self.touched = Overlay()            # only the ranges count here, not where their bytes are
 
     def write(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
         super().write(offset, data, start, end)
-        self.touched.add(offset, offset + (len(data) if end is None else end) - start)
+        self.touched.put(offset, offset + (len(data) if end is None else end) - start, None)
 
     def zero(self, offset: int, length: int) -> None:
         super().zero(offset, length)
-        self.touched.add(offset, offset + length)
+        self.touched.put(offset, offset + length, None)
 
     def resize(self, size: int) -> None:
-        self.touched.add(size, self.size)       # a shrink cuts data off: grown again, it reads as zeros
+        self.touched.put(size, self.size, None)  # a shrink cuts data off: grown again, it reads as zeros
         super().resize(size)
 
     def changes(self, offset: int, length: int, older: str) -> list[tuple[int, int, bool]]:
-        return [(at, count, True) for at, count in self.touched.within(offset, length)]
+        joined: list[list[int]] = []                # ranges that meet are one change
+        for start, end, _ in self.touched.within(offset, offset + length):
+            if joined and joined[-1][1] == start:
+                joined[-1][1] = end
+            else:
+                joined.append([start, end])
+        return [(start, end - start, True) for start, end in joined]
 
 
 def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None = None) -> BackupResult:
