@@ -63,18 +63,20 @@ class Domain:
 
     def facts(self) -> DomainFacts:
         """Its state and rbd disks; a writable disk elsewhere, or an rbd disk virtrbd cannot read, is refused."""
+        from ..xml import safe
         from ..xml.domain_disks import ForeignDisk, other_disks, rbd_disks
         lv = self.host.libvirt
         with libvirt_translated(lv, f"domain {self.name}"):
             xml = self.dom.XMLDesc(0)
             state, reason = self.dom.state()
             uuid = self.dom.UUIDString()
-        outside = other_disks(xml)
+        root = safe.parse(xml, what="domain XML")          # read once, for both kinds of disk
+        outside = other_disks(root)
         if outside:
             raise UsageError(f"domain {self.name}: disk {', '.join(outside)} is not an rbd image; a snapshot "
                              f"of the domain could not hold it")
         disks = []
-        for disk in rbd_disks(xml):
+        for disk in rbd_disks(root):
             if isinstance(disk, ForeignDisk):
                 raise UsageError(f"domain {self.name}: {disk.what}: {disk.reason}")
             if disk.image.snapshot is None and not disk.read_only:
