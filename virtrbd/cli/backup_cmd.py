@@ -86,7 +86,7 @@ def cmd_backup(args) -> int:
     with storage, cooperative():
         result = backup(storage, plan, progress=terminal_progress(f"backup {plan.spec}"))
     if args.json:
-        emit_json(_summary(result, rate_bytes_per_s=round(result.rate)))
+        emit_json(summary(result, rate_bytes_per_s=round(result.rate)))
     else:
         what = f"changes since @{result.from_snapshot}" if result.from_snapshot else format_size(result.size)
         print(f"backed up {result.image} ({what}, {format_size(result.data_bytes)} of data) to {result.path} "
@@ -110,7 +110,7 @@ def cmd_restore(args) -> int:
         result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
                          progress=terminal_progress(f"restore {target}"))
     if args.json:
-        emit_json(_summary(result))
+        emit_json(summary(result))
     else:
         steps = f"{len(result.chain)} backups" if len(result.chain) > 1 else "1 backup"
         print(f"restored {result.image} from {steps} (@{result.snapshot}, {format_size(result.size)}, "
@@ -133,7 +133,7 @@ def cmd_verify(args) -> int:
         with storage, cooperative():
             result = verify(args.src, against=against, storage=storage, progress=progress)
     if args.json:
-        emit_json(_summary(result))
+        emit_json(summary(result))
     else:
         also = f", identical to {result.against}" if result.against else ""
         print(f"OK {result.file}: {result.kind} backup of {result.image}, checksum matches{also}")
@@ -165,7 +165,8 @@ def bound_memory() -> None:
     return_large_buffers_to_the_system()
 
 
-def _summary(result, **extra) -> dict:
+def summary(result, **extra) -> dict:
+    """A result as the --json output of backup, restore and verify (and their domain forms) prints it."""
     data: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
     data.update(extra)
     if "seconds" in data:

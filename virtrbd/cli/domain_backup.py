@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..domains.request import check_request
 from ..errors import UsageError
 from ..units import format_size
-from .backup_cmd import _summary, bound_memory
+from .backup_cmd import bound_memory, summary
 from .common import emit_json
 from .progress import terminal_progress
 from .signals import cooperative
@@ -24,7 +24,7 @@ def cmd_backup_domain(args) -> int:
     if args.json:
         emit_json({"domain": made.domain, "uuid": made.uuid, "snapshot": made.snapshot,
                    "consistency": made.consistency, "taken": made.taken.describe() if made.taken else None,
-                   "backups": [_summary(result) for result in made.backups]})
+                   "backups": [summary(result) for result in made.backups]})
         return 0
     if made.taken is not None:
         print(f"took {made.taken.describe()}")
@@ -48,7 +48,7 @@ def cmd_restore_set(args) -> int:
                                           create_snapshot=args.snapshot,
                                           progress=terminal_progress(f"restore of the set of {args.src}"))
     if args.json:
-        emit_json([_summary(result) for result in done])
+        emit_json([summary(result) for result in done])
         return 0
     for result in done:
         print(f"restored {result.image} (@{result.snapshot}, {format_size(result.size)}) in {result.seconds:.2f} s"
