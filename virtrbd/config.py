@@ -125,6 +125,9 @@ class LibvirtSettings:
         secret_uuid, "UUID of the libvirt secret (usage type ceph) that holds the key.", None)
     pool: str | None = option(
         ceph_name, "Name of the libvirt storage pool for [ceph] pool (default: the same name).", None)
+    qemu_user: str = option(
+        ceph_name, "The user QEMU runs as (qemu.conf's user): an instant restore lets it read the backup file "
+                   "until the copy is committed.", "libvirt-qemu")
 
 
 @dataclass(frozen=True)

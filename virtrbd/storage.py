@@ -31,6 +31,8 @@ from .progress import Progress
 from .spec import ImageSpec
 
 if TYPE_CHECKING:
+    from .backup.instant import InstantResult, InstantStatus
+    from .backup.instant import Record as InstantRecord
     from .backup.results import BackupResult, RestoreResult, VerifyResult
     from .domains.backup import DomainBackup
     from .domains.snapshot import DomainSnapshot
@@ -235,6 +237,30 @@ class Storage:
         before the image is published; through libvirt's volume upload where the daemon can."""
         from . import backup
         return backup.restore(self, src, target, force=force, progress=progress)
+
+    def restore_instantly(self, src: str | os.PathLike[str], target: str | ImageSpec) -> InstantRecord:
+        """Make ``target`` an image that reads the full backup ``src`` in place, usable at once; the copy into
+        Ceph is ``continue_instant_restore``'s (any process, any time).  See ``virtrbd.backup.instant``."""
+        from .backup import instant, plan_restore
+        plan = plan_restore(src)
+        instant.check_plan(plan)
+        return instant.start(self.cluster, plan, self.spec(target, snapshot=False),
+                             qemu_user=self.config.libvirt.qemu_user)
+
+    def continue_instant_restore(self, target: str | ImageSpec, *,
+                                 progress: Progress | None = None) -> InstantResult:
+        """Copy the rest of an instant restore into Ceph and commit it once the backup checked out."""
+        from .backup import instant
+        return instant.copy(self.cluster, self.spec(target, snapshot=False), progress=progress)
+
+    def instant_restore_status(self, target: str | ImageSpec) -> InstantStatus:
+        from .backup import instant
+        return instant.status(self.cluster, self.spec(target, snapshot=False))
+
+    def abort_instant_restore(self, target: str | ImageSpec) -> None:
+        """Remove an uncommitted instant restore's image (refused while a client has it open)."""
+        from .backup import instant
+        instant.abort(self.cluster, self.spec(target, snapshot=False))
 
     def backup_domain(self, domain: str, snapshot: str, dest_dir: str | os.PathLike[str], *,
                       format: str | None = None, since: str | None = None, quiesce: str = "auto",

@@ -19,12 +19,14 @@ judged; anything else is left alone and said.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 
 from ..errors import BackupError, NotFoundError
+from . import in_use
 from .catalog import BROKEN, NOT_A_BACKUP, OK, PROBLEMS, REMOVAL_MARK, UNFINISHED, Entry, catalog
 from .files import fsync_directory
 from .formats.manifest import SUFFIX
@@ -51,7 +53,7 @@ def prune(directory: os.PathLike | str, policy: Policy, *, image: str | None = N
     _refuse_what_is_not_sound(directory, catalog(directory, image=image))
     ended = [] if dry_run else finish_removals(directory)
     entries = catalog(directory, image=image)
-    decisions = decide(entries, policy, zone)
+    decisions = [_unless_imported(directory, d) for d in decide(entries, policy, zone)]
     links = {e.file: len(e.chain) for e in entries}
     doomed = sorted((d.file for d in decisions if not d.keep), key=lambda f: links[f], reverse=True)
     if not dry_run:
@@ -60,6 +62,15 @@ def prune(directory: os.PathLike | str, policy: Policy, *, image: str | None = N
         if doomed:
             fsync_directory(directory)
     return PruneResult(decisions, [] if dry_run else doomed, ended, dry_run)
+
+
+def _unless_imported(directory: Path, decision: Decision) -> Decision:
+    """A backup an uncommitted instant restore reads stays, whatever the policy says, until the commit."""
+    images = [] if decision.keep else in_use.importers(directory / decision.file)
+    if not images:
+        return decision
+    return dataclasses.replace(decision, keep=True,
+                               reason=f"read by the instant restore into {', '.join(images)} (not committed)")
 
 
 def _refuse_what_is_not_sound(directory: Path, entries: list[Entry]) -> None:
@@ -110,6 +121,8 @@ def remove(path: os.PathLike | str, *, force: bool = False) -> Removed:
     if needing and not force:
         raise BackupError(f"{name}: {len(needing)} backup(s) are built on it: {', '.join(needing)} (--force "
                           f"removes them too)")
+    for file in [*needing, name]:
+        in_use.refuse_if_needed(directory / file)
     removed = []
     for file in [*needing, name]:
         _remove_one(directory, file)

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
         description="Restore SRC (a backup file or its manifest; for an incremental, the chain down to its full "
                     "backup is followed) into POOL/IMAGE.  The image is built under a temporary name and renamed "
                     "once every checksum matched.")
-    restore.add_argument("src", metavar="SRC", help="backup file (or its .manifest.json)")
+    restore.add_argument("src", metavar="SRC", nargs="?", help="backup file (or its .manifest.json)")
     restore.add_argument("target", metavar="POOL/IMAGE", nargs="?", help="left out with --domain-set")
     restore.add_argument("--domain-set", action="store_true",
                          help="SRC is one of a domain's backups (backup --domain): restore every disk of its set, "
@@ -56,6 +56,8 @@ def add_parser(subparsers) -> None:
     restore.add_argument("--snapshot", action="store_true",
                          help="also create the backup's snapshot on the new image (so rbd import-diff applies "
                               "later incrementals)")
+    from .instant_restore import add_instant_options
+    add_instant_options(restore)
     restore.add_argument("--json", action="store_true", help="print a JSON summary")
     restore.set_defaults(func=cmd_restore)
 
@@ -95,6 +97,11 @@ def cmd_backup(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    from .instant_restore import cmd_instant, instant_asked
+    if instant_asked(args):
+        return cmd_instant(args)
+    if args.src is None:
+        raise UsageError("restore: name SRC (a backup file or its manifest)")
     if args.domain_set:
         from .domain_backup import cmd_restore_set
         return cmd_restore_set(args)

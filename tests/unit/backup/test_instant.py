@@ -1,0 +1,315 @@
+"""Instant restore without a cluster: the ACL that lets QEMU's user read a backup and is taken back, the markers
+that keep retention off a file an import reads, and the job's decisions (commit only a backup that checks out,
+take back what fails) with librbd's live-import calls faked."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from virtrbd.backup import in_use, instant, pruning, reader_access
+from virtrbd.backup.instant import hole_objects
+from virtrbd.backup.restore import plan_restore
+from virtrbd.backup.retention import Policy
+from virtrbd.ceph.live_import import MigrationStatus
+from virtrbd.errors import AlreadyExistsError, BackupError, BusyError, CorruptBackupError, UsageError
+from virtrbd.spec import ImageSpec
+
+from ...cli_helpers import assert_one_line_error, virtrbd
+from ..fakes import FakeCluster
+from .conftest import scattered
+
+USER = "nobody"
+MiB = 1 << 20
+
+
+# --- the ACL ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def private_file(tmp_path: Path) -> Path:
+    """A 0600 file in a folder others may pass (0711) but not list, as a backup directory for instant restores."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    folder.chmod(0o711)
+    for above in folder.parents:            # pytest's own 0700 folders: opened to passing, as a host's /srv is
+        if str(above).startswith(str(tmp_path.parent.parent)):
+            above.chmod(above.stat().st_mode | 0o011)
+    path = folder / "backup.raw"
+    path.write_bytes(b"data")
+    path.chmod(0o600)
+    return path
+
+
+def modes(path: Path) -> tuple[int, list[str]]:
+    return stat.S_IMODE(path.stat().st_mode), sorted(os.listxattr(path))
+
+
+def test_the_user_may_read_the_file_while_granted_and_every_bit_is_as_before_after(private_file):
+    before = modes(private_file)
+    assert not reader_access.readable_as(USER, private_file)
+    grants = reader_access.grant_read(private_file, USER)
+    assert reader_access.readable_as(USER, private_file)
+    assert [(g.path, g.perm) for g in grants] == [(str(private_file), 4)]
+    assert stat.S_IMODE(private_file.stat().st_mode) & 0o007 == 0      # others gained nothing
+    reader_access.revoke(grants)
+    assert not reader_access.readable_as(USER, private_file)
+    assert modes(private_file) == before
+
+
+def test_a_folder_the_user_cannot_pass_is_named_and_nothing_is_opened(private_file):
+    private_file.parent.chmod(0o700)
+    before = modes(private_file), modes(private_file.parent)
+    with pytest.raises(BackupError, match=f"no search permission on {private_file.parent}"):
+        reader_access.grant_read(private_file, USER)
+    assert (modes(private_file), modes(private_file.parent)) == before
+
+
+def test_a_shared_entry_is_handed_to_each_restore_so_the_last_one_takes_it_back(private_file):
+    first = reader_access.grant_read(private_file, USER)
+    second = reader_access.grant_read(private_file, USER, shared=True)
+    assert second == first
+    assert reader_access.grant_read(private_file, USER, shared=False) == []     # someone else's entry: not ours
+
+
+def test_entries_of_others_stay_when_ours_go(private_file):
+    other = reader_access.user_ids("daemon")[0]
+    reader_access._add(private_file, other, 4)
+    grants = reader_access.grant_read(private_file, USER)
+    reader_access.revoke(grants)
+    entries = reader_access._read(private_file, private_file.stat())
+    assert (reader_access._USER, 4, other) in entries
+    assert all(ident != reader_access.user_ids(USER)[0] for _t, _p, ident in entries)
+
+
+def test_a_mask_closed_by_chmod_is_opened_again(private_file):
+    grants = reader_access.grant_read(private_file, USER)
+    private_file.chmod(0o600)               # chmod sets the mask: the entry no longer counts
+    assert not reader_access.readable_as(USER, private_file)
+    assert reader_access.grant_read(private_file, USER) == grants
+    assert reader_access.readable_as(USER, private_file)
+    reader_access.revoke(grants)
+
+
+def test_an_unknown_user_is_one_clear_error(private_file):
+    with pytest.raises(BackupError, match="does not exist"):
+        reader_access.grant_read(private_file, "no-such-user-here")
+
+
+def test_a_file_the_user_cannot_open_even_with_an_acl_is_refused_and_nothing_stays(private_file, monkeypatch):
+    before = modes(private_file)
+    monkeypatch.setattr(reader_access, "readable_as", lambda user, path: False)
+    with pytest.raises(BackupError, match="cannot open it even with an ACL"):
+        reader_access.grant_read(private_file, USER)
+    assert modes(private_file) == before
+
+
+# --- the file's holes --------------------------------------------------------------------------------------
+
+def test_hole_objects_are_those_wholly_in_holes(tmp_path):
+    path = tmp_path / "sparse.raw"
+    with open(path, "wb") as f:
+        f.truncate(16 * MiB)
+        f.seek(5 * MiB)
+        f.write(b"x" * 4096)                # object 1 (4-8 MiB)
+        f.seek(12 * MiB - 1)
+        f.write(b"y")                       # object 2 (8-12 MiB), its last byte
+    assert hole_objects(path, 4 * MiB) == [0, 3]
+    empty = tmp_path / "empty.raw"
+    with open(empty, "wb") as f:
+        f.truncate(8 * MiB)
+    assert hole_objects(empty, 4 * MiB) == [0, 1]
+
+
+# --- markers, retention and rm -----------------------------------------------------------------------------
+
+def test_a_marked_backup_is_kept_by_prune_and_refused_by_rm(tmp_path, make_full):
+    content, extents = scattered(MiB, 1)
+    made = {m.path.name: m for m in (make_full(content, extents, snapshot=s) for s in ("s1", "s2"))}
+    doomed = pruning.prune(tmp_path, Policy(last=1), dry_run=True)
+    old = made[next(d.file for d in doomed.decisions if not d.keep)]
+    marker = in_use.marker_path(old.path, "rbd", "back")
+    in_use.write_marker(marker, "rbd/back")
+    assert in_use.importers(old.path) == ["rbd/back"]
+    with pytest.raises(BusyError, match="rbd/back still reads it"):
+        pruning.remove(old.path)
+    result = pruning.prune(tmp_path, Policy(last=1))
+    kept = {d.file: d for d in result.decisions}
+    assert kept[old.path.name].keep and "instant restore into rbd/back" in kept[old.path.name].reason
+    assert old.path.exists() and result.removed == []
+    in_use.remove_marker(marker)
+    assert pruning.prune(tmp_path, Policy(last=1)).removed == [old.path.name]
+
+
+def test_one_copier_at_a_time_and_the_lock_tells_whether_one_runs(tmp_path):
+    marker = tmp_path / "f.raw.instant.rbd~x"
+    in_use.write_marker(marker, "rbd/x")
+    assert not in_use.copy_running(marker)
+    first = in_use.CopyLock(marker)
+    first.acquire("rbd/x")
+    assert in_use.copy_running(marker)
+    with pytest.raises(BusyError, match="already running"):
+        in_use.CopyLock(marker).acquire("rbd/x")
+    first.release()
+    assert not in_use.copy_running(marker)
+
+
+# --- the job, librbd's calls faked ------------------------------------------------------------------------
+
+class FakeLiveImport:
+    """The live-import door over a FakeCluster: prepare makes the image, execute copies the file into it."""
+
+    calls: list[tuple] = []
+    busy = False
+
+    def __init__(self, cluster: FakeCluster):
+        self.cluster = cluster
+
+    def prepare(self, pool, name, source):
+        path = Path(source["stream"]["file_path"])
+        image = self.cluster.add(pool, name, size=path.stat().st_size if source["type"] == "raw" else 0)
+        image.migrating = source
+        self.calls.append(("prepare", name, source["type"]))
+
+    def status(self, pool, name):
+        image = self.cluster.pools[pool][name]
+        state = getattr(image, "migrating", None)
+        return MigrationStatus("prepared", "") if state else None
+
+    def execute(self, pool, name, on_progress=None):
+        image = self.cluster.pools[pool][name]
+        if image.migrating["type"] == "raw":
+            data = Path(image.migrating["stream"]["file_path"]).read_bytes()
+            image.data[:len(data)] = data
+        if on_progress:
+            on_progress(1, 1)
+        self.calls.append(("execute", name))
+
+    def commit(self, pool, name):
+        self.cluster.pools[pool][name].migrating = None
+        self.calls.append(("commit", name))
+
+    def abort(self, pool, name):
+        if self.busy:
+            raise BusyError(f"aborting the import into {pool}/{name}: is in use")
+        del self.cluster.pools[pool][name]
+        self.calls.append(("abort", name))
+
+    def address(self):
+        return "127.0.0.1:0/1"
+
+    def break_lock_of(self, pool, name, address):
+        self.calls.append(("break", name, address))
+        return False
+
+    def claim_holes(self, pool, name, objects):
+        return len(list(objects))
+
+    def sparsify(self, pool, name, granularity):
+        self.calls.append(("sparsify", name))
+
+
+@pytest.fixture
+def live(monkeypatch):
+    FakeLiveImport.calls = []
+    FakeLiveImport.busy = False
+    monkeypatch.setattr(instant, "LiveImport", FakeLiveImport)
+    monkeypatch.setattr(instant, "_object_size", lambda cluster, spec: 4 * MiB)
+    return FakeLiveImport
+
+
+TARGET = ImageSpec("rbd", "back")
+
+
+@pytest.fixture
+def reachable(tmp_path):
+    """tmp_path and pytest's folders above it opened to passing (not listing), as a backup directory is."""
+    for above in [tmp_path, *tmp_path.parents]:
+        if str(above).startswith(str(tmp_path.parent.parent)):
+            above.chmod(above.stat().st_mode | 0o011)
+    return tmp_path
+
+
+def test_start_then_copy_commits_and_frees_the_file(reachable, make_full, live):
+    content, extents = scattered(4 * MiB, 2)
+    made = make_full(content, extents)
+    cluster = FakeCluster()
+    record = instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)
+    assert in_use.importers(made.path) == ["rbd/back"]
+    assert instant.status(cluster, TARGET).state == "stopped"
+    assert record.file == str(made.path.resolve())
+    result = instant.copy(cluster, TARGET)
+    assert bytes(cluster.pools["rbd"]["back"].data) == content
+    assert [c[0] for c in live.calls] == ["prepare", "execute", "commit", "sparsify"]
+    assert result.checked == "ok" and in_use.importers(made.path) == []
+    assert instant.RECORD_KEY not in cluster.pools["rbd"]["back"].metadata
+    assert instant.status(cluster, TARGET).state == "none"
+
+
+def test_a_backup_that_fails_its_checksum_is_never_committed(reachable, make_full, live):
+    content, extents = scattered(4 * MiB, 3)
+    made = make_full(content, extents)
+    with open(made.path, "r+b") as f:           # bit rot at rest: size and structure unchanged
+        offset, _length = extents[0]
+        f.seek(offset)
+        f.write(bytes([content[offset] ^ 1]))
+    cluster = FakeCluster()
+    instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)    # the file is read only later
+    with pytest.raises(CorruptBackupError, match="checksum mismatch.*taken back"):
+        instant.copy(cluster, TARGET)
+    assert ("commit", "back") not in live.calls and ("abort", "back") in live.calls
+    assert "back" not in cluster.pools["rbd"] and in_use.importers(made.path) == []
+
+
+def test_a_file_changed_during_the_copy_is_not_committed_and_a_used_image_waits_for_abort(reachable, make_full,
+                                                                                          live):
+    content, extents = scattered(4 * MiB, 4)
+    made = make_full(content, extents)
+    cluster = FakeCluster()
+    instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)
+    made.path.touch()
+    live.busy = True                            # a guest runs on it
+    with pytest.raises(CorruptBackupError, match="changed or replaced.*restore --abort rbd/back"):
+        instant.copy(cluster, TARGET)
+    found = instant.status(cluster, TARGET)
+    assert found.state == "failed" and "changed" in found.error
+    assert ("commit", "back") not in live.calls and in_use.importers(made.path) == ["rbd/back"]
+    live.busy = False
+    instant.abort(cluster, TARGET)
+    assert "back" not in cluster.pools["rbd"] and in_use.importers(made.path) == []
+
+
+def test_bad_starts_leave_nothing(reachable, make_full, make_incremental, live):
+    content, extents = scattered(MiB, 5)
+    made = make_full(content, extents)
+    cluster = FakeCluster()
+    cluster.add("rbd", "back", b"old")
+    with pytest.raises(AlreadyExistsError, match="already exists"):
+        instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)
+    newer = bytearray(content)
+    newer[:10] = b"0123456789"
+    diff = make_incremental(bytes(newer), [(0, 10, True)], "s1", "s2")
+    with pytest.raises(UsageError, match="incremental backup cannot be restored instantly.*backups merge"):
+        instant.check_plan(plan_restore(diff.path))
+    assert live.calls == [] and in_use.importers(made.path) == []
+
+
+def test_the_command_refuses_bad_combinations_in_one_line(tmp_path):
+    for args, words in [(["restore", "--status", "rbd/x", "f.raw"], "only POOL/IMAGE"),
+                        (["restore", "f.raw", "rbd/x", "--background"], "--background goes with --instant"),
+                        (["restore", "--instant", "f.raw"], "name SRC"),
+                        (["restore", "--instant", "f.raw", "rbd/x", "--force"], "do not go with"),
+                        (["restore", "--status", "rbd/x", "--resume", "rbd/x"], "not allowed with")]:
+        assert_one_line_error(virtrbd(*args), 2, words)
+
+
+def test_an_incremental_is_refused_before_any_connection(tmp_path, make_full, make_incremental):
+    content, extents = scattered(MiB, 6)
+    make_full(content, extents)
+    diff = make_incremental(content, [(0, 10, True)], "s1", "s2")
+    conf = tmp_path / "virtrbd.conf"
+    conf.write_text("[ceph]\nmonitors = 127.0.0.1:1\nkeyring = /nonexistent\n")
+    result = virtrbd("--config", str(conf), "restore", "--instant", str(diff.path), "rbd/x")
+    assert_one_line_error(result, 2, "incremental backup cannot be restored instantly")
