@@ -29,6 +29,9 @@ def add_instant_options(restore) -> None:
     restore.add_argument("--background", action="store_true",
                          help="with --instant: return once the image is usable; the copy goes on in a process "
                               "of its own (see --status)")
+    restore.add_argument("--no-copy", action="store_true",
+                         help="with --instant: stop once the image is usable; --resume copies later (until then "
+                              "the image reads the backup file, which stays in use)")
     steps = restore.add_mutually_exclusive_group()
     steps.add_argument("--status", metavar="POOL/IMAGE", help="where an instant restore into POOL/IMAGE stands")
     steps.add_argument("--resume", metavar="POOL/IMAGE", help="continue an instant restore's copy that was stopped")
@@ -38,7 +41,7 @@ def add_instant_options(restore) -> None:
 
 
 def instant_asked(args) -> bool:
-    return bool(args.instant or args.background or args.status or args.resume or args.abort)
+    return bool(args.instant or args.background or args.no_copy or args.status or args.resume or args.abort)
 
 
 def cmd_instant(args) -> int:
@@ -48,11 +51,13 @@ def cmd_instant(args) -> int:
     if named:
         if args.src is not None or args.target is not None or args.instant:
             raise UsageError("restore: --status, --resume and --abort take only POOL/IMAGE")
-        if args.background and not args.resume:
-            raise UsageError("restore: --background goes with --instant")
+        if args.background and not args.resume or args.no_copy:
+            raise UsageError(f"restore: {'--no-copy' if args.no_copy else '--background'} goes with --instant")
         return _status(args) if args.status else _abort(args) if args.abort else _copy(args, args.resume)
     if not args.instant:
-        raise UsageError("restore: --background goes with --instant")
+        raise UsageError(f"restore: {'--no-copy' if args.no_copy else '--background'} goes with --instant")
+    if args.no_copy and args.background:
+        raise UsageError("restore: --no-copy and --background: choose one")
     if args.src is None or args.target is None:
         raise UsageError("restore --instant: name SRC (a full backup) and POOL/IMAGE")
     return _start(args)
@@ -68,6 +73,12 @@ def _start(args) -> int:
             print(f"{target} is usable now: it reads {record.file} until the copy is committed "
                   f"(checked before use: {instant.CHECKED_BEFORE}; during the copy: {instant.CHECKED_DURING})",
                   flush=True)
+        if args.no_copy:
+            if args.json:
+                emit_json({"image": str(target), "file": record.file, "usable": True, "copier_pid": None})
+            else:
+                print(f"the copy waits: virtrbd restore --resume {target}")
+            return 0
         if args.background:
             pid = _spawn_copier(args, str(target))
             if args.json:

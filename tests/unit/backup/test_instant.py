@@ -301,7 +301,10 @@ def test_the_command_refuses_bad_combinations_in_one_line(tmp_path):
                         (["restore", "f.raw", "rbd/x", "--background"], "--background goes with --instant"),
                         (["restore", "--instant", "f.raw"], "name SRC"),
                         (["restore", "--instant", "f.raw", "rbd/x", "--force"], "do not go with"),
-                        (["restore", "--status", "rbd/x", "--resume", "rbd/x"], "not allowed with")]:
+                        (["restore", "--status", "rbd/x", "--resume", "rbd/x"], "not allowed with"),
+                        (["restore", "f.raw", "rbd/x", "--no-copy"], "--no-copy goes with --instant"),
+                        (["restore", "--instant", "f.raw", "rbd/x", "--no-copy", "--background"], "choose one"),
+                        (["restore", "--resume", "rbd/x", "--no-copy"], "--no-copy goes with --instant")]:
         assert_one_line_error(virtrbd(*args), 2, words)
 
 
