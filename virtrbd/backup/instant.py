@@ -29,7 +29,8 @@ from ..errors import AlreadyExistsError, BackupError, BusyError, CorruptBackupEr
 from ..progress import Progress
 from ..spec import ImageSpec
 from . import in_use, reader_access
-from .formats import check_checksum
+from .formats import check_backup_file, check_checksum
+from .formats import manifest as manifests
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .results import RestorePlan
 from .verify import file_digest
@@ -97,15 +98,22 @@ def file_stat(path: Path) -> list[int]:
 
 
 def check_plan(plan: RestorePlan) -> Manifest:
-    """The full backup to import; an incremental is refused (librbd reads one file, not a chain)."""
+    """The full backup to import.  librbd reads one file, not a chain: for an incremental, a full backup of
+    the same point beside it (a synthetic full, ``backups merge``) is used, or the restore is refused."""
     m = plan.newest
-    if len(plan.links) > 1 or m.format == DIFF_FORMAT:
+    if len(plan.links) == 1 and m.format != DIFF_FORMAT:
+        if m.format not in SOURCE_TYPES:
+            raise UsageError(f"{m.data_path}: format {m.format} cannot be restored instantly")
+        return m
+    fulls = [f for f in manifests.find_backups(m.data_path.parent, m.image_id, m.snapshot)
+             if f.kind == "full" and f.format in SOURCE_TYPES and f.snapshot_id == m.snapshot_id]
+    if not fulls:
         raise UsageError(f"{m.data_path}: an incremental backup cannot be restored instantly; make a full "
                          f"backup of its point first (virtrbd backups merge {m.data_path} --from "
                          f"{plan.links[0].data_path} --format qcow2) and restore that")
-    if m.format not in SOURCE_TYPES:
-        raise UsageError(f"{m.data_path}: format {m.format} cannot be restored instantly")
-    return m
+    full = min(fulls, key=lambda f: f.format != "qcow2")        # QCOW2 first: librbd copies it sparsely
+    check_backup_file(full)
+    return full
 
 
 def start(cluster: Cluster, plan: RestorePlan, spec: ImageSpec, *, qemu_user: str) -> Record:
@@ -347,7 +355,6 @@ class _Check(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from .formats import manifest as manifests
         try:
             m = manifests.resolve(self.record.file)
             value, _digests, _read = file_digest(m)

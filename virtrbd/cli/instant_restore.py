@@ -66,10 +66,13 @@ def cmd_instant(args) -> int:
 def _start(args) -> int:
     from ..backup import instant, plan_restore
     storage, target = open_storage(args, args.target, snapshot=False)
-    instant.check_plan(plan_restore(args.src))          # a bad file or an incremental fails before connecting
+    plan = plan_restore(args.src)
+    instant.check_plan(plan)                            # a bad file, or an incremental alone, fails before connecting
     with storage:
         record = storage.restore_instantly(args.src, target)
         if not args.json:
+            if plan.newest.kind == "incremental":
+                print(f"{args.src} is an incremental: restoring {record.file}, a full backup of its point")
             print(f"{target} is usable now: it reads {record.file} until the copy is committed "
                   f"(checked before use: {instant.CHECKED_BEFORE}; during the copy: {instant.CHECKED_DURING})",
                   flush=True)

@@ -296,6 +296,24 @@ def test_bad_starts_leave_nothing(reachable, make_full, make_incremental, live):
     assert live.calls == [] and in_use.importers(made.path) == []
 
 
+def test_an_incremental_restores_instantly_from_the_synthetic_full_of_its_point(reachable, make_full,
+                                                                                make_incremental, live):
+    from virtrbd.backup.merge import synthesize
+    content, extents = scattered(4 * MiB, 7)
+    make_full(content, extents)
+    newer = bytearray(content)
+    newer[100:110] = b"0123456789"
+    diff = make_incremental(bytes(newer), [(100, 10, True)], "s1", "s2")
+    with pytest.raises(UsageError, match="backups merge"):
+        instant.check_plan(plan_restore(diff.path))
+    full = synthesize(diff.path, fmt="qcow2")
+    assert instant.check_plan(plan_restore(diff.path)).data_path == full.path
+    cluster = FakeCluster()
+    record = instant.start(cluster, plan_restore(diff.path), TARGET, qemu_user=USER)
+    assert record.file == str(full.path) and record.format == "qcow2"
+    assert in_use.importers(full.path) == ["rbd/back"] and in_use.importers(diff.path) == []
+
+
 def test_the_command_refuses_bad_combinations_in_one_line(tmp_path):
     for args, words in [(["restore", "--status", "rbd/x", "f.raw"], "only POOL/IMAGE"),
                         (["restore", "f.raw", "rbd/x", "--background"], "--background goes with --instant"),
