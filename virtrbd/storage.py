@@ -31,8 +31,9 @@ from .progress import Progress
 from .spec import ImageSpec
 
 if TYPE_CHECKING:
-    from .backup.instant import InstantResult, InstantStatus
+    from .backup.instant import InstantStatus
     from .backup.instant import Record as InstantRecord
+    from .backup.instant_copy import InstantResult
     from .backup.results import BackupResult, RestoreResult, VerifyResult
     from .domains.backup import DomainBackup
     from .domains.snapshot import DomainSnapshot
@@ -250,8 +251,8 @@ class Storage:
     def continue_instant_restore(self, target: str | ImageSpec, *,
                                  progress: Progress | None = None) -> InstantResult:
         """Copy the rest of an instant restore into Ceph and commit it once the backup checked out."""
-        from .backup import instant
-        return instant.copy(self.cluster, self.spec(target, snapshot=False), progress=progress)
+        from .backup import instant_copy
+        return instant_copy.copy(self.cluster, self.spec(target, snapshot=False), progress=progress)
 
     def instant_restore_status(self, target: str | ImageSpec) -> InstantStatus:
         from .backup import instant

@@ -190,3 +190,24 @@ def test_a_file_changed_during_the_copy_is_never_committed(lab, storage, images,
     record_bad_input("a backup file changed during an instant restore", Result(child.returncode, "", err), nothing)
     assert child.returncode == 1 and "changed or replaced" in err and "taken back" in err, err
     assert nothing
+
+
+def test_a_backup_removed_behind_virtrbds_back_leaves_an_import_that_abort_takes_back(lab, storage, images,
+                                                                                        made, tmp_path):
+    files, _content, _source = made
+    copy = tmp_path / "copy"
+    copy.mkdir(mode=0o711)
+    for part in (files["raw"], Path(f"{files['raw']}.manifest.json")):
+        (copy / part.name).write_bytes(part.read_bytes())
+    target = images.name()
+    assert virtrbd("restore", "--instant", str(copy / files["raw"].name), f"rbd/{target}", "--no-copy",
+                   env=lab.env).code == 0
+    (copy / files["raw"].name).unlink()                  # by hand: virtrbd's rm would have refused
+    found = status(lab, f"rbd/{target}")
+    assert found["state"] == "failed" and "is gone" in found["error"]
+    resumed = virtrbd("restore", "--resume", f"rbd/{target}", env=lab.env)
+    assert resumed.code == 1 and len(resumed.err_lines) == 1 and "--abort" in resumed.err
+    assert virtrbd("restore", "--abort", f"rbd/{target}", env=lab.env).code == 0
+    assert not storage.image_exists(target)
+    listed = virtrbd("backups", "ls", str(copy), env=lab.env)
+    assert "the marker of an instant restore whose backup file is gone" in listed.out

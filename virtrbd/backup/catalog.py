@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackupError, CorruptBackupError
-from .files import TEMP_MARK
+from .files import INSTANT_MARK, TEMP_MARK
 from .formats import check_file_size
 from .formats import manifest as manifests
 from .formats.manifest import EXTENSIONS, SUFFIX, Manifest
@@ -75,6 +75,10 @@ def catalog(directory: os.PathLike | str, image: str | None = None) -> list[Entr
             entries.append(Entry(name, REMOVING, "a removal that was cut short (the next rm or prune ends it)"))
         elif TEMP_MARK in name:
             entries.append(Entry(name, UNFINISHED, "a backup being written, or one that was killed"))
+        elif INSTANT_MARK in name:
+            if name.split(INSTANT_MARK)[0] not in present:
+                entries.append(Entry(name, NOT_A_BACKUP, "the marker of an instant restore whose backup file is "
+                                                         "gone: remove it by hand"))
         elif name + SUFFIX in present or f".{name}{REMOVAL_MARK}" in present:
             continue                                  # listed with its manifest, or with its removal
         elif Path(name).suffix in EXTENSIONS.values():

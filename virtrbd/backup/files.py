@@ -46,6 +46,8 @@ from .stream import BLOCK, POLL, KiB, MiB, check_cancel
 log = logging.getLogger(__name__)
 
 TEMP_MARK = ".virtrbd-tmp-"
+#: between a backup file's name and POOL~IMAGE in the marker of an instant restore that reads it (in_use)
+INSTANT_MARK = ".instant."
 FILE_MODE = 0o600
 
 

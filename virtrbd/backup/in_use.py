@@ -12,12 +12,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 
 from ..errors import BusyError
-from .files import fsync_directory
+from .files import INSTANT_MARK, fsync_directory
 
-SEPARATOR = ".instant."
+SEPARATOR = INSTANT_MARK
 
 
 def marker_path(data_path: Path, pool: str, image: str) -> Path:
@@ -42,13 +43,68 @@ def refuse_if_needed(data_path: Path) -> None:
                         f"committed); see virtrbd restore --status {images[0]}")
 
 
-def write_marker(path: Path, image: str) -> None:
-    """The marker, durable before the import exists (a crash leaves a marker, never an unmarked import)."""
+def write_marker(path: Path, image: str, client: dict | None = None) -> None:
+    """The marker, durable before the import exists (a crash leaves a marker, never an unmarked import).
+
+    One JSON object per line: the image, then every process that worked on the
+    import (its Ceph client address, pid and host: ``this_process``), each
+    written before that process can take the image's lock or watch it.  A
+    copier that holds the marker's lock may then tell the dead ones' leftovers
+    (a lock, a watch that every notification would wait for) from live clients.
+    """
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        json.dump({"image": image}, f)
+        f.write(json.dumps({"image": image}) + "\n")
+        if client:
+            f.write(json.dumps(client) + "\n")
         f.flush()
         os.fsync(f.fileno())
     fsync_directory(path.parent)
+
+
+def this_process(address: str) -> dict:
+    return {"client": address, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def add_client(path: Path, client: dict) -> None:
+    """Note one more process (a line appended and synced: never a half-rewritten file)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(client) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def clients(path: Path) -> list[dict]:
+    """The processes the marker names (a line cut short by a crash is skipped)."""
+    found = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and "client" in entry:
+                    found.append(entry)
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def dead_clients(entries: list[dict]) -> set[str]:
+    """The addresses of processes of this host that are gone (never this process, never another host's)."""
+    host, me = socket.gethostname(), os.getpid()
+    dead = set()
+    for entry in entries:
+        pid = entry.get("pid")
+        if entry.get("host") != host or not isinstance(pid, int) or pid == me:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(str(entry["client"]))
+        except PermissionError:
+            pass                                # alive, someone else's
+    return dead
 
 
 def remove_marker(path: Path) -> None:

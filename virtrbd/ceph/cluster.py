@@ -9,7 +9,9 @@ tests pass fakes built from the real bindings instead of patching globals.
 from __future__ import annotations
 
 import errno as errno_codes
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -278,6 +280,14 @@ class Cluster:
                 current = opened.enter_context(
                     self.image(parent.pool, parent.image, snapshot=parent.snapshot, read_only=True))
         return chain
+
+    def blocklist(self, address: str) -> None:
+        """Blocklist a client address (``profile rbd`` may): its watches end, its writes are refused."""
+        command = json.dumps({"prefix": "osd blocklist", "blocklistop": "add", "addr": address})
+        with translated(f"blocklisting client {address}", timeout=self.config.ceph.rados_mon_op_timeout):
+            ret, _out, said = self.handle.mon_command(command, b"")
+        if ret < 0:
+            raise errors.CephError(f"blocklisting client {address}: {said or os.strerror(-ret)}", errno=-ret)
 
     def setting(self, name: str) -> str:
         """The value of a librados/librbd setting of this connection."""

@@ -76,19 +76,28 @@ class LiveImport:
         with translated("reading this client's address"):
             return str(self.cluster.handle.get_addrs())
 
-    def break_lock_of(self, pool: str, name: str, address: str) -> bool:
-        """Break the image's exclusive lock if the client at ``address`` (a copier known dead) holds it.
+    def evict(self, pool: str, name: str, addresses: set[str]) -> int:
+        """Evict dead clients (``addresses``, processes known gone) from the image: its exclusive lock broken
+        where one of them holds it, their watches ended by blocklisting them; the number evicted.
 
-        Otherwise the next copy waits for the dead client's watch to time out
-        (30 s).  librbd blocklists the client it breaks the lock of; no other
-        owner is ever touched.
+        A killed process keeps its watch for the OSD's watch timeout (30 s):
+        until then every notification about the image (a metadata change, the
+        commit) waits for its answer, and its lock stops the next copy.  No
+        other client is ever touched, this connection least of all.
         """
-        with self.cluster.image(pool, name) as image, translated(f"image {pool}/{name}: its lock"):
+        addresses = addresses - {self.address()}
+        if not addresses:
+            return 0
+        evicted = set()
+        with self.cluster.image(pool, name) as image, translated(f"image {pool}/{name}: evicting dead clients"):
             for owner in image.lock_get_owners():
-                if owner["owner"] == address:
-                    image.lock_break(owner["mode"], owner["owner"])
-                    return True
-        return False
+                if owner["owner"] in addresses:
+                    image.lock_break(owner["mode"], owner["owner"])         # blocklists it too
+                    evicted.add(owner["owner"])
+            watching = {w["addr"] for w in image.watchers_list()} & addresses - evicted
+        for address in sorted(watching):
+            self.cluster.blocklist(address)
+        return len(evicted | watching)
 
     def claim_holes(self, pool: str, name: str, objects: Iterable[int]) -> int:
         """Create the image's objects numbered ``objects`` empty where none exists yet; return how many.

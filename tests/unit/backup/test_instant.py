@@ -5,13 +5,15 @@ take back what fails) with librbd's live-import calls faked."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from virtrbd.backup import in_use, instant, pruning, reader_access
-from virtrbd.backup.instant import hole_objects
+from virtrbd.backup import in_use, instant, instant_copy, pruning, reader_access
+from virtrbd.backup.instant_copy import hole_objects
 from virtrbd.backup.restore import plan_restore
 from virtrbd.backup.retention import Policy
 from virtrbd.ceph.live_import import MigrationStatus
@@ -156,6 +158,24 @@ def test_one_copier_at_a_time_and_the_lock_tells_whether_one_runs(tmp_path):
     assert not in_use.copy_running(marker)
 
 
+def test_only_gone_processes_of_this_host_count_as_dead(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = socket.gethostname()
+    entries = [{"client": "a", "pid": gone.pid, "host": here},
+               {"client": "b", "pid": os.getpid(), "host": here},                 # this process
+               {"client": "c", "pid": os.getppid(), "host": here},                # alive
+               {"client": "d", "pid": gone.pid, "host": "elsewhere"},             # cannot tell: left alone
+               {"client": "e", "host": here}]
+    assert in_use.dead_clients(entries) == {"a"}
+    marker = tmp_path / "f.raw.instant.rbd~x"
+    in_use.write_marker(marker, "rbd/x", client=entries[0])
+    in_use.add_client(marker, entries[2])
+    with open(marker, "a") as f:
+        f.write('{"client": "cut sh')                                           # a crash mid-line
+    assert in_use.clients(marker) == entries[0:1] + entries[2:3]
+
+
 # --- the job, librbd's calls faked ------------------------------------------------------------------------
 
 class FakeLiveImport:
@@ -200,9 +220,10 @@ class FakeLiveImport:
     def address(self):
         return "127.0.0.1:0/1"
 
-    def break_lock_of(self, pool, name, address):
-        self.calls.append(("break", name, address))
-        return False
+    def evict(self, pool, name, addresses):
+        if addresses - {self.address()}:
+            self.calls.append(("evict", name, sorted(addresses)))
+        return 0
 
     def claim_holes(self, pool, name, objects):
         return len(list(objects))
@@ -216,7 +237,8 @@ def live(monkeypatch):
     FakeLiveImport.calls = []
     FakeLiveImport.busy = False
     monkeypatch.setattr(instant, "LiveImport", FakeLiveImport)
-    monkeypatch.setattr(instant, "_object_size", lambda cluster, spec: 4 * MiB)
+    monkeypatch.setattr(instant_copy, "LiveImport", FakeLiveImport)
+    monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: 4 * MiB)
     return FakeLiveImport
 
 
@@ -240,7 +262,7 @@ def test_start_then_copy_commits_and_frees_the_file(reachable, make_full, live):
     assert in_use.importers(made.path) == ["rbd/back"]
     assert instant.status(cluster, TARGET).state == "stopped"
     assert record.file == str(made.path.resolve())
-    result = instant.copy(cluster, TARGET)
+    result = instant_copy.copy(cluster, TARGET)
     assert bytes(cluster.pools["rbd"]["back"].data) == content
     assert [c[0] for c in live.calls] == ["prepare", "execute", "commit", "sparsify"]
     assert result.checked == "ok" and in_use.importers(made.path) == []
@@ -258,7 +280,7 @@ def test_a_backup_that_fails_its_checksum_is_never_committed(reachable, make_ful
     cluster = FakeCluster()
     instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)    # the file is read only later
     with pytest.raises(CorruptBackupError, match="checksum mismatch.*taken back"):
-        instant.copy(cluster, TARGET)
+        instant_copy.copy(cluster, TARGET)
     assert ("commit", "back") not in live.calls and ("abort", "back") in live.calls
     assert "back" not in cluster.pools["rbd"] and in_use.importers(made.path) == []
 
@@ -272,7 +294,7 @@ def test_a_file_changed_during_the_copy_is_not_committed_and_a_used_image_waits_
     made.path.touch()
     live.busy = True                            # a guest runs on it
     with pytest.raises(CorruptBackupError, match="changed or replaced.*restore --abort rbd/back"):
-        instant.copy(cluster, TARGET)
+        instant_copy.copy(cluster, TARGET)
     found = instant.status(cluster, TARGET)
     assert found.state == "failed" and "changed" in found.error
     assert ("commit", "back") not in live.calls and in_use.importers(made.path) == ["rbd/back"]

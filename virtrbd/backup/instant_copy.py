@@ -1,0 +1,219 @@
+"""The copy behind an instant restore: librbd's copy into Ceph, the file's checksums beside it, then the commit.
+
+Run in the foreground after ``instant.start``, in a process of its own
+(``--background``), or again after a copier died (``--resume``): the state is
+the image's (its migration status and the record ``instant`` keeps in its
+metadata), so any process on the host can carry on.  The commit comes only
+after the file's checksums matched its manifest and the file did not change
+since the start; otherwise the import is taken back, or, while a guest runs on
+it, left for ``--abort`` with the reason in its record.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from ..ceph import Cluster
+from ..ceph.live_import import LiveImport
+from ..errors import BusyError, CorruptBackupError, VirtrbdError
+from ..progress import Progress
+from ..spec import ImageSpec
+from . import in_use, instant
+from .formats import check_checksum
+from .formats import manifest as manifests
+from .verify import file_digest
+
+#: how often the copier writes its progress into the image's metadata
+REPORT_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class InstantResult:
+    image: str
+    file: str
+    format: str
+    size: int
+    seconds: float
+    checked: str
+    empty_objects: int
+
+
+def copy(cluster: Cluster, spec: ImageSpec, *, progress: Progress | None = None) -> InstantResult:
+    """Copy the rest of the backup into the image, check the file meanwhile, and commit only if it is intact."""
+    started = time.monotonic()
+    record = instant.load(cluster, spec)
+    imports = LiveImport(cluster)
+    lock = in_use.CopyLock(Path(record.marker))
+    lock.acquire(str(spec))
+    try:
+        marker, me = Path(record.marker), in_use.this_process(imports.address())
+        imports.evict(spec.pool, spec.image, in_use.dead_clients(in_use.clients(marker) + record.clients))
+        in_use.add_client(marker, me)
+        record.clients = [*record.clients, me]
+        if imports.status(spec.pool, spec.image) is None:      # committed by a copier killed right after
+            instant.finish(cluster, spec, record)
+            return InstantResult(str(spec), record.file, record.format, record.size, 0.0, "ok", 0)
+        record.host, record.pid, record.error = socket.gethostname(), os.getpid(), None
+        instant.save(cluster, spec, record)
+        try:
+            empty = _copy_and_check(cluster, imports, spec, record, progress)
+        except CorruptBackupError as exc:
+            _give_up(cluster, imports, spec, record, exc)
+        except VirtrbdError as exc:
+            record.error = str(exc)
+            _save_if_possible(cluster, spec, record)
+            raise
+        imports.commit(spec.pool, spec.image)
+        if record.format == "raw":
+            imports.sparsify(spec.pool, spec.image, _object_size(cluster, spec))
+        instant.finish(cluster, spec, record)
+    finally:
+        lock.release()
+    if progress:
+        progress(record.size, record.size)
+    return InstantResult(str(spec), record.file, record.format, record.size, time.monotonic() - started,
+                         "ok", empty)
+
+
+def _copy_and_check(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
+                    progress: Progress | None) -> int:
+    """librbd's copy, with the file's checksums recomputed beside it; the number of holes claimed empty."""
+    _check_unchanged(record, spec)
+    check = _Check(record)
+    check.start()
+    empty = 0
+    migration = imports.status(spec.pool, spec.image)
+    if migration is None or migration.state != "executed":     # a copier killed after librbd's copy ended
+        empty = _claim_holes(cluster, imports, spec, record)
+        with _Reporter(cluster, spec, record, progress) as reporter:
+            imports.execute(spec.pool, spec.image, on_progress=reporter.update)
+    check.join()
+    _check_unchanged(record, spec)
+    if check.error is not None:
+        if isinstance(check.error, VirtrbdError):
+            raise CorruptBackupError(str(check.error))
+        raise check.error
+    record.checked = "ok"
+    return empty
+
+
+def _give_up(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
+             error: BaseException) -> NoReturn:
+    """A backup that failed its check is never committed: the import is taken back, or, while a client still
+    has the image open, left for ``--abort`` with the reason in its record."""
+    record.checked, record.error = "failed", str(error)
+    try:
+        imports.abort(spec.pool, spec.image)
+    except BusyError:
+        _save_if_possible(cluster, spec, record)
+        raise CorruptBackupError(f"{error}; the instant restore into {spec} is not committed and whatever a guest "
+                                 f"read from it may be wrong: stop that guest, then virtrbd restore --abort {spec}") \
+            from None
+    instant.release(record)
+    raise CorruptBackupError(f"{error}; the instant restore into {spec} was taken back (the image is removed)") \
+        from None
+
+
+def _save_if_possible(cluster: Cluster, spec: ImageSpec, record: instant.Record) -> None:
+    try:
+        instant.save(cluster, spec, record)
+    except VirtrbdError:
+        pass
+
+
+def _check_unchanged(record: instant.Record, spec: ImageSpec) -> None:
+    try:
+        now = instant.file_stat(Path(record.file))
+    except FileNotFoundError:
+        now = None
+    if now != record.file_stat:
+        raise CorruptBackupError(f"{record.file}: changed or replaced since the instant restore into {spec} began; "
+                                 f"not committed (virtrbd restore --abort {spec} removes the image)")
+
+
+def _claim_holes(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record) -> int:
+    """A RAW file's holes as empty objects, so the copy does not write them as zeros (see ``live_import``)."""
+    if record.format != "raw":
+        return 0
+    return imports.claim_holes(spec.pool, spec.image, hole_objects(Path(record.file), _object_size(cluster, spec)))
+
+
+def _object_size(cluster: Cluster, spec: ImageSpec) -> int:
+    with cluster.image(spec.pool, spec.image, read_only=True) as image:
+        return int(image.stat()["obj_size"])
+
+
+def hole_objects(path: Path, object_size: int) -> list[int]:
+    """The numbers of the objects that lie wholly in holes of the sparse file ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        holes: list[int] = []
+        offset = 0
+        while offset < size:
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                data = size                     # ENXIO: nothing but a hole to the end
+            first = -(-offset // object_size)
+            holes.extend(range(first, min(data, size) // object_size))
+            if data >= size:
+                break
+            offset = os.lseek(fd, data, os.SEEK_HOLE)
+        return holes
+    finally:
+        os.close(fd)
+
+
+class _Check(threading.Thread):
+    """The file's checksums against its manifest, on a thread of its own while librbd copies."""
+
+    def __init__(self, record: instant.Record):
+        super().__init__(name="instant-restore-check", daemon=True)
+        self.record = record
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            m = manifests.resolve(self.record.file)
+            value, _digests, _read = file_digest(m)
+            check_checksum(m, value)
+        except BaseException as exc:            # reported by the copier, which decides
+            self.error = exc
+
+
+class _Reporter:
+    """librbd's progress: drawn for the terminal at once, written to the image's metadata every few seconds."""
+
+    def __init__(self, cluster: Cluster, spec: ImageSpec, record: instant.Record, progress: Progress | None):
+        self.cluster, self.spec, self.record, self.progress = cluster, spec, record, progress
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="instant-restore-report", daemon=True)
+
+    def __enter__(self) -> _Reporter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def update(self, done: int, total: int) -> int:
+        if total:
+            self.record.done = self.record.size * done // total
+        if self.progress:
+            self.progress(self.record.done, self.record.size)
+        return 0
+
+    def _run(self) -> None:
+        while not self.stop.wait(REPORT_EVERY):
+            try:
+                instant.save(self.cluster, self.spec, self.record)
+            except Exception:                   # progress is a courtesy: the copy goes on
+                pass
