@@ -31,6 +31,9 @@ from .verify import file_digest
 
 #: how often the copier writes its progress into the image's metadata
 REPORT_EVERY = 2.0
+#: the copier's connection: librbd's copy holds this many 4 MiB objects in flight (its default, 10, took the
+#: copier's peak RSS past 128 MiB, no faster; figures in docs/performance.md); no cache for a one-pass copy
+COPY_CONFIG = {"rbd_cache": "false", "rbd_concurrent_management_ops": "4"}
 
 
 @dataclass(frozen=True)

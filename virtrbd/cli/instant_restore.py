@@ -8,6 +8,7 @@ and into the image's metadata, where ``--status`` reads it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import sys
 from .. import exits
 from ..errors import UsageError, VirtrbdError
 from ..units import format_size
+from .backup_cmd import bound_memory
 from .common import emit_json, open_storage
 from .progress import terminal_progress
 from .signals import cooperative
@@ -27,8 +29,9 @@ def add_instant_options(restore) -> None:
                          help="make POOL/IMAGE usable at once, reading SRC (a full backup) in place while its data "
                               "is copied into Ceph; committed only when SRC's checksums match")
     restore.add_argument("--background", action="store_true",
-                         help="with --instant: return once the image is usable; the copy goes on in a process "
-                              "of its own (see --status)")
+                         help="with --instant or --resume: return once the image is usable; the copy goes on in "
+                              "a process of its own (see --status)")
+    restore.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)    # the copier --background starts
     restore.add_argument("--no-copy", action="store_true",
                          help="with --instant: stop once the image is usable; --resume copies later (until then "
                               "the image reads the backup file, which stays in use)")
@@ -51,9 +54,15 @@ def cmd_instant(args) -> int:
     if named:
         if args.src is not None or args.target is not None or args.instant:
             raise UsageError("restore: --status, --resume and --abort take only POOL/IMAGE")
-        if args.background and not args.resume or args.no_copy:
-            raise UsageError(f"restore: {'--no-copy' if args.no_copy else '--background'} goes with --instant")
-        return _status(args) if args.status else _abort(args) if args.abort else _copy(args, args.resume)
+        if args.no_copy:
+            raise UsageError("restore: --no-copy goes with --instant")
+        if (args.background or args.detached) and not args.resume:
+            raise UsageError("restore: --background goes with --instant or --resume")
+        if args.status:
+            return _status(args)
+        if args.abort:
+            return _abort(args)
+        return _copy(args, args.resume)
     if not args.instant:
         raise UsageError(f"restore: {'--no-copy' if args.no_copy else '--background'} goes with --instant")
     if args.no_copy and args.background:
@@ -65,7 +74,9 @@ def cmd_instant(args) -> int:
 
 def _start(args) -> int:
     from ..backup import instant, plan_restore
-    storage, target = open_storage(args, args.target, snapshot=False)
+    from ..backup.instant_copy import COPY_CONFIG
+    bound_memory()
+    storage, target = open_storage(args, args.target, snapshot=False, ceph_options=COPY_CONFIG)
     plan = plan_restore(args.src)
     instant.check_plan(plan)                            # a bad file, or an incremental alone, fails before connecting
     with storage:
@@ -93,7 +104,16 @@ def _start(args) -> int:
 
 
 def _copy(args, target: str) -> int:
-    storage, spec = open_storage(args, target, snapshot=False)
+    from ..backup.instant_copy import COPY_CONFIG
+    bound_memory()
+    storage, spec = open_storage(args, target, snapshot=False, ceph_options=COPY_CONFIG)
+    if args.background:
+        with storage:
+            record = storage.instant_restore_status(spec)
+        if record.state not in ("stopped", "failed", "committed"):
+            raise UsageError(f"restore --resume {spec}: nothing to resume (it is {record.state})")
+        print(f"copying in process {_spawn_copier(args, str(spec))}; see virtrbd restore --status {spec}")
+        return 0
     with storage:
         return _copy_connected(args, storage, str(spec))
 
@@ -104,12 +124,12 @@ def _copy_connected(args, storage, target: str) -> int:
         with cooperative():
             result = storage.continue_instant_restore(target, progress=terminal_progress(f"copy into {target}"))
     except VirtrbdError as exc:
-        if args.background:
+        if args.detached:
             _syslog(f"instant restore into {target}: {exc}")
         raise
     finally:
         exits.forget(token)
-    if args.background:
+    if args.detached:
         _syslog(f"instant restore into {target}: committed in {result.seconds:.1f} s")
     if args.json:
         emit_json({"image": result.image, "file": result.file, "format": result.format, "size": result.size,
@@ -156,9 +176,9 @@ def _abort(args) -> int:
 
 
 def _spawn_copier(args, target: str) -> int:
-    """``virtrbd restore --resume TARGET --background`` in a session of its own, detached from this terminal."""
+    """``virtrbd restore --resume TARGET`` in a session of its own, detached from this terminal."""
     argv = [sys.executable, "-m", "virtrbd"] + (["--config", args.config] if args.config else []) + \
-        ["restore", "--resume", target, "--background"]
+        ["restore", "--resume", target, "--detached"]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     return child.pid

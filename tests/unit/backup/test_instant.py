@@ -344,7 +344,8 @@ def test_the_command_refuses_bad_combinations_in_one_line(tmp_path):
                         (["restore", "--status", "rbd/x", "--resume", "rbd/x"], "not allowed with"),
                         (["restore", "f.raw", "rbd/x", "--no-copy"], "--no-copy goes with --instant"),
                         (["restore", "--instant", "f.raw", "rbd/x", "--no-copy", "--background"], "choose one"),
-                        (["restore", "--resume", "rbd/x", "--no-copy"], "--no-copy goes with --instant")]:
+                        (["restore", "--resume", "rbd/x", "--no-copy"], "--no-copy goes with --instant"),
+                        (["restore", "--status", "rbd/x", "--background"], "goes with --instant or --resume")]:
         assert_one_line_error(virtrbd(*args), 2, words)
 
 
