@@ -17,7 +17,6 @@ import pwd
 import stat
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +94,8 @@ def revoke(grants: list[Grant]) -> None:
 def readable_as(user: str, path: Path) -> bool:
     """Whether ``user`` can open ``path`` for reading: asked of the kernel (and an NFS server) by trying it."""
     uid, gid = user_ids(user)
-    probe = "import os,sys\ntry: os.close(os.open(sys.argv[1], os.O_RDONLY))\nexcept OSError: sys.exit(1)"
-    done = subprocess.run([sys.executable, "-S", "-c", probe, str(path)], user=uid, group=gid,
+    # dd opens the file and reads nothing (count=0): a few milliseconds, where an interpreter took 25
+    done = subprocess.run(["dd", f"if={path}", "of=/dev/null", "count=0", "status=none"], user=uid, group=gid,
                           extra_groups=os.getgrouplist(user, gid), stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
     return done.returncode == 0
