@@ -11,6 +11,7 @@ from . import (
     bench_freeze,
     bench_guests,
     bench_hook,
+    bench_instant,
     bench_lab,
     bench_merge,
     bench_xml_lookup,
@@ -27,6 +28,7 @@ SUITES = [
     ("qemu hook (medians)", lambda: bench_hook.measure(10, 100)),
     ("real Linux guests (medians of 5 alternating starts)", lambda: bench_guests.measure(5)),
     ("freeze window of a domain snapshot (medians of 10, alternating)", lambda: bench_freeze.measure(10)),
+    ("instant restore (medians of 3 alternating rounds)", lambda: bench_instant.measure(3, Path("/var/tmp"), True)),
 ]
 
 
