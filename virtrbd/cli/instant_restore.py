@@ -12,6 +12,8 @@ import argparse
 import logging
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from .. import exits
 from ..errors import UsageError, VirtrbdError
@@ -22,6 +24,9 @@ from .progress import terminal_progress
 from .signals import cooperative
 
 log = logging.getLogger(__name__)
+
+#: seconds ``--background`` waits at most for its copier to start (it needs ~0.3 s to start and connect)
+SPAWN_WAIT = 30.0
 
 
 def add_instant_options(restore) -> None:
@@ -94,7 +99,7 @@ def _start(args) -> int:
                 print(f"the copy waits: virtrbd restore --resume {target}")
             return 0
         if args.background:
-            pid = _spawn_copier(args, str(target))
+            pid = _spawn_copier(args, str(target), record.marker)
             if args.json:
                 emit_json({"image": str(target), "file": record.file, "usable": True, "copier_pid": pid})
             else:
@@ -108,11 +113,13 @@ def _copy(args, target: str) -> int:
     bound_memory()
     storage, spec = open_storage(args, target, snapshot=False, ceph_options=COPY_CONFIG)
     if args.background:
+        from ..backup import instant
         with storage:
-            record = storage.instant_restore_status(spec)
-        if record.state not in ("stopped", "failed", "committed"):
-            raise UsageError(f"restore --resume {spec}: nothing to resume (it is {record.state})")
-        print(f"copying in process {_spawn_copier(args, str(spec))}; see virtrbd restore --status {spec}")
+            found = storage.instant_restore_status(spec)
+            if found.state not in ("stopped", "failed", "committed"):
+                raise UsageError(f"restore --resume {spec}: nothing to resume (it is {found.state})")
+            marker = instant.load(storage.cluster, spec).marker
+        print(f"copying in process {_spawn_copier(args, str(spec), marker)}; see virtrbd restore --status {spec}")
         return 0
     with storage:
         return _copy_connected(args, storage, str(spec))
@@ -175,12 +182,17 @@ def _abort(args) -> int:
     return 0
 
 
-def _spawn_copier(args, target: str) -> int:
-    """``virtrbd restore --resume TARGET`` in a session of its own, detached from this terminal."""
+def _spawn_copier(args, target: str, marker: str) -> int:
+    """``virtrbd restore --resume TARGET`` in a session of its own, detached from this terminal; returns once
+    it holds the copy's lock (or has ended), so that ``--status`` right after never says "stopped"."""
+    from ..backup import in_use
     argv = [sys.executable, "-m", "virtrbd"] + (["--config", args.config] if args.config else []) + \
         ["restore", "--resume", target, "--detached"]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + SPAWN_WAIT
+    while not in_use.copy_running(Path(marker)) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return child.pid
 
 
