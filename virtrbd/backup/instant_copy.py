@@ -27,6 +27,7 @@ from ..spec import ImageSpec
 from . import in_use, instant
 from .formats import check_checksum
 from .formats import manifest as manifests
+from .formats.raw import data_extents
 from .verify import file_digest
 
 #: how often the copier writes its progress into the image's metadata
@@ -153,22 +154,16 @@ def _object_size(cluster: Cluster, spec: ImageSpec) -> int:
 
 
 def hole_objects(path: Path, object_size: int) -> list[int]:
-    """The numbers of the objects that lie wholly in holes of the sparse file ``path``."""
+    """The numbers of the objects that lie wholly in holes of the sparse file ``path`` (none where the
+    filesystem cannot tell holes: ``data_extents`` then calls the whole file data)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         holes: list[int] = []
-        offset = 0
-        while offset < size:
-            try:
-                data = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                data = size                     # ENXIO: nothing but a hole to the end
-            first = -(-offset // object_size)
-            holes.extend(range(first, min(data, size) // object_size))
-            if data >= size:
-                break
-            offset = os.lseek(fd, data, os.SEEK_HOLE)
+        offset = 0                              # where the hole before the next data region starts
+        for start, length in [*data_extents(fd, size), (size, 0)]:
+            holes.extend(range(-(-offset // object_size), start // object_size))
+            offset = start + length
         return holes
     finally:
         os.close(fd)

@@ -4,6 +4,7 @@ take back what fails) with librbd's live-import calls faked."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -123,6 +124,24 @@ def test_hole_objects_are_those_wholly_in_holes(tmp_path):
     with open(empty, "wb") as f:
         f.truncate(8 * MiB)
     assert hole_objects(empty, 4 * MiB) == [0, 1]
+
+
+def test_a_filesystem_that_cannot_tell_holes_has_none(tmp_path, monkeypatch):
+    """Claiming an object empty that holds data would commit zeros in its place: no SEEK_DATA, no claims."""
+    path = tmp_path / "sparse.raw"
+    with open(path, "wb") as f:
+        f.truncate(16 * MiB)
+        f.seek(5 * MiB)
+        f.write(b"x")
+    real_lseek = os.lseek
+
+    def no_seek_data(fd, offset, whence):
+        if whence in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_lseek(fd, offset, whence)
+
+    monkeypatch.setattr(os, "lseek", no_seek_data)
+    assert hole_objects(path, 4 * MiB) == []
 
 
 # --- markers, retention and rm -----------------------------------------------------------------------------
