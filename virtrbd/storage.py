@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .backup.instant import InstantStatus
     from .backup.instant import Record as InstantRecord
     from .backup.instant_copy import InstantResult
-    from .backup.results import BackupResult, RestoreResult, VerifyResult
+    from .backup.results import BackupResult, RestorePlan, RestoreResult, VerifyResult
     from .domains.backup import DomainBackup
     from .domains.snapshot import DomainSnapshot
     from .layering import CloneResult, Dependent, ImageInfo, Layering, RemoveResult, SnapshotInfo
@@ -239,12 +239,13 @@ class Storage:
         from . import backup
         return backup.restore(self, src, target, force=force, progress=progress)
 
-    def restore_instantly(self, src: str | os.PathLike[str], target: str | ImageSpec) -> InstantRecord:
-        """Make ``target`` an image that reads the full backup ``src`` in place, usable at once; the copy into
-        Ceph is ``continue_instant_restore``'s (any process, any time).  See ``virtrbd.backup.instant``."""
+    def restore_instantly(self, src: str | os.PathLike[str] | RestorePlan, target: str | ImageSpec) -> InstantRecord:
+        """Make ``target`` an image that reads the full backup ``src`` (a file, or its checked plan) in place,
+        usable at once; the copy into Ceph is ``continue_instant_restore``'s (any process, any time).  See
+        ``virtrbd.backup.instant``."""
         from .backup import instant, plan_restore
-        plan = plan_restore(src)
-        instant.check_plan(plan)
+        from .backup.results import RestorePlan
+        plan = src if isinstance(src, RestorePlan) else plan_restore(src)
         return instant.start(self.cluster, plan, self.spec(target, snapshot=False),
                              qemu_user=self.config.libvirt.qemu_user)
 

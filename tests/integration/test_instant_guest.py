@@ -13,22 +13,11 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from virtrbd import backup
 
 from ..cli_helpers import virtrbd
 from .backup_support import content_of
 from .test_guests import golden, guests, installed_hook, records_in, vm  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-def reachable(tmp_path):
-    """tmp_path and pytest's folders above it opened to passing (not listing), as a backup directory must be."""
-    for above in [tmp_path, *tmp_path.parents]:
-        if str(above).startswith(str(tmp_path.parent.parent)):
-            above.chmod(above.stat().st_mode | 0o011)
-    return tmp_path
 
 
 def in_guest(lab, name: str, *argv: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,12 +45,10 @@ class Record:
     marker: str
     file_stat: list[int]
     grants: list[dict] = field(default_factory=list)
-    started: float = 0.0
     host: str = ""
     pid: int = 0
     clients: list[dict] = field(default_factory=list)    # every process that worked on it (as in the marker)
-    done: int = 0
-    total: int = 0
+    done: int = 0                       # bytes of ``size`` copied, as librbd last reported
     checked: str = "pending"            # pending | ok | failed
     error: str | None = None
 
@@ -63,7 +60,7 @@ class Record:
 @dataclass(frozen=True)
 class InstantStatus:
     image: str
-    state: str                          # copying | stopped | executed | failed | committed
+    state: str                          # copying | stopped | failed | committed | none (or librbd's own)
     file: str | None
     format: str | None
     done: int
@@ -114,7 +111,7 @@ def start(cluster: Cluster, plan: RestorePlan, spec: ImageSpec, *, qemu_user: st
         raise AlreadyExistsError(f"{marker}: an instant restore into {spec} from this file was already started") \
             from None
     record = Record(file=str(path), format=m.format, size=m.size, marker=str(marker), file_stat=file_stat(path),
-                    grants=[g.to_json() for g in grants], started=time.time(), total=m.size, clients=[me])
+                    grants=[g.to_json() for g in grants], clients=[me])
     try:
         imports.prepare(spec.pool, spec.image, {"type": SOURCE_TYPES[m.format],
                                                 "stream": {"type": "file", "file_path": str(path)}})
@@ -150,7 +147,7 @@ def status(cluster: Cluster, spec: ImageSpec) -> InstantStatus:
     running = in_use.copy_running(Path(record.marker))
     state = "copying" if running else "failed" if record.error else "stopped"
     copier = f"pid {record.pid} on {record.host}" if running and record.pid else None
-    return InstantStatus(str(spec), state, record.file, record.format, record.done, record.total, record.checked,
+    return InstantStatus(str(spec), state, record.file, record.format, record.done, record.size, record.checked,
                          copier, record.error)
 
 

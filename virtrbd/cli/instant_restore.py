@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import exits
 from ..errors import UsageError, VirtrbdError
 from ..units import format_size
-from .backup_cmd import bound_memory
+from .backup_cmd import bound_memory, summary
 from .common import emit_json, open_storage
 from .progress import terminal_progress
 from .signals import cooperative
@@ -85,7 +85,7 @@ def _start(args) -> int:
     plan = plan_restore(args.src)
     instant.check_plan(plan)                            # a bad file, or an incremental alone, fails before connecting
     with storage:
-        record = storage.restore_instantly(args.src, target)
+        record = storage.restore_instantly(plan, target)
         if not args.json:
             if plan.newest.kind == "incremental":
                 print(f"{args.src} is an incremental: restoring {record.file}, a full backup of its point")
@@ -139,8 +139,7 @@ def _copy_connected(args, storage, target: str) -> int:
     if args.detached:
         _syslog(f"instant restore into {target}: committed in {result.seconds:.1f} s")
     if args.json:
-        emit_json({"image": result.image, "file": result.file, "format": result.format, "size": result.size,
-                   "seconds": round(result.seconds, 3), "checked": result.checked, "committed": True})
+        emit_json(summary(result, committed=True))
     else:
         print(f"committed {result.image} ({format_size(result.size)} from {result.file}, checksums match) in "
               f"{result.seconds:.2f} s; the backup file is no longer needed by it")
@@ -152,8 +151,7 @@ def _status(args) -> int:
     with storage:
         found = storage.instant_restore_status(spec)
     if args.json:
-        from dataclasses import asdict
-        emit_json(asdict(found))
+        emit_json(found)
         return 0
     if found.state == "none":
         print(f"{found.image}: no instant restore in progress (none was started, or it was committed)")

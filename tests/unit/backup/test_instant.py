@@ -32,14 +32,11 @@ MiB = 1 << 20
 # --- the ACL ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def private_file(tmp_path: Path) -> Path:
+def private_file(reachable: Path) -> Path:
     """A 0600 file in a folder others may pass (0711) but not list, as a backup directory for instant restores."""
-    folder = tmp_path / "backups"
+    folder = reachable / "backups"
     folder.mkdir()
     folder.chmod(0o711)
-    for above in folder.parents:            # pytest's own 0700 folders: opened to passing, as a host's /srv is
-        if str(above).startswith(str(tmp_path.parent.parent)):
-            above.chmod(above.stat().st_mode | 0o011)
     path = folder / "backup.raw"
     path.write_bytes(b"data")
     path.chmod(0o600)
@@ -262,15 +259,6 @@ def live(monkeypatch):
 
 
 TARGET = ImageSpec("rbd", "back")
-
-
-@pytest.fixture
-def reachable(tmp_path):
-    """tmp_path and pytest's folders above it opened to passing (not listing), as a backup directory is."""
-    for above in [tmp_path, *tmp_path.parents]:
-        if str(above).startswith(str(tmp_path.parent.parent)):
-            above.chmod(above.stat().st_mode | 0o011)
-    return tmp_path
 
 
 def test_start_then_copy_commits_and_frees_the_file(reachable, make_full, live):
