@@ -8,12 +8,17 @@ that can have work to ``run`` here:
   clone of ``POOL/IMAGE@SNAP`` whose image does not exist yet, make the clone
   (depth limit respected) and record in the image's metadata which domain made
   it and whether it is ephemeral.  Existing images are left alone, so restarts
-  reuse them.  A failure exits 1 with one line on stderr: libvirt shows it and
-  does not start the domain.
+  reuse them; one that a client has open (the source's QEMU, when this is the
+  destination of a live migration) is not even looked into.  A failure exits 1
+  with one line on stderr: libvirt shows it and does not start the domain.
 * ``release end``: remove the ephemeral clones this very domain made — never
-  an image another domain or a user owns.  libvirt also calls this after a
-  start that failed, so a missing image is normal.  Failing here cannot stop
-  anything, so it exits 0 and says why on stderr and in the log.
+  an image another domain or a user owns, and never one a client still has
+  open: after a live migration the source releases the domain while the
+  destination's QEMU runs on the clone, and a destination whose incoming
+  migration failed releases it while the source's still does.  The domain's
+  last release, on whichever host, removes the clone.  libvirt also calls this
+  after a start that failed, so a missing image is normal.  Failing here cannot
+  stop anything, so it exits 0 and says why on stderr and in the log.
 
 Rules kept here: the hook never calls back into libvirt (libvirtd waits for
 it: a deadlock); it reads the key from the keyring named in virtrbd.conf; it
@@ -119,22 +124,56 @@ def _prepare(layering, disk, image, uuid: str, log) -> None:
         child.metadata_set(OWNER_KEY, json.dumps({"domain": uuid, "ephemeral": disk.ephemeral}))
 
     try:
-        # exist_ok: a clone of this snapshot made before is reused; the empty remains of a clone
-        # cut short by an outage are replaced (a domain must never boot from them)
-        result = layering.clone(disk.clone_of, image, size=disk.size, exist_ok=True, on_created=record)
+        result = layering.clone(disk.clone_of, image, size=disk.size, on_created=record)
     except AlreadyExistsError:
-        log.info("%s: %s exists (not a clone of %s); left as it is", disk.target, image, disk.clone_of)
-        return
+        if _in_use(layering, image, disk.target, log):
+            return
+        result = _converge(layering, disk, image, record, log)
     except NotFoundError:
         if layering.cluster.exists(image.pool, image.image):   # a missing pool is an error, not "make the clone"
             log.info("%s: %s exists; left as it is", disk.target, image)
             return
         raise
+    if result is None:
+        return
     if result.existed:
         log.info("%s: %s exists; left as it is", disk.target, image)
         return
     log.info("%s: cloned %s to %s for domain %s (%s)%s", disk.target, disk.clone_of, image, uuid,
              "ephemeral" if disk.ephemeral else "persistent", f"; {result.note}" if result.note else "")
+
+
+def _converge(layering, disk, image, record, log):
+    """An existing image no client has open: a clone of this snapshot made before is reused, the empty
+    remains of a clone cut short by an outage are replaced (a domain must never boot from them)."""
+    from .errors import AlreadyExistsError
+
+    try:
+        return layering.clone(disk.clone_of, image, size=disk.size, exist_ok=True, on_created=record)
+    except AlreadyExistsError:
+        log.info("%s: %s exists (not a clone of %s); left as it is", disk.target, image, disk.clone_of)
+        return None
+
+
+def _in_use(layering, image, target: str, log) -> bool:
+    """Whether a client has ``image`` open: then the domain runs elsewhere (this host is the destination of
+    a live migration), and the image is left exactly as it is."""
+    users = _clients(layering, image)
+    if users:
+        log.info("%s: %s is open by %s (a live migration to this host?); left untouched", target, image,
+                 ", ".join(users))
+    return bool(users)
+
+
+def _clients(layering, image) -> list[str]:
+    """The addresses of the clients that watch ``image`` (QEMUs that have it open), [] when it is gone."""
+    from .errors import NotFoundError
+
+    try:
+        with layering.cluster.image(image.pool, image.image, read_only=True) as opened:
+            return [watcher["addr"] for watcher in opened.watchers_list()]
+    except NotFoundError:
+        return []
 
 
 def _release(layering, image, uuid: str, log, stderr, guest: str) -> None:
@@ -143,11 +182,16 @@ def _release(layering, image, uuid: str, log, stderr, guest: str) -> None:
     try:
         with layering.cluster.image(image.pool, image.image, read_only=True) as opened:
             owner = _owner(opened)
+            users = [watcher["addr"] for watcher in opened.watchers_list()]
     except NotFoundError:
         log.info("%s does not exist (the domain never started?); nothing to release", image)
         return
     if owner.get("domain") != uuid or owner.get("ephemeral") is not True:
         log.info("%s was not made ephemeral by domain %s; left alone", image, uuid)
+        return
+    if users:
+        log.info("ephemeral clone %s stays: open by %s (the domain runs on another host after a live "
+                 "migration, or one to this host failed)", image, ", ".join(users))
         return
     try:
         layering.remove(image)
@@ -198,7 +242,8 @@ def _logger(target: str, guest: str):
         handler = _SyslogHandler(guest)
     elif target.startswith("/"):
         handler = logging.FileHandler(target)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s virtrbd-hook[%(process)d] {guest}: %(message)s"))
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s virtrbd-hook[%(process)d] %(levelname)s {guest}: %(message)s"))
     else:  # stderr, or syslog where there is none: warnings only, libvirt shows stderr to users
         handler = logging.StreamHandler(sys.stderr)
         handler.setLevel(logging.WARNING)

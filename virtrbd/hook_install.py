@@ -71,8 +71,9 @@ def module_dirs() -> list[str]:
     return dirs
 
 
-def install(config_path: Path, hooks_dir: Path = HOOKS_DIR) -> Path:
-    """Write ``qemu.d/virtrbd`` (idempotent) and make a running libvirtd notice it."""
+def install(config_path: Path, hooks_dir: Path = HOOKS_DIR, *, notify: bool = True) -> Path:
+    """Write ``qemu.d/virtrbd`` (idempotent) and make a running libvirtd notice it (unless ``notify`` is
+    False: for a libvirtd not started yet, or not the machine's)."""
     config_path = config_path.absolute()
     conf = config_module.load(config_path)
     if conf.ceph.keyring is None:
@@ -84,7 +85,8 @@ def install(config_path: Path, hooks_dir: Path = HOOKS_DIR) -> Path:
     tmp.write_text(render(config_path))
     tmp.chmod(0o755)
     tmp.replace(target)
-    notify_libvirtd()
+    if notify:
+        notify_libvirtd()
     return target
 
 

@@ -98,9 +98,9 @@ def scan_for_key(key, lab_root) -> list[str]:
     from ..cli_helpers import RESULTS
     secret = key.reveal()
     found = [f"output of virtrbd {' '.join(r.args)}" for r in RESULTS if secret in r.out or secret in r.err]
-    hook_log = Path(lab_root) / "hook.log"
-    if hook_log.exists() and secret in hook_log.read_text(errors="replace"):
-        found.append(str(hook_log))
+    for hook_log in (Path(lab_root) / "hook.log", Path(lab_root) / "host-b" / "hook.log"):   # hosts a and b
+        if hook_log.exists() and secret in hook_log.read_text(errors="replace"):
+            found.append(str(hook_log))
     return found
 
 

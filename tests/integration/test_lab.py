@@ -29,7 +29,8 @@ def test_cli_status_and_env(lab):
 
 
 def test_keyrings_are_private_and_the_lab_folder_is_closed(lab):
-    """Keyrings are 0600; the monitor's own store also holds keys, behind the 0700 lab folder."""
+    """Keyrings are 0600; the monitor's own store also holds keys, behind the 0700 lab folder; so does
+    libvirt's secret store of host b (as /etc/libvirt/secrets does on every hypervisor): 0600 in 0700."""
     key = lab.key.reveal().encode()
     root = Path(lab.lab.root)
     assert stat.S_IMODE(root.stat().st_mode) & 0o077 == 0
@@ -37,7 +38,10 @@ def test_keyrings_are_private_and_the_lab_folder_is_closed(lab):
     for path in root.rglob("*"):
         if path.is_file() and key in path.read_bytes():
             holders.append(path)
-            if root / "ceph" / "mon" not in path.parents:
+            if path.parent == root / "host-b" / "etc" / "secrets":
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is not 0600"
+                assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700, f"{path.parent} is not 0700"
+            elif root / "ceph" / "mon" not in path.parents:
                 assert path.name.endswith(".keyring"), f"{path} holds the key"
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is not 0600"
     assert any(p.name.endswith(".keyring") for p in holders)

@@ -138,11 +138,27 @@ def test_prepare_leaves_an_existing_image_with_data_alone(cluster_fakes, conf):
 
 def test_prepare_replaces_the_empty_remains_of_an_interrupted_clone(cluster_fakes, conf):
     fake_rbd, image = cluster_fakes
-    fake_rbd.RBD.return_value.clone.side_effect = [fake_rbd.ImageExists("exists", errno=errno.EEXIST), None]
+    exists = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    fake_rbd.RBD.return_value.clone.side_effect = [exists, exists, None]    # asked, converged, made again
     assert call(["prepare", "begin", "-"], domain(), config_path=str(conf.path)) == (0, "")
     assert fake_rbd.RBD.return_value.remove.call_args.args[1] == "vm1-disk"
     key, value = image.metadata_set.call_args.args
     assert key == hook.OWNER_KEY and json.loads(value)["domain"] == UUID
+
+
+def test_prepare_on_a_migrations_destination_leaves_the_open_image_untouched(cluster_fakes, conf, caplog):
+    """A client (the source's QEMU) has the clone open: the domain is arriving, not new; nothing is
+    inspected, flattened or replaced, even when the image looks like the empty remains of a clone."""
+    fake_rbd, image = cluster_fakes
+    fake_rbd.RBD.return_value.clone.side_effect = fake_rbd.ImageExists("exists", errno=errno.EEXIST)
+    image.watchers_list.return_value = [{"addr": "127.0.0.1:0/42", "id": 1, "cookie": 2}]
+    with caplog.at_level("INFO", logger="virtrbd.hook"):
+        assert call(["prepare", "begin", "-"], domain(), config_path=str(conf.path)) == (0, "")
+    assert fake_rbd.RBD.return_value.clone.call_count == 1
+    fake_rbd.RBD.return_value.remove.assert_not_called()
+    image.diff_iterate.assert_not_called()
+    image.flatten.assert_not_called()
+    assert "open by 127.0.0.1:0/42" in caplog.text and "left untouched" in caplog.text
 
 
 def test_prepare_reuses_an_existing_image_even_when_its_golden_snapshot_is_gone(cluster_fakes, conf):
@@ -179,6 +195,19 @@ def test_release_removes_only_this_domains_ephemeral_clones(cluster_fakes, conf,
     image.metadata_get.side_effect = metadata_get
     assert call(["release", "end", "-"], domain(), config_path=str(conf.path)) == (0, "")
     assert fake_rbd.RBD.return_value.remove.called is removed
+
+
+def test_release_keeps_an_ephemeral_clone_another_qemu_has_open_and_says_so_at_info(cluster_fakes, conf, caplog):
+    """After a live migration the source releases the domain while the destination's QEMU runs on the
+    clone (and a failed incoming migration releases it on the destination): decided, not refused."""
+    fake_rbd, image = cluster_fakes
+    image.metadata_get.side_effect = lambda key: json.dumps({"domain": UUID, "ephemeral": True})
+    image.watchers_list.return_value = [{"addr": "127.0.0.1:0/42", "id": 1, "cookie": 2}]
+    with caplog.at_level("INFO", logger="virtrbd.hook"):
+        assert call(["release", "end", "-"], domain(), config_path=str(conf.path)) == (0, "")
+    fake_rbd.RBD.return_value.remove.assert_not_called()
+    assert "stays: open by 127.0.0.1:0/42" in caplog.text
+    assert not [record for record in caplog.records if record.levelname != "INFO"]
 
 
 def test_release_of_a_persistent_disk_opens_nothing(cluster_fakes, conf):

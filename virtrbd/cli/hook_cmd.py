@@ -31,6 +31,8 @@ def cmd_install(args) -> int:
     print(f"installed {target} (config {config_path.absolute()})")
     print(f"libvirtd (pid {pid}) told to reload its hooks" if pid else
           "libvirtd is not running; it loads the hook when it starts")
+    print("live migration: every hypervisor a domain may migrate to needs this hook, a virtrbd.conf for the "
+          "same cluster, and the ceph secret with the same UUID (docs/production.md)")
     return 0
 
 

@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
                     help="run libvirtd with the rbd storage backend built from patches/ ('make libvirt-patched'), "
                          "or with --no-libvirt-patched Debian's; restarts a libvirtd the lab started when it "
                          "runs the other one (default: keep what runs). Implies --with-libvirt")
+    up.add_argument("--hosts", type=_host_count, default=1,
+                    help="hypervisors: 1 (the machine's libvirtd, a) or 2 (also b, a second libvirtd in its own "
+                         "mount namespace, for live migration); 2 implies --with-libvirt")
     up.add_argument("--osds", type=_osd_count, default=1, help="number of OSDs (default 1)")
     up.add_argument("--store", choices=("memstore", "bluestore"), default="memstore",
                     help="OSD store: memstore (RAM, fast) or bluestore on a sparse file (large data)")
@@ -63,6 +66,13 @@ def _osd_count(text: str) -> int:
     return int(text)
 
 
+def _host_count(text: str) -> int:
+    from ..lab.lab import MAX_HOSTS
+    if not text.isdigit() or not 1 <= int(text) <= MAX_HOSTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the lab has 1 to {MAX_HOSTS} hypervisors")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1024 <= int(text) <= 65535 - 100:
         raise argparse.ArgumentTypeError(f"{text!r}: a port between 1024 and 65435")
@@ -75,7 +85,7 @@ def cmd_up(args) -> int:
     spec = CephSpec(port=args.port, osds=args.osds, store=args.store, store_bytes=args.store_size,
                     mgr=not args.no_mgr)
     started = time.monotonic()
-    changed = lab.up(spec, with_libvirt=args.with_libvirt, libvirt_patched=args.libvirt_patched)
+    changed = lab.up(spec, with_libvirt=args.with_libvirt, libvirt_patched=args.libvirt_patched, hosts=args.hosts)
     status = lab.status()
     if not changed:
         print(f"lab already up at {lab.root}")
@@ -88,9 +98,17 @@ def cmd_up(args) -> int:
         print(f"  libvirt: pool {info['pool']}, secret {info['secret_uuid']}, domains type {info['domain_type']}")
         if status.get("rbd_backend"):
             print(f"  libvirt: {_describe_backend(status['rbd_backend'])}")
+    _print_hosts(status)
     for line in lab.env_lines():
         print(line)
     return 0
+
+
+def _print_hosts(status: dict) -> None:
+    """One line per hypervisor, when the lab has two (a lab of one says it all under 'libvirt')."""
+    if len(status.get("hosts") or []) > 1:
+        for host in status["hosts"]:
+            print(f"  host {host['name']}:  {host['uri']} ({host['state']}; virtrbd config {host['config']})")
 
 
 def cmd_down(args) -> int:
@@ -119,6 +137,7 @@ def cmd_status(args) -> int:
                 print(f"  libvirt: pool {status['libvirt']['pool']} ({status['libvirt_state']})")
             if status.get("rbd_backend"):
                 print(f"  libvirt: {_describe_backend(status['rbd_backend'])}")
+            _print_hosts(status)
             if status.get("guests"):
                 print(f"  guests:  {'KVM' if status['guests']['domain_type'] == 'kvm' else 'TCG'} "
                       f"({status['guests']['why']})")

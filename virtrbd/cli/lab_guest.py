@@ -30,7 +30,20 @@ def add_actions(actions) -> None:
     create.add_argument("--memory", type=size_arg, default=256 << 20, help="guest memory (default 256M)")
     create.add_argument("--timeout", type=_seconds, default=None,
                         help="seconds the guest has to come up, its agent answering (default 90)")
+    create.add_argument("--host", default="a", metavar="a|b",
+                        help="the lab's hypervisor to run it on (default a; b with 'lab up --hosts 2')")
     create.set_defaults(func=cmd_vm_create)
+    migrate = vm_actions.add_parser("migrate", help="live-migrate a running guest to the lab's other hypervisor; "
+                                                    "returns when it runs there")
+    migrate.add_argument("name")
+    migrate.add_argument("--to", required=True, metavar="a|b", help="the destination host")
+    migrate.add_argument("--p2p", action="store_true",
+                         help="peer-to-peer: the source's libvirtd drives the migration (default: direct)")
+    migrate.add_argument("--persistent", action="store_true", help="define the guest on the destination too")
+    migrate.add_argument("--undefinesource", action="store_true",
+                         help="move the definition: persistent on the destination, undefined on the source")
+    migrate.add_argument("--json", action="store_true", help="machine-readable output")
+    migrate.set_defaults(func=cmd_vm_migrate)
     run = vm_actions.add_parser("exec", help="run a command in the guest; its output, its exit status")
     run.add_argument("name")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG …]")
@@ -69,9 +82,12 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _guests(args):
+def _guests(args, host: str | None = None):
+    """The guests of ``host``, or of the host that runs (else defines) the guest ``args.name``."""
     from ..lab import Lab
-    return Lab(args.dir).guests()
+    from ..lab.guest.migration import locate
+    lab = Lab(args.dir)
+    return lab.guests(host or locate(lab, args.name))
 
 
 def cmd_guest_build(args) -> int:
@@ -85,9 +101,16 @@ def cmd_guest_build(args) -> int:
 
 
 def cmd_vm_create(args) -> int:
+    from ..errors import LabError
+    from ..lab import Lab
     from ..lab.guest.domain import GuestSpec
+    from ..lab.guest.migration import defined_on
     from ..spec import ImageSpec
-    guests = _guests(args)
+    lab = Lab(args.dir)
+    guests = lab.guests(args.host)
+    elsewhere = defined_on(lab, args.name)
+    if elsewhere:
+        raise LabError(f"domain {args.name}: already exists on host {elsewhere[0]} (virtrbd lab vm rm {args.name})")
     pool = guests.config.ceph.pool
     if args.ephemeral and not args.clone_of:
         from ..errors import UsageError
@@ -96,7 +119,24 @@ def cmd_vm_create(args) -> int:
                      clone_of=ImageSpec.parse(args.clone_of, pool) if args.clone_of else None,
                      ephemeral=args.ephemeral, memory_mib=max(64, args.memory >> 20))
     seconds = guests.create(spec) if args.timeout is None else guests.create(spec, come_up=args.timeout)
-    print(f"guest {args.name} up in {seconds:.1f} s (disks {', '.join(map(str, spec.disks))})")
+    print(f"guest {args.name} up in {seconds:.1f} s on host {args.host} (disks {', '.join(map(str, spec.disks))})")
+    return 0
+
+
+def cmd_vm_migrate(args) -> int:
+    from ..lab import Lab
+    from ..lab.guest.migration import migrate
+    from .common import emit_json
+    done = migrate(Lab(args.dir), args.name, args.to, p2p=args.p2p, persistent=args.persistent,
+                   undefine_source=args.undefinesource)
+    if args.json:
+        emit_json(done)
+    else:
+        job = "?" if done.job_ms is None else f"{done.job_ms} ms"
+        downtime = "?" if done.downtime_ms is None else f"{done.downtime_ms} ms"
+        print(f"guest {done.name} migrated from host {done.source} to host {done.destination} "
+              f"({'peer-to-peer' if done.p2p else 'direct'}) in {done.seconds:.2f} s: "
+              f"libvirt's job {job}, downtime {downtime}")
     return 0
 
 
@@ -119,8 +159,16 @@ def cmd_vm_stop(args) -> int:
 
 
 def cmd_vm_rm(args) -> int:
-    _guests(args).remove(args.name)
-    print(f"guest {args.name} removed")
+    from ..errors import LabError
+    from ..lab import Lab
+    from ..lab.guest.migration import defined_on
+    lab = Lab(args.dir)
+    hosts = defined_on(lab, args.name)       # the host that runs it first: its release removes the clones
+    if not hosts:
+        raise LabError(f"guest {args.name}: not defined on any of the lab's hosts")
+    for host in hosts:
+        lab.guests(host).remove(args.name)
+    print(f"guest {args.name} removed (from host {', '.join(hosts)})")
     return 0
 
 

@@ -38,6 +38,27 @@ def problems(lab, state: dict, client_error: str | None) -> list[str]:
     return found
 
 
+def client_error(conf_file: Path, timeout: int) -> str | None:
+    """Why the lab's restricted client cannot list the pool within ``timeout``; None when it can."""
+    import dataclasses
+
+    from .. import config as config_module
+    from ..ceph import Cluster
+    from ..errors import VirtrbdError
+
+    if not conf_file.exists():
+        return f"{conf_file} is missing"
+    try:
+        conf = config_module.load(conf_file)
+        conf = dataclasses.replace(conf, ceph=dataclasses.replace(
+            conf.ceph, client_mount_timeout=timeout, rados_mon_op_timeout=timeout, rados_osd_op_timeout=timeout))
+        with Cluster(conf) as cluster:
+            cluster.image_names(conf.ceph.pool)
+        return None
+    except VirtrbdError as exc:
+        return str(exc)
+
+
 def _last_words(logs: Path, name: str) -> str:
     """What a daemon wrote last that looks like a reason for ending, from its stdout or its Ceph log."""
     for path in (logs / f"{name}.stdout", logs / f"ceph-{name}.log"):

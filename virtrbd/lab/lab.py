@@ -22,16 +22,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import config as config_module
-from ..errors import LabError, VirtrbdError
+from ..errors import LabError
 from ..probe import listening
-from . import diagnosis, libvirt_side, ports, processes
+from . import diagnosis, libvirt_side, ports, processes, report
 from .ceph_cluster import CephCluster, CephSpec
-from .guest import accelerator_said
+from .second_host import SecondHost
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/var/tmp/virtrbd-lab")
 ROOT_ENV = "VIRTRBD_LAB_DIR"
+#: hypervisors a lab can have: a (the machine's libvirtd) and b (``second_host``)
+MAX_HOSTS = 2
 
 
 def default_root() -> Path:
@@ -84,32 +86,18 @@ class Lab:
         """Every recorded daemon runs and the restricted client can list the pool."""
         return not self.problems(state)
 
-    def _client_error(self, timeout: int) -> str | None:
-        """Why the restricted client cannot list the pool within ``timeout``; None when it can."""
-        from ..ceph import Cluster
-        try:
-            conf = config_module.load(self.conf_file)
-            conf = dataclasses.replace(conf, ceph=dataclasses.replace(
-                conf.ceph, client_mount_timeout=timeout, rados_mon_op_timeout=timeout, rados_osd_op_timeout=timeout))
-            with Cluster(conf) as cluster:
-                cluster.image_names(conf.ceph.pool)
-            return None
-        except VirtrbdError as exc:
-            log.debug("lab health check: %s", exc)
-            return str(exc)
-
     def problems(self, state: dict | None = None) -> list[str]:
         """What is wrong with the lab, one line each ([] when it is healthy): for a user, or a CI log."""
         state = self._read_state() if state is None else state
         client_error = None
         if state.get("ready"):
-            client_error = self._client_error(timeout=3) if self.conf_file.exists() else f"{self.conf_file} is missing"
+            client_error = diagnosis.client_error(self.conf_file, timeout=3)
         return diagnosis.problems(self, state, client_error)
 
     # --- up / down ---------------------------------------------------------------------
 
     def up(self, spec: CephSpec | None = None, *, with_libvirt: bool = False,
-           libvirt_patched: bool | None = None) -> bool:
+           libvirt_patched: bool | None = None, hosts: int = 1) -> bool:
         """Bring the lab up; return False when a healthy lab was already running (no-op).
 
         A healthy lab built with other settings is left alone and reported,
@@ -120,9 +108,14 @@ class Lab:
         Debian's; None keeps whichever runs (Debian's for a libvirtd the lab
         starts).  Switching restarts libvirtd, which the lab does only to a
         libvirtd it started: modules load only when the daemon starts.
+
+        ``hosts=2`` (implies ``with_libvirt``) adds hypervisor b beside the
+        machine's libvirtd, for live migration; a lab that has b keeps it.
         """
         spec = spec or CephSpec()
-        with_libvirt = with_libvirt or libvirt_patched is not None
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise LabError(f"a lab has 1 to {MAX_HOSTS} hypervisors, not {hosts}")
+        with_libvirt = with_libvirt or libvirt_patched is not None or hosts > 1
         if libvirt_patched:
             libvirt_side.built_module()          # a missing build fails before anything changes
         ports.reserve(*ports.LABS)                # every lab's, before any of them binds
@@ -142,11 +135,12 @@ class Lab:
                     log.info("lab already up at %s", self.root)
                     return False
                 if self._libvirt_healthy(state):
-                    if self._ensure_rbd_backend(state, libvirt_patched):
+                    restarted = self._ensure_rbd_backend(state, libvirt_patched)
+                    if self._second_host_up(state, hosts) or restarted:
                         return True
                     log.info("lab already up at %s", self.root)
                     return False
-                self._libvirt_up(state, libvirt_patched)
+                self._libvirt_up(state, libvirt_patched, hosts)
                 return True
             if state.get("ready"):
                 log.warning("the lab at %s is broken (%s): building a new one", self.root, "; ".join(problems))
@@ -164,7 +158,7 @@ class Lab:
             self._write_state(state)
             log.info("Ceph part up in %.2f s", state["ceph_seconds"])
             if with_libvirt:
-                self._libvirt_up(state, libvirt_patched)
+                self._libvirt_up(state, libvirt_patched, hosts)
             return True
 
     def _only_stopped_on_purpose(self, state: dict) -> bool:
@@ -180,7 +174,7 @@ class Lab:
     def _libvirt_healthy(self, state: dict) -> bool:
         return bool(state.get("libvirt")) and libvirt_side.healthy(state["libvirt"])
 
-    def _libvirt_up(self, state: dict, patched: bool | None = None) -> None:
+    def _libvirt_up(self, state: dict, patched: bool | None = None, hosts: int = 1) -> None:
         started = time.monotonic()
         cluster = self.ceph_cluster(state)
         info = libvirt_side.plan_objects(cluster)
@@ -200,6 +194,28 @@ class Lab:
         self._write_state(state)
         self._write_config(state)
         log.info("libvirt part up in %.2f s (domains use %s)", state["libvirt_seconds"], info["domain_type"])
+        self._second_host_up(state, hosts)
+
+    def second_host(self, state: dict | None = None) -> SecondHost:
+        return SecondHost(self.root, self.ceph_cluster(state).spec.port)
+
+    def _second_host_up(self, state: dict, hosts: int) -> bool:
+        """Start host b when ``hosts`` asks for it and it does not run healthy; True when it was started."""
+        host = self.second_host(state)
+        if hosts < 2 or (state.get("hosts") and host.healthy(state["libvirt"])):
+            return False
+        started, info = time.monotonic(), state["libvirt"]
+        if state.pop("hosts", None):            # a b that went wrong: its domains and daemons go first
+            host.remove_objects(info, self.ceph_cluster(state).spec.port)
+            processes.stop([d for d in self.daemons(state) if d.name.endswith("@b")], signal.SIGTERM, wait=10)
+            state["daemons"] = [d for d in state["daemons"] if not d["name"].endswith("@b")]
+        env = dict(libvirt_side.DAEMON_ENV,
+                   **(self._backend_env((state.get("libvirtd") or {}).get("rbd_backend") == "patched") or {}))
+        state["hosts"] = {"b": host.up(self.ceph_cluster(state), info, lambda daemon: self._record(state, daemon),
+                                       env, lambda *where: self._write_config(state, *where))}
+        self._write_state(state)
+        log.info("host b up in %.2f s (%s)", time.monotonic() - started, host.uri)
+        return True
 
     # --- libvirtd's rbd storage backend ------------------------------------------------------
 
@@ -293,16 +309,18 @@ class Lab:
             if listening("127.0.0.1", port, timeout=0.2):
                 raise LabError(f"127.0.0.1:{port} is already in use; choose another with --port")
 
-    def _write_config(self, state: dict) -> None:
+    def _write_config(self, state: dict, path: Path | None = None, uri: str = libvirt_side.URI,
+                      hook_log: Path | None = None) -> None:
+        """virtrbd.conf for host a (by default) or another host of the lab: its libvirt URI, its hook log."""
         cluster = self.ceph_cluster(state)
         spec = cluster.spec
         sections = {"ceph": {"monitors": cluster.mon_addr, "client_id": spec.client_id,
                              "keyring": cluster.client_keyring, "pool": spec.pool}}
         if state.get("libvirt"):
-            sections["libvirt"] = {"uri": libvirt_side.URI, "secret_uuid": state["libvirt"]["secret_uuid"],
+            sections["libvirt"] = {"uri": uri, "secret_uuid": state["libvirt"]["secret_uuid"],
                                    "pool": state["libvirt"]["pool"]}
-        sections["hook"] = {"log": self.root / "hook.log"}   # where a lab user looks first
-        self.conf_file.write_text(config_module.render(sections))
+        sections["hook"] = {"log": hook_log or self.root / "hook.log"}   # where a lab user looks first
+        (path or self.conf_file).write_text(config_module.render(sections))
 
     def down(self) -> list[str]:
         """Stop what the lab started and remove its files; return the names stopped."""
@@ -312,9 +330,11 @@ class Lab:
     def _down_locked(self, state: dict) -> list[str]:
         daemons = self.daemons(state)
         if state.get("libvirt"):
+            if state.get("hosts"):
+                self.second_host(state).remove_objects(state["libvirt"], self.ceph_cluster(state).spec.port)
             libvirt_side.remove_objects(state["libvirt"], self.ceph_cluster(state).spec.port)
-        # libvirtd and virtlogd get a graceful stop; the throwaway Ceph daemons do not need one.
-        hypervisor = [d for d in daemons if d.name in ("libvirtd", "virtlogd")]
+        # libvirtd and virtlogd (host a's and b's) get a graceful stop; the throwaway Ceph daemons do not need one.
+        hypervisor = [d for d in daemons if d.name.split("@")[0] in ("libvirtd", "virtlogd")]
         left = processes.stop(hypervisor, signal.SIGTERM, wait=10)
         left = processes.stop(left + [d for d in daemons if d not in hypervisor])
         if left:
@@ -331,12 +351,21 @@ class Lab:
         a lab brought down and up again reuses the kit."""
         return self.root.parent / f"{self.root.name}-guests"
 
-    def guests(self):
-        """The lab's real guests (``virtrbd.lab.guest.vms.Guests``); the lab must run with libvirt."""
+    def guests(self, host: str = "a"):
+        """The real guests (``virtrbd.lab.guest.vms.Guests``) of hypervisor ``host``; needs libvirt."""
         from .guest.vms import Guests
-        if not self._read_state().get("libvirt"):
+        configs = self.host_configs()
+        if host not in configs:
+            raise LabError(f"host {host}: the lab has no such hypervisor (it has {', '.join(configs)}"
+                           f"{'' if len(configs) > 1 else '; virtrbd lab up --hosts 2 adds b'})")
+        return Guests(config_module.load(configs[host]), self.guest_folder)
+
+    def host_configs(self) -> dict[str, Path]:
+        """virtrbd's configuration for each of the lab's hypervisors, by name (a, b)."""
+        state = self._read_state()
+        if not state.get("libvirt"):
             raise LabError(f"no lab with libvirt at {self.root}: run 'virtrbd lab up --with-libvirt'")
-        return Guests(config_module.load(self.conf_file), self.guest_folder)
+        return {"a": self.conf_file, **{name: Path(h["config"]) for name, h in (state.get("hosts") or {}).items()}}
 
     # --- reporting -------------------------------------------------------------------------
 
@@ -347,28 +376,8 @@ class Lab:
                 f"export CEPH_CONF={self.ceph_cluster().conf}"]
 
     def status(self) -> dict:
-        state = self._read_state()
-        if not state:
-            return {"root": str(self.root), "state": "down"}
-        daemons = [{"name": d["name"], "pid": d["pid"],
-                    "running": not d.get("stopped") and processes.is_ours(processes.Daemon(d["name"], d["pid"],
-                                                                                           d["marker"])),
-                    "stopped": bool(d.get("stopped"))} for d in state.get("daemons", [])]
-        problems = self.problems(state)
-        return {
-            "root": str(self.root),
-            "state": "degraded" if problems else "up",
-            "problems": problems,
-            "config": str(self.conf_file),
-            "monitor": self.ceph_cluster(state).mon_addr,
-            "daemons": daemons,
-            "libvirt": state.get("libvirt"),
-            "libvirt_state": None if not state.get("libvirt") else
-            ("up" if self._libvirt_healthy(state) else "degraded"),
-            "rbd_backend": self.rbd_backend(state) if state.get("libvirt") else None,
-            "guests": accelerator_said(self.guest_folder),
-            "seconds": {"ceph": state.get("ceph_seconds"), "libvirt": state.get("libvirt_seconds")},
-        }
+        """What runs and whether it answers: for ``virtrbd lab status [--json]``."""
+        return report.status(self, self._read_state())
 
 
 def _foreign_libvirtd_pid() -> int | None:

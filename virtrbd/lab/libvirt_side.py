@@ -47,7 +47,7 @@ def _socket_answers(path: Path) -> bool:
             return False
 
 
-def _wait_socket(path: Path, daemon: processes.Daemon, log_path: Path, timeout: float = 60) -> None:
+def wait_socket(path: Path, daemon: processes.Daemon, log_path: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _socket_answers(path):
@@ -90,7 +90,7 @@ def start_daemon(name: str, log_dir: Path, env_extra: dict[str, str] | None = No
     """Start virtlogd or libvirtd and wait until it answers on its socket."""
     log_path = log_dir / f"{name}.log"
     daemon = processes.start(name, [name], log_path, marker=name, env=dict(DAEMON_ENV, **(env_extra or {})))
-    _wait_socket(_SOCKETS[name], daemon, log_path)
+    wait_socket(_SOCKETS[name], daemon, log_path)
     return daemon
 
 
@@ -165,8 +165,9 @@ def plan_objects(cluster: CephCluster) -> dict:
             "pool": pool_name(spec.port)}
 
 
-def define_objects(cluster: CephCluster, info: dict) -> None:
-    """Define the ceph secret (its value set through the API) and the rbd pool, and start the pool."""
+def define_objects(cluster: CephCluster, info: dict, uri: str = URI) -> None:
+    """Define the ceph secret (its value set through the API) and the rbd pool on the libvirtd at ``uri``,
+    and start the pool."""
     from ..libvirt.host import Host
 
     spec = cluster.spec
@@ -179,24 +180,26 @@ def define_objects(cluster: CephCluster, info: dict) -> None:
                                 ("rados_osd_op_timeout", "10")))
     key = read_key(cluster.client_keyring, f"client.{spec.client_id}")
     try:
-        with Host(URI) as host:
+        with Host(uri) as host:
             host.ensure_secret(secret, key)
             host.ensure_pool(pool, autostart=False)
     except LibvirtError as exc:
         raise LabError(f"lab libvirt objects: {exc}") from None
 
 
-def remove_objects(info: dict, mon_port: int) -> None:
-    """Destroy the lab's domains (those whose disks use the lab's monitor), its pool and its secret."""
+def remove_objects(info: dict, mon_port: int, uri: str = URI, sock: Path = LIBVIRT_SOCKET, *,
+                   every_domain: bool = False) -> None:
+    """Destroy the lab's domains (those whose disks use the lab's monitor, or all with ``every_domain``), its
+    pool and its secret, on the libvirtd at ``uri`` (listening on ``sock``)."""
     from ..libvirt.host import Host, libvirt_translated
 
-    if not _socket_answers(LIBVIRT_SOCKET):
+    if not _socket_answers(sock):
         return
     try:
-        with Host(URI) as host:
+        with Host(uri) as host:
             with libvirt_translated(host.libvirt, "removing the lab's domains"):
                 for domain in host.conn.listAllDomains(0):
-                    if _uses_monitor(domain.XMLDesc(0), mon_port):
+                    if every_domain or _uses_monitor(domain.XMLDesc(0), mon_port):
                         if domain.isActive():
                             domain.destroy()
                         if domain.isPersistent():
@@ -218,13 +221,13 @@ def _uses_monitor(domain_xml: str, mon_port: int) -> bool:
                            port=str(mon_port)))
 
 
-def healthy(info: dict) -> bool:
+def healthy(info: dict, uri: str = URI, sock: Path = LIBVIRT_SOCKET) -> bool:
     from ..libvirt.host import Host
 
-    if not _socket_answers(LIBVIRT_SOCKET):
+    if not _socket_answers(sock):
         return False
     try:
-        with Host(URI) as host:
+        with Host(uri) as host:
             pool = host.find_pool(info.get("pool", ""))
             return pool is not None and bool(pool.isActive())
     except LibvirtError:

@@ -66,7 +66,7 @@ def guest_xml(config: Config, spec: GuestSpec, kit: Kit, *, domain_type: str, co
         disk = policy.disk_def(config, image, target, bus="virtio", cache="none")
         devices.append(disk.to_element(config.xml.templates))
     serial = etree.SubElement(devices, "serial", type="file")
-    etree.SubElement(serial, "source", path=str(console))
+    etree.SubElement(serial, "source", path=str(console), append="on")     # a migration's destination too
     etree.SubElement(serial, "target", port="0")
     channel = etree.SubElement(devices, "channel", type="unix")
     etree.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
