@@ -14,6 +14,7 @@ from . import (
     bench_instant,
     bench_lab,
     bench_merge,
+    bench_migration,
     bench_xml_lookup,
 )
 from .common import print_table
@@ -29,6 +30,7 @@ SUITES = [
     ("real Linux guests (medians of 5 alternating starts)", lambda: bench_guests.measure(5)),
     ("freeze window of a domain snapshot (medians of 10, alternating)", lambda: bench_freeze.measure(10)),
     ("instant restore (medians of 3 alternating rounds)", lambda: bench_instant.measure(3, Path("/var/tmp"), True)),
+    ("live migration between the lab's hosts (medians of 6 alternating rounds)", lambda: bench_migration.measure(6)),
 ]
 
 

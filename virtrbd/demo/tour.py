@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import VirtrbdError
 from ..lab import Lab
 from ..units import format_size
+from . import migration_step
 from .report import Report, Step
 from .settings import DemoSettings
 
@@ -84,7 +85,7 @@ class Tour:
 
         from ..storage import Storage
         try:
-            self.step("lab up: Ceph + libvirtd on 127.0.0.1", self.lab_up)
+            self.step("lab up: Ceph + two libvirtds (hosts a and b) on 127.0.0.1", self.lab_up)
             with Storage(self.lab.conf_file) as storage:
                 self.storage = storage
                 self.conn = libvirt.open(storage.config.libvirt.uri)
@@ -116,6 +117,8 @@ class Tour:
         self.step("restore full + incremental, compare", self.restore)
         self.step("verify QCOW2 against the live snapshot", self.verify)
         self.step("instant restore: a guest boots on it at once, the copy runs under it", self.instant_restore)
+        self.step("live migration: a guest writing records moves to host b and back",
+                  lambda step: migration_step.there_and_back(self, step, PREFIX))
 
     def _finish(self) -> None:
         if self.installed_hook:
@@ -134,14 +137,15 @@ class Tour:
     # --- the steps ---------------------------------------------------------------------
 
     def lab_up(self, step: Step) -> str:
-        self.started_lab = self.lab.up(with_libvirt=True)
+        self.started_lab = self.lab.up(with_libvirt=True, hosts=2)
         status = self.lab.status()
         self.guests = self.lab.guests()
         kit = self.guests.kit.build()
         accelerator = "KVM" if self.guests.accelerator(kit) == "kvm" else "TCG"
         step.figures = {"kit_seconds": round(kit.seconds, 2)}
         return (f"{'started' if self.started_lab else 'reused'}: monitor {status['monitor']}, libvirt pool "
-                f"{status['libvirt']['pool']}; guest kit {'built' if kit.built else 'current'} "
+                f"{status['libvirt']['pool']} on hosts {' and '.join(h['name'] for h in status['hosts'])}; "
+                f"guest kit {'built' if kit.built else 'current'} "
                 f"({kit.release}), guests run under {accelerator}")
 
     def install_hook(self, step: Step) -> str:
