@@ -71,12 +71,12 @@ def _measure(lab: Lab, runs: int) -> list[Row]:
     downtime = statistics.median(m.downtime_ms or 0 for m in moves) / 1000
     call = statistics.median(m.seconds for m in moves)
     moved = statistics.median(plain)
-    label = f"({accelerator}, {MEMORY_MIB} MiB, {len(moves)})"
-    return [Row(f"live migration: libvirt's job {label}", job, "vm stop + vm create there", moved,
+    label = f"({accelerator} {MEMORY_MIB} MiB, n={len(moves)})"
+    return [Row(f"migration, libvirt's job {label}", job, "vm stop + vm create there", moved,
                 target="<= 1 s", passed=job <= 1.0),
-            Row(f"live migration: downtime {label}", downtime, "vm stop + vm create there", moved,
+            Row(f"migration, downtime {label}", downtime, "vm stop + vm create there", moved,
                 target="<= 0.1 s", passed=downtime <= 0.1),
-            Row(f"live migration: the migrate call {label}", call, "vm stop + vm create there", moved)]
+            Row(f"migration, the whole call {label}", call, "vm stop + vm create there", moved)]
 
 
 def _plain_move(lab: Lab, name: str) -> float:

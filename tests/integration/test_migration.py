@@ -218,6 +218,12 @@ def test_a_migration_to_the_host_it_runs_on_is_refused(hosts, golden, guest):
               "--host", "b").code == 0
     assert_one_line_error(vm(hosts, "migrate", guest, "--to", "b"), 1, "already runs on host b")
     assert migration.locate(hosts.lab, guest) == "b"
+    assert vm(hosts, "exec", guest, "--", "true").code == 0                # found on b, as stop and rm find it
+    assert vm(hosts, "stop", guest).code == 0
+    assert migration.defined_on(hosts.lab, guest) == ["b"]
+    assert vm(hosts, "rm", guest).code == 0 and migration.defined_on(hosts.lab, guest) == []
+    with Storage(hosts.conf_path) as storage:
+        assert not storage.image_exists(f"{guest}-disk")              # its ephemeral clone went with it
 
 
 def test_a_lab_of_two_hosts_goes_down_leaving_no_process_mount_or_namespace(tmp_path):
