@@ -34,6 +34,7 @@ COMMAND_MODULES = {
     "hook_cmd": ("hook",),
     "backup_cmd": ("backup", "restore", "verify"),
     "backups_cmd": ("backups",),
+    "backup_key": ("backup-key",),
 }
 
 

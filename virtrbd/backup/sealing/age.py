@@ -1,0 +1,282 @@
+"""age v1 files (c2sp.org/age): a header that wraps a file key for X25519 recipients, then the payload in
+64 KiB chunks of ChaCha20-Poly1305 — what Debian's ``age -d -i IDENTITY FILE`` decrypts.
+
+Each chunk is sealed on its own, under a nonce made of its number and a flag
+for the last chunk, so a writer may seal chunks in any order — a QCOW2 file's
+header cluster is written last — provided each is sealed exactly once: two
+different chunks under one nonce would give both away.  ``SealedFile`` takes
+plaintext writes at offsets (whole chunks, or pieces that complete them), holds
+back the highest chunk until it knows whether it is the last, and refuses a
+second write to a sealed chunk.
+
+What can be checked without the identity: two SHA-256 digests, one of the
+header with the payload's nonce and first chunk (``head_sha256``), one of the
+rest of the file (``rest_sha256``) — the first chunk is often sealed last, the
+rest in order, so both are hashed as the file is written, never read back.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ...errors import CorruptBackupError, UsageError, VirtrbdError
+from .keys import Identity, Recipient
+
+VERSION_LINE = b"age-encryption.org/v1\n"
+CHUNK = 64 * 1024
+TAG = 16
+SEALED_CHUNK = CHUNK + TAG
+NONCE = 16
+X25519_INFO = b"age-encryption.org/v1/X25519"
+MAX_HEADER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Stanza:
+    args: tuple[str, ...]
+    body: bytes
+
+    def render(self) -> bytes:
+        text = _b64(self.body)
+        lines = [text[i:i + 64] for i in range(0, len(text), 64)]
+        if not lines or len(lines[-1]) == 64:
+            lines.append("")                    # the body ends with a line shorter than 64 columns
+        return ("-> " + " ".join(self.args) + "\n" + "".join(line + "\n" for line in lines)).encode()
+
+
+@dataclass(frozen=True)
+class Header:
+    stanzas: tuple[Stanza, ...]
+    mac: bytes
+    signed: bytes              # the header up to and including "---", what the MAC covers
+    length: int                # bytes of the header, its final newline included
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str, what: str) -> bytes:
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        raise CorruptBackupError(f"age header: {what} is not base64") from None
+    if _b64(data) != text:
+        raise CorruptBackupError(f"age header: {what} is not canonical base64")
+    return data
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+def _nonce(index: int, final: bool) -> bytes:
+    return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
+
+
+# --- the header ---------------------------------------------------------------------------------------
+
+def wrap(file_key: bytes, recipient: Recipient) -> Stanza:
+    ephemeral = X25519PrivateKey.generate()
+    share = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    shared = ephemeral.exchange(recipient.key())
+    wrap_key = _hkdf(shared, share + recipient.public, X25519_INFO)
+    return Stanza(("X25519", _b64(share)), ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None))
+
+
+def make_header(file_key: bytes, recipients: list[Recipient]) -> bytes:
+    if not recipients:
+        raise UsageError("an encrypted backup needs at least one recipient")
+    signed = VERSION_LINE + b"".join(wrap(file_key, r).render() for r in recipients) + b"---"
+    mac = hmac.new(_hkdf(file_key, b"", b"header"), signed, hashlib.sha256).digest()
+    return signed + b" " + _b64(mac).encode() + b"\n"
+
+
+def read_header(fd: int, what: str) -> Header:
+    """The header at the start of the age file open at ``fd``; a CorruptBackupError in one line if malformed."""
+    head = os.pread(fd, MAX_HEADER, 0)
+    if not head.startswith(VERSION_LINE):
+        raise CorruptBackupError(f"{what}: not an age-encryption.org/v1 file")
+    at, stanzas = len(VERSION_LINE), list[Stanza]()
+    while True:
+        end = head.find(b"\n", at)
+        if end < 0:
+            raise CorruptBackupError(f"{what}: its age header is cut short or longer than {MAX_HEADER} bytes")
+        line = head[at:end].decode("ascii", errors="replace")
+        if line.startswith("---"):
+            if len(line) != 47 or line[3] != " ":
+                raise CorruptBackupError(f"{what}: its age header's MAC line is malformed")
+            return Header(tuple(stanzas), _unb64(line[4:], "the MAC"), head[:at + 3], end + 1)
+        if not line.startswith("-> ") or len(line.split(" ")) < 2 or "" in line.split(" ")[1:]:
+            raise CorruptBackupError(f"{what}: its age header has a malformed line")
+        args, body, at = tuple(line[3:].split(" ")), "", end + 1
+        while True:
+            end = head.find(b"\n", at)
+            if end < 0:
+                raise CorruptBackupError(f"{what}: its age header is cut short")
+            piece = head[at:end].decode("ascii", errors="replace")
+            at, body = end + 1, body + piece
+            if len(piece) > 64:
+                raise CorruptBackupError(f"{what}: its age header has a stanza line longer than 64 columns")
+            if len(piece) < 64:
+                break
+        stanzas.append(Stanza(args, _unb64(body, "a stanza body")))
+
+
+def unwrap(header: Header, identities: list[Identity], what: str) -> bytes:
+    """The file key, from the first stanza one of ``identities`` opens; the header's MAC checked with it."""
+    for stanza in header.stanzas:
+        if stanza.args[0] != "X25519":
+            continue
+        if len(stanza.args) != 2 or len(stanza.body) != 32:
+            raise CorruptBackupError(f"{what}: its age header has a malformed X25519 stanza")
+        share = _unb64(stanza.args[1], "an X25519 share")
+        if len(share) != 32:
+            raise CorruptBackupError(f"{what}: its age header has a malformed X25519 stanza")
+        for identity in identities:
+            shared = identity.exchange(share)
+            if not any(shared):
+                raise CorruptBackupError(f"{what}: its age header has a degenerate X25519 share")
+            wrap_key = _hkdf(shared, share + identity.recipient.public, X25519_INFO)
+            try:
+                file_key = ChaCha20Poly1305(wrap_key).decrypt(bytes(12), stanza.body, None)
+            except InvalidTag:
+                continue
+            mac = hmac.new(_hkdf(file_key, b"", b"header"), header.signed, hashlib.sha256).digest()
+            if not hmac.compare_digest(mac, header.mac):
+                raise CorruptBackupError(f"{what}: its age header was changed (its MAC does not match)")
+            return file_key
+    raise UsageError(f"{what}: none of the given identities opens it (it is encrypted to "
+                     f"{len(header.stanzas)} other recipient(s))")
+
+
+# --- the payload --------------------------------------------------------------------------------------
+
+class SealedFile:
+    """Plaintext in at offsets, an age file out at ``fd``; ``close`` seals the last chunk and returns the
+    plaintext's size.  Each chunk must be written whole, exactly once (in pieces, if need be)."""
+
+    def __init__(self, fd: int, recipients: list[Recipient]):
+        self.fd = fd
+        file_key, nonce = os.urandom(16), os.urandom(NONCE)
+        header = make_header(file_key, recipients)
+        self.payload = len(header) + NONCE
+        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        self._head = hashlib.sha256(header + nonce)
+        self._rest = hashlib.sha256()
+        self._next_rest = 1                       # the next chunk the digest of the rest takes in
+        os.pwrite(fd, header + nonce, 0)
+        self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
+        self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
+        self._sealed: set[int] = set()
+        self.size = 0
+
+    def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
+        view = memoryview(data)[start:len(data) if end is None else end]
+        self.size = max(self.size, offset + len(view))
+        while view:
+            index, within = divmod(offset, CHUNK)
+            take = min(CHUNK - within, len(view))
+            if within == 0 and take == CHUNK and index not in self._partial:
+                self._complete(index, bytes(view[:CHUNK]))
+            else:
+                buffer, filled = self._partial.get(index, (bytearray(CHUNK), 0))
+                buffer[within:within + take] = view[:take]
+                self._partial[index] = (buffer, filled + take)
+                if filled + take == CHUNK:
+                    del self._partial[index]
+                    self._complete(index, bytes(buffer))
+            offset, view = offset + take, view[take:]
+
+    def _complete(self, index: int, plaintext: bytes) -> None:
+        if index in self._sealed or (self._held is not None and index == self._held[0]):
+            raise VirtrbdError(f"internal error: chunk {index} of an encrypted file written twice")
+        if self._held is None or index > self._held[0]:
+            held, self._held = self._held, (index, plaintext)
+            if held is not None:
+                self._seal(*held, final=False)
+        else:
+            self._seal(index, plaintext, final=False)
+
+    def _seal(self, index: int, plaintext: bytes, final: bool) -> None:
+        self._sealed.add(index)
+        sealed = self._aead.encrypt(_nonce(index, final), plaintext, None)
+        os.pwrite(self.fd, sealed, self.payload + index * SEALED_CHUNK)
+        if index == 0:
+            self._head.update(sealed)
+        elif index == self._next_rest:
+            self._rest.update(sealed)
+            self._next_rest += 1
+        else:
+            raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+
+    def close(self) -> int:
+        """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
+        last = -(-self.size // CHUNK) - 1
+        tail = self._partial.pop(last, None)
+        if tail is not None:
+            self._complete(last, bytes(tail[0][:self.size - last * CHUNK]))
+        if self._partial or len(self._sealed) + (self._held is not None) != last + 1:
+            raise VirtrbdError("internal error: an encrypted file was left with chunks never written")
+        if self._held is not None:
+            index, plaintext = self._held
+            self._held = None
+            self._seal(index, plaintext, final=True)
+        elif self.size == 0:
+            self._seal(0, b"", final=True)             # an empty payload is one empty final chunk
+        return self.size
+
+    def digests(self) -> dict[str, str | int]:
+        """What a verifier without the identity recomputes (after ``close``): see the module's docstring."""
+        return {"head_bytes": self.payload + min(SEALED_CHUNK, self.size + TAG),
+                "head_sha256": self._head.hexdigest(), "rest_sha256": self._rest.hexdigest()}
+
+
+class OpenedFile:
+    """An age file opened with an identity: its plaintext read at any offset, each chunk checked."""
+
+    def __init__(self, fd: int, identities: list[Identity], what: str):
+        self.fd, self.what = fd, what
+        header = read_header(fd, what)
+        file_key = unwrap(header, identities, what)
+        nonce = os.pread(fd, NONCE, header.length)
+        if len(nonce) != NONCE:
+            raise CorruptBackupError(f"{what}: cut short after its age header")
+        self.payload = header.length + NONCE
+        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        sealed_size = os.fstat(fd).st_size - self.payload
+        chunks = max(1, -(-sealed_size // SEALED_CHUNK))
+        self.size = sealed_size - chunks * TAG
+        if self.size < 0 or sealed_size - (chunks - 1) * SEALED_CHUNK <= TAG and chunks > 1:
+            raise CorruptBackupError(f"{what}: cut short (its last age chunk is incomplete)")
+        self.last = chunks - 1
+
+    def chunk(self, index: int) -> bytes:
+        """The plaintext of chunk ``index``, authenticated (and the last one checked to be the last)."""
+        sealed = os.pread(self.fd, SEALED_CHUNK, self.payload + index * SEALED_CHUNK)
+        try:
+            return self._aead.decrypt(_nonce(index, index == self.last), sealed, None)
+        except InvalidTag:
+            raise CorruptBackupError(f"{self.what}: age chunk {index} fails its authentication (changed, "
+                                     f"moved, cut short or appended to)") from None
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` plaintext bytes at ``offset`` (fewer at the end), as ``os.pread`` gives them."""
+        out = bytearray()
+        end = min(offset + length, self.size)
+        while offset < end:
+            index, within = divmod(offset, CHUNK)
+            piece = self.chunk(index)[within:within + end - offset]
+            out += piece
+            offset += len(piece)
+        return bytes(out)

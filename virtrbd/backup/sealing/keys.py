@@ -1,0 +1,144 @@
+"""age's X25519 keys: public recipients a hypervisor encrypts to, private identities only an operator holds.
+
+A recipient (``age1…``) is the public half and may sit in virtrbd.conf on
+every hypervisor; an identity (``AGE-SECRET-KEY-1…``) is the private half, read
+only from a file that nobody but its owner can read, in the format
+``age-keygen`` writes (comment lines, then the key), so that the same file
+works with Debian's ``age -d -i FILE``.  No message here ever contains an
+identity: errors name the file, not its content.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from ... import bech32
+from ...errors import UsageError
+
+RECIPIENT_HRP = "age"
+IDENTITY_HRP = "age-secret-key-"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A public key backups are encrypted to."""
+
+    public: bytes
+
+    def __str__(self) -> str:
+        return bech32.encode(RECIPIENT_HRP, self.public)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short name for the key, as manifests record it: the first 8 bytes of its SHA-256, in hex."""
+        return hashlib.sha256(self.public).hexdigest()[:16]
+
+    def key(self) -> X25519PublicKey:
+        return X25519PublicKey.from_public_bytes(self.public)
+
+
+class Identity:
+    """A private key that unwraps the files encrypted to its recipient (its bytes never printed)."""
+
+    def __init__(self, secret: bytes):
+        self._key = X25519PrivateKey.from_private_bytes(secret)
+        self.recipient = Recipient(self._key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                                       serialization.PublicFormat.Raw))
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(os.urandom(32))
+
+    def exchange(self, share: bytes) -> bytes:
+        return self._key.exchange(X25519PublicKey.from_public_bytes(share))
+
+    def encode(self) -> str:
+        secret = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption())
+        return bech32.encode(IDENTITY_HRP, secret, upper=True)
+
+    def __repr__(self) -> str:                   # never the key itself
+        return f"Identity(recipient={self.recipient})"
+
+
+def parse_recipient(text: str) -> Recipient:
+    """An ``age1…`` recipient; a UsageError in one line for anything else (an identity above all)."""
+    text = text.strip()
+    if text.upper().startswith(IDENTITY_HRP.upper()):
+        raise UsageError("a private identity (AGE-SECRET-KEY-…) was given where a public recipient (age1…) "
+                         "belongs; give its recipient ('virtrbd backup-key show FILE'), and keep the identity "
+                         "off this hypervisor")
+    try:
+        hrp, public = bech32.decode(text)
+    except bech32.Bech32Error as exc:
+        raise UsageError(f"recipient {_shown(text)}: not an age recipient: {exc}") from None
+    if hrp != RECIPIENT_HRP or len(public) != 32:
+        raise UsageError(f"recipient {_shown(text)}: not an age X25519 recipient (age1… of 32 bytes)")
+    return Recipient(public)
+
+
+def _shown(text: str) -> str:
+    """A recipient as errors show it: public anyway, but cut short."""
+    return repr(text if len(text) <= 70 else text[:67] + "...")
+
+
+def write_identity(path: Path) -> Identity:
+    """A new identity in a new file ``path`` (0600, never over an existing file), as age-keygen writes it."""
+    identity = Identity.generate()
+    created = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    text = f"# created: {created}\n# public key: {identity.recipient}\n{identity.encode()}\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path}: exists already; an identity is never written over a file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create it: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)                     # whatever the umask
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return identity
+
+
+def read_identities(path: Path) -> list[Identity]:
+    """The identities in an age identity file; refused when others may read it, or when it holds none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UsageError(f"identity file {path}: cannot open it: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"identity file {path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise UsageError(f"identity file {path}: others may read it (mode {stat.S_IMODE(info.st_mode):04o}); "
+                             f"chmod 600 it (and make a new identity if others did)")
+        text = os.read(fd, 1 << 20).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+    identities = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            hrp, secret = bech32.decode(line)
+        except bech32.Bech32Error as exc:
+            raise UsageError(f"identity file {path}: line {number}: not an age identity: {exc}") from None
+        if hrp != IDENTITY_HRP or len(secret) != 32:
+            what = "a public recipient" if hrp == RECIPIENT_HRP else "not an age X25519 identity"
+            raise UsageError(f"identity file {path}: line {number}: {what} (AGE-SECRET-KEY-1… expected)")
+        identities.append(Identity(secret))
+    if not identities:
+        raise UsageError(f"identity file {path}: holds no identity (AGE-SECRET-KEY-1…)")
+    return identities
