@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import bech32
 from .errors import ConfigError
 from .monitor import Monitor, parse_monitors
 from .spec import is_valid_name
@@ -165,8 +166,35 @@ class HookSettings:
     timeout: int = option(seconds, "Seconds the hook may take at most; past them it gives up and says so.", 30)
 
 
+def age_recipients(text: str) -> tuple[str, ...]:
+    """Public age recipients (``age1…``), separated by commas or spaces; a private identity is refused
+    without being echoed: it has no place on a hypervisor."""
+    found = []
+    for word in filter(None, re.split(r"[\s,]+", text.strip())):
+        if word.upper().startswith("AGE-SECRET-KEY-"):
+            raise ValueError("holds a private identity (AGE-SECRET-KEY-…), where only public recipients (age1…) "
+                             "belong: remove it, and make a new identity, since it was on this host")
+        try:
+            hrp, key = bech32.decode(word)
+        except bech32.Bech32Error as exc:
+            raise ValueError(f"{word[:70]!r} is not an age recipient: {exc}") from None
+        if hrp != "age" or len(key) != 32:
+            raise ValueError(f"{word[:70]!r} is not an age X25519 recipient (age1…)")
+        found.append(word.lower())
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """[backup]: backups to secondary storage."""
+
+    recipients: tuple[str, ...] = option(
+        age_recipients, "Public age recipients (age1…, printed by 'virtrbd backup-key new'), comma-separated: "
+        "every backup is encrypted to each of them; this host can then write backups but never read them.", ())
+
+
 SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings,
-                             "xml": XmlSettings, "hook": HookSettings}
+                             "xml": XmlSettings, "hook": HookSettings, "backup": BackupSettings}
 
 
 @dataclass(frozen=True)
@@ -179,6 +207,7 @@ class Config:
     layering: LayeringSettings = field(default_factory=LayeringSettings)
     xml: XmlSettings = field(default_factory=XmlSettings)
     hook: HookSettings = field(default_factory=HookSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     @property
     def libvirt_pool(self) -> str:

@@ -226,18 +226,22 @@ class Storage:
     # --- backups to secondary storage ---------------------------------------------------------
 
     def backup(self, snapshot: str | ImageSpec, dest_dir: str | os.PathLike[str], *, format: str | None = None,
-               since: str | ImageSpec | None = None, progress: Progress | None = None) -> BackupResult:
+               since: str | ImageSpec | None = None, progress: Progress | None = None,
+               recipients: Sequence[str] = ()) -> BackupResult:
         """Back up POOL/IMAGE@SNAP into ``dest_dir``: RAW (sparse) or QCOW2, or with ``since`` (an older
-        snapshot) an incremental rbd diff; atomic, with a manifest.  See ``virtrbd.backup``."""
+        snapshot) an incremental rbd diff; atomic, with a manifest.  Encrypted (age, QCOW2 or rbd diff) to
+        ``recipients`` and ``[backup] recipients``.  See ``virtrbd.backup``."""
         from . import backup
-        return backup.backup(self, snapshot, dest_dir, format=format, since=since, progress=progress)
+        plan = backup.plan_backup(self, snapshot, dest_dir, format=format, since=since, recipients=recipients)
+        return backup.backup(self, plan, progress=progress)
 
     def restore(self, src: str | os.PathLike[str], target: str | ImageSpec, *, force: bool = False,
-                progress: Progress | None = None) -> RestoreResult:
+                progress: Progress | None = None, identity: str | os.PathLike[str] | None = None) -> RestoreResult:
         """Restore a backup (or a chain ending in an incremental) into a new image, every byte checked
-        before the image is published; through libvirt's volume upload where the daemon can."""
+        before the image is published; through libvirt's volume upload where the daemon can.  ``identity``:
+        the age identity file that opens encrypted backups."""
         from . import backup
-        return backup.restore(self, src, target, force=force, progress=progress)
+        return backup.restore(self, src, target, force=force, progress=progress, identity=identity)
 
     def restore_instantly(self, src: str | os.PathLike[str] | RestorePlan, target: str | ImageSpec) -> InstantRecord:
         """Make ``target`` an image that reads the full backup ``src`` (a file, or its checked plan) in place,
@@ -245,7 +249,7 @@ class Storage:
         ``virtrbd.backup.instant``."""
         from .backup import instant, plan_restore
         from .backup.results import RestorePlan
-        plan = src if isinstance(src, RestorePlan) else plan_restore(src)
+        plan = src if isinstance(src, RestorePlan) else plan_restore(src, refuse_sealed=instant.SEALED)
         return instant.start(self.cluster, plan, self.spec(target, snapshot=False),
                              qemu_user=self.config.libvirt.qemu_user)
 
@@ -280,10 +284,12 @@ class Storage:
         return restore_domain_set(self, src, suffix=suffix, force=force, create_snapshot=create_snapshot,
                                   progress=progress)
 
-    def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None) -> VerifyResult:
-        """Recompute a backup's checksums against its manifest; ``against`` also compares with a live snapshot."""
+    def verify(self, src: str | os.PathLike[str], *, against: str | ImageSpec | None = None,
+               identity: str | os.PathLike[str] | None = None) -> VerifyResult:
+        """Recompute a backup's checksums against its manifest; ``against`` also compares with a live snapshot.
+        An encrypted backup needs ``identity``, the age identity file that opens it."""
         from . import backup
-        return backup.verify(src, against=against, storage=self)
+        return backup.verify(src, against=against, storage=self, identity=identity)
 
 
 def _check_size(size: int) -> None:

@@ -76,6 +76,11 @@ def test_relative_keyring_is_relative_to_the_config_file(tmp_path, keyring):
     ("[ceph]\nmonitors = m\nmonitors = n\n", "[ceph] monitors: set twice"),
     ("monitors = m\n", "a setting before any [section]"),
     ("[ceph]\nmonitors = m\n[ceph]\n", "section [ceph] appears twice"),
+    ("[ceph]\nmonitors = m\nkeyring = /k\n[backup]\nrecipients = age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73"
+     "equnujwq\n", "[backup] recipients: 'age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwq' is not an "
+     "age recipient: its checksum does not match"),
+    ("[ceph]\nmonitors = m\nkeyring = /k\n[backup]\nrecipients = ssh-ed25519\n", "[backup] recipients: 'ssh-ed25519' "
+     "is not an age recipient"),
 ])
 def test_bad_settings_name_file_section_and_key(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
@@ -127,3 +132,22 @@ def test_a_name_no_image_spec_could_use_is_refused_at_load(tmp_path, key, value)
     path.write_text(f"[ceph]\nmonitors = m\nkeyring = /k\n{key} = {value}\n")
     with pytest.raises(ConfigError, match=rf"\[ceph\] {key}: '{re.escape(value)}' is not a valid name"):
         config.load(path)
+
+
+AGE_RECIPIENTS = ("age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj",      # c2sp.org/age's example
+                  "age1sg2d99qzh98pvhh2236gwywqhmpllengpavysdsj6tqyteptsseqnme9l7")
+
+
+def test_backup_recipients_are_public_keys_separated_by_commas_or_spaces(tmp_path, keyring):
+    conf = config.load(write(tmp_path, f"[ceph]\nmonitors = m\nkeyring = {keyring}\n"))
+    assert conf.backup.recipients == ()                                   # unencrypted unless asked
+    conf = config.load(write(tmp_path, f"[ceph]\nmonitors = m\nkeyring = {keyring}\n[backup]\n"
+                                       f"recipients = {AGE_RECIPIENTS[0]},\n  {AGE_RECIPIENTS[1].upper()}\n"))
+    assert conf.backup.recipients == AGE_RECIPIENTS
+
+
+def test_a_private_identity_in_the_config_is_refused_and_never_echoed(tmp_path):
+    identity = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
+    message = error_of(tmp_path, f"[ceph]\nmonitors = m\nkeyring = /k\n[backup]\nrecipients = {identity}\n")
+    assert "[backup] recipients: holds a private identity" in message and identity not in message
+    assert "GFPYYSJZ" not in message

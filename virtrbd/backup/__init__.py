@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -51,13 +52,19 @@ from .verify import run_verify
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
            "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT",
-           "catalog", "Entry"]
+           "catalog", "Entry", "identities"]
 
 
 def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, format: str | None = None,
-                since: str | ImageSpec | None = None, cluster_size: int | None = None) -> BackupPlan:
-    """Check a backup request without touching the cluster."""
+                since: str | ImageSpec | None = None, cluster_size: int | None = None,
+                recipients: Sequence[str] = ()) -> BackupPlan:
+    """Check a backup request without touching the cluster.
+
+    The backup is encrypted (age) to ``recipients`` and to ``[backup] recipients`` of the storage's config;
+    an encrypted full backup is QCOW2 (a RAW file's holes would all be ciphertext).
+    """
     snapshot = storage.spec(spec, snapshot=True)
+    sealed_to = _recipients([*storage.config.backup.recipients, *recipients])
     dest = Path(dest_dir)
     if not dest.is_dir():
         raise UsageError(f"{dest}: not a directory (the destination must exist, e.g. a mounted NFS share)")
@@ -75,15 +82,34 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
                              "backups only")
         if cluster_size is not None:
             raise UsageError("--cluster-size applies to QCOW2 backups only")
-        return BackupPlan(snapshot, dest, DIFF_FORMAT, older)
-    format = format or "raw"
+        return BackupPlan(snapshot, dest, DIFF_FORMAT, older, recipients=sealed_to)
+    if sealed_to and format == "raw":
+        raise UsageError("an encrypted full backup is QCOW2: in a RAW file every hole would become ciphertext "
+                         "(use --format qcow2, or leave --format out)")
+    format = format or ("qcow2" if sealed_to else "raw")
     if format not in FORMATS:
         raise UsageError(f"unknown backup format {format!r} (raw or qcow2)")
     if cluster_size is not None and format != "qcow2":
         raise UsageError("--cluster-size applies to QCOW2 backups only")
     size = cluster_size or DEFAULT_CLUSTER_SIZE
     cluster_bits_for(size)
-    return BackupPlan(snapshot, dest, format, None, size)
+    return BackupPlan(snapshot, dest, format, None, size, recipients=sealed_to)
+
+
+def _recipients(texts: Sequence[str]) -> tuple:
+    """Parsed recipients, each once, in the order given."""
+    from .sealing.keys import parse_recipient
+    found: dict[bytes, object] = {}
+    for text in texts:
+        recipient = parse_recipient(str(text))
+        found.setdefault(recipient.public, recipient)
+    return tuple(found.values())
+
+
+def identities(identity: os.PathLike | str | None) -> list | None:
+    """The identities in an age identity file (None for none), for ``plan_restore``."""
+    from .sealing.keys import read_identities
+    return None if identity is None else read_identities(Path(identity))
 
 
 def backup(storage, spec: str | ImageSpec | BackupPlan, dest_dir: os.PathLike | str | None = None, *,
@@ -108,16 +134,17 @@ def backup(storage, spec: str | ImageSpec | BackupPlan, dest_dir: os.PathLike | 
 
 def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSpec, *, force: bool = False,
             create_snapshot: bool = False, progress: Progress | None = None,
-            cancel: threading.Event | None = None) -> RestoreResult:
+            cancel: threading.Event | None = None, identity: os.PathLike | str | None = None) -> RestoreResult:
     """Restore a backup (a full one, or the newest incremental of a chain) into a new image ``target``.
 
     An existing ``target`` is refused unless ``force``; then it is replaced only
     once the restored copy is complete and verified, and only if it has no
     snapshots and nobody has it open.  ``create_snapshot`` also makes the
     backup's snapshot on the new image, so ``rbd import-diff`` of later
-    incrementals applies to it.
+    incrementals applies to it.  ``identity``: the age identity file that opens
+    encrypted backups.
     """
-    plan = src if isinstance(src, RestorePlan) else plan_restore(src)
+    plan = src if isinstance(src, RestorePlan) else plan_restore(src, identities(identity))
     spec = storage.spec(target, snapshot=False)
     # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
     from ..libvirt.host import nobody_listens
@@ -132,9 +159,12 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
 
 
 def verify(src: os.PathLike | str, *, against: str | ImageSpec | None = None, storage=None,
-           progress: Progress | None = None, cancel: threading.Event | None = None) -> VerifyResult:
-    """Recompute a backup's checksum against its manifest; ``against`` also compares with a live snapshot."""
+           progress: Progress | None = None, cancel: threading.Event | None = None,
+           identity: os.PathLike | str | None = None) -> VerifyResult:
+    """Recompute a backup's checksum against its manifest; ``against`` also compares with a live snapshot.
+    An encrypted backup needs ``identity`` (the age identity file that opens it)."""
     manifest = manifests.resolve(src)
+    manifest.identities = identities(identity)
     spec = None
     if against is not None:
         if storage is None:

@@ -37,6 +37,7 @@ import socket
 import stat
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from .. import exits
 from ..errors import BackupError, CorruptBackupError
@@ -251,6 +252,18 @@ def _buffered_twin(fd: int) -> int | None:
         return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+class Blocks(Protocol):
+    """What the format writers write through: ``BlockWriter``, or ``sealing.plain.SealedBlocks``."""
+
+    crc: FileCRC
+
+    def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class BlockWriter:

@@ -76,6 +76,11 @@ def file_stat(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+#: why an encrypted backup is not restored instantly
+SEALED = ("librbd and QEMU would read the file as it is, ciphertext: restore it with "
+          "'virtrbd restore FILE POOL/IMAGE --identity IDENTITY' instead")
+
+
 def check_plan(plan: RestorePlan) -> Manifest:
     """The full backup to import.  librbd reads one file, not a chain: for an incremental, a full backup of
     the same point beside it (a synthetic full, ``backups merge``) is used, or the restore is refused."""
@@ -91,6 +96,8 @@ def check_plan(plan: RestorePlan) -> Manifest:
                          f"backup of its point first (virtrbd backups merge {m.data_path} --from "
                          f"{plan.links[0].data_path} --format qcow2) and restore that")
     full = min(fulls, key=lambda f: f.format != "qcow2")        # QCOW2 first: librbd copies it sparsely
+    if full.encryption is not None:
+        raise UsageError(f"{full.data_path}: encrypted: {SEALED}")
     check_backup_file(full)
     return full
 

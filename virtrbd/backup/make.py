@@ -23,7 +23,7 @@ from ..ceph import Cluster
 from ..errors import BackupError, NotFoundError, UsageError
 from ..progress import Progress
 from .file_crc import ALGORITHM as FILE_ALGORITHM
-from .files import AtomicFile, BlockWriter, fsync_directory, remove_stale_temps
+from .files import AtomicFile, Blocks, BlockWriter, fsync_directory, remove_stale_temps
 from .formats import FULL_FORMATS
 from .formats import manifest as manifests
 from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM
@@ -32,6 +32,7 @@ from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffWriter
 from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource, source_facts
 from .results import BackupPlan, BackupResult, SourceFacts
+from .sealing.plain import SealedBlocks
 from .stream import CHUNK, MiB, check_cancel, nonzero_runs, split_at
 from .window import Job, ReadWindow, read_chunk_parts
 
@@ -94,14 +95,18 @@ def write_full_chunks(chunks, info: SourceFacts, plan: BackupPlan, *, progress: 
     with its ``index``, ``offset``, ``length``, ``extents`` and ``read_bytes``, its parts ``(offset, bytes)``
     with zeros between them.  A failure while it yields (a checksum) publishes nothing."""
     spec = plan.spec
+    if plan.recipients and plan.format == "raw":
+        raise UsageError("an encrypted full backup is QCOW2: in a RAW file every hole would become ciphertext")
     started = time.monotonic() if started is None else started
     final = _reserve_name(plan.dest, manifests.backup_name(spec, plan.format))
     remove_stale_temps(plan.dest)
     size = info.size
     data_bytes = read_bytes = 0
     digest = ContentDigest(size)
-    with AtomicFile(final, direct=direct_io) as out:
-        blocks = BlockWriter(out.fd, direct=out.direct, buffers=2, threads=2)
+    sealed_to = list(plan.recipients)
+    with AtomicFile(final, direct=direct_io and not sealed_to) as out:
+        blocks: Blocks = (SealedBlocks(out.fd, sealed_to) if sealed_to else
+                          BlockWriter(out.fd, direct=out.direct, buffers=2, threads=2))
         try:
             writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)
             # closing(): on any failure, wait for the reads in flight before the image is closed
@@ -117,6 +122,7 @@ def write_full_chunks(chunks, info: SourceFacts, plan: BackupPlan, *, progress: 
                         progress(chunk.offset + chunk.length, size)
             writer.finish()
             blocks.flush()
+            plain_size = blocks.finish() if isinstance(blocks, SealedBlocks) else None
         finally:
             blocks.close()
         file_size = os.fstat(out.fd).st_size
@@ -126,8 +132,10 @@ def write_full_chunks(chunks, info: SourceFacts, plan: BackupPlan, *, progress: 
             object_size=info.object_size, checksum={"algorithm": CONTENT_ALGORITHM, "chunk_size": CHUNK,
                                                     "value": digest.hexdigest()},
             created=_now(), tool=f"virtrbd {__version__}",
-            file_checksum={"algorithm": FILE_ALGORITHM, "value": blocks.crc.value(file_size)},
+            file_checksum={"algorithm": FILE_ALGORITHM,
+                           "value": blocks.crc.value(file_size if plain_size is None else plain_size)},
             snapshot_time=info.snapshot_time, made_from=made_from,
+            encryption=blocks.description(sealed_to) if isinstance(blocks, SealedBlocks) else None,
             cluster_size=plan.cluster_size if plan.format == "qcow2" else None,
             stats={"data_bytes": data_bytes, "read_bytes": read_bytes, "direct_io": out.direct})
         out.commit()
@@ -162,10 +170,12 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
 
 
 class _HashingFile(io.RawIOBase):
-    """A raw file descriptor that also hashes everything written (the diff's checksum and its file CRC)."""
+    """A raw file descriptor that also hashes everything written (the diff's checksum and its file CRC);
+    with ``sealed``, the bytes go into that age file instead, the hashes being of the plaintext."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, sealed: SealedBlocks | None = None):
         self.fd = fd
+        self.sealed = sealed
         self.hash = FILE_HASHES[DIFF_ALGORITHM]()
         self.crc = 0
         self.bytes = 0
@@ -176,6 +186,9 @@ class _HashingFile(io.RawIOBase):
     def write(self, data) -> int:
         view = memoryview(data)
         done = 0
+        if self.sealed is not None:
+            self.sealed.pwrite(self.bytes, view)
+            done = len(view)
         while done < len(view):
             done += os.write(self.fd, view[done:])
         self.hash.update(view)
@@ -203,8 +216,10 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
     remove_stale_temps(plan.dest)
     size = info.size
     data_bytes = read_bytes = 0
+    sealed_to = list(plan.recipients)
     with AtomicFile(final) as out:
-        raw = _HashingFile(out.fd)
+        sealed = SealedBlocks(out.fd, sealed_to) if sealed_to else None
+        raw = _HashingFile(out.fd, sealed)
         stream = io.BufferedWriter(raw, buffer_size=1 * MiB)
         diff = DiffWriter(stream, from_snapshot=older, to_snapshot=spec.snap, size=size)
         window = ReadWindow(source.submit_read, window_bytes=WINDOW_BYTES, max_ops=MAX_OPS)
@@ -234,8 +249,10 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
                     progress(offset + length, size)
         diff.finish()
         stream.flush()
+        if sealed is not None:
+            sealed.finish()
         manifest = Manifest(
-            kind="incremental", format=DIFF_FORMAT, file=final.name, file_size=raw.bytes,
+            kind="incremental", format=DIFF_FORMAT, file=final.name, file_size=os.fstat(out.fd).st_size,
             image=str(spec.image_spec), image_id=info.image_id, snapshot=spec.snap,
             snapshot_id=info.snapshot_id, size=size, object_size=info.object_size,
             checksum={"algorithm": DIFF_ALGORITHM, "value": raw.hash.hexdigest()},
@@ -243,6 +260,7 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
             file_checksum={"algorithm": FILE_ALGORITHM, "value": f"{raw.crc:08x}"},
             snapshot_time=info.snapshot_time, made_from=made_from,
             parent={"file": parent.file, "checksum": parent.checksum["value"]},
+            encryption=sealed.description(sealed_to) if sealed is not None else None,
             stats={"data_bytes": diff.data_bytes, "zero_bytes": diff.zero_bytes, "records": diff.records,
                    "read_bytes": read_bytes})
         out.commit()

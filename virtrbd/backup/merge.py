@@ -42,6 +42,10 @@ from .stream import MiB
 _PUNCH_HOLE = 0x02 | 0x01           # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _ZEROS = bytes(1 * MiB)
 
+#: why an encrypted chain is not merged
+SEALED = ("merging needs its identity, which has no place on a host that writes backups: restore the chain "
+          "with --identity where the identity is, and back that image up")
+
 
 class ScratchImage:
     """A sparse file standing for the image while a chain is applied: a ``stream.Sink``, then a ``Source``."""
@@ -120,7 +124,7 @@ class ScratchImage:
 
 def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress | None = None) -> BackupResult:
     """A new full backup (``raw`` or ``qcow2``) of the point ``src`` holds, beside it, from its chain alone."""
-    plan = plan_restore(src)
+    plan = plan_restore(src, refuse_sealed=SEALED)
     newest = plan.newest
     if len(plan.links) == 1 and newest.format == fmt:
         raise BackupError(f"{newest.file} is a {fmt} full backup already: nothing to merge")
@@ -177,7 +181,7 @@ def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None
     """One diff from point ``older`` to the point ``src`` holds (an incremental), beside it, made of the diffs
     between them in its chain; its manifest names them (``made_from``)."""
     check_name("snapshot", older)
-    plan = plan_restore(src)
+    plan = plan_restore(src, refuse_sealed=SEALED)
     newest = plan.newest
     points = [link.snapshot for link in plan.links]
     if older not in points[:-1]:

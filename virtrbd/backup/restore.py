@@ -12,11 +12,10 @@ import time
 from typing import TYPE_CHECKING
 
 from ..ceph import Cluster
-from ..errors import CorruptBackupError
+from ..errors import CorruptBackupError, UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
-from .files import open_regular_stream
-from .formats import check_backup_file, check_checksum, check_diff_header, full_format
+from .formats import check_backup_file, check_checksum, check_diff_header, full_format, open_stream, plain_size
 from .formats import manifest as manifests
 from .formats.checksum import FILE_HASHES, BackgroundCRC, BackgroundDigest
 from .formats.manifest import Manifest
@@ -30,10 +29,16 @@ if TYPE_CHECKING:
     from ..libvirt.policy import LibvirtTarget
 
 
-def plan_restore(src: os.PathLike | str) -> RestorePlan:
-    """Resolve ``src`` (newest backup file or its manifest) into a checked chain; reads no data."""
+def plan_restore(src: os.PathLike | str, identities: list | None = None, *,
+                 refuse_sealed: str | None = None) -> RestorePlan:
+    """Resolve ``src`` (newest backup file or its manifest) into a checked chain; reads no data but what
+    the files' structure takes.  ``identities`` open encrypted links (one without them is refused here);
+    ``refuse_sealed`` refuses any encrypted link, saying why."""
     links = manifests.chain(manifests.resolve(src))
     for m in links:
+        if refuse_sealed is not None and m.encryption is not None:
+            raise UsageError(f"{m.data_path}: encrypted: {refuse_sealed}")
+        m.identities = identities
         check_backup_file(m)
     return RestorePlan(links)
 
@@ -115,8 +120,8 @@ def _assembled(offset: int, parts: list, length: int) -> bytearray:
 def apply_diff(m: Manifest, sink, done: int, total: int, progress: Progress | None) -> int:
     """Apply one incremental to ``sink``, every record as read, its checksum checked at the end."""
     hashed = FILE_HASHES[m.checksum["algorithm"]]()
-    with open_regular_stream(m.data_path) as f:
-        reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=hashed.update)
+    with open_stream(m) as f:
+        reader = DiffReader(f, str(m.data_path), file_size=plain_size(m), on_bytes=hashed.update)
         check_diff_header(reader, m)
         sink.drain()
         if reader.header.size != sink.size:

@@ -73,6 +73,7 @@ class BackupPlan:
     since: ImageSpec | None = None
     cluster_size: int = 64 << 10
     domain: dict | None = None  # one of a domain's set at one instant: the manifest's ``domain`` field
+    recipients: tuple = ()      # age recipients (``sealing.keys.Recipient``) the file is encrypted to
 
 
 @dataclass

@@ -10,22 +10,33 @@ an incremental's once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from contextlib import closing
 
 from ..ceph import Cluster, translated
-from ..errors import BackupError
+from ..errors import BackupError, CorruptBackupError, UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
 from .file_crc import FileCRC, of_file
-from .files import open_regular, open_regular_stream
-from .formats import check_backup_file, check_checksum, check_file_checksum, full_format
+from .files import open_regular
+from .formats import (
+    check_backup_file,
+    check_checksum,
+    check_file_checksum,
+    check_file_size,
+    full_format,
+    identities_of,
+    open_stream,
+    plain_size,
+)
 from .formats.checksum import FILE_HASHES, BackgroundDigest, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffReader
 from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource
 from .results import VerifyResult
+from .sealing.plain import PlainFile
 from .stream import CHUNK, is_zero, split_at
 from .window import read_chunks
 
@@ -41,19 +52,15 @@ def file_digest(m: Manifest, *, keep: bool = False,
             hashed.update(data)
             crc.add(crc.end, data)
 
-        with open_regular_stream(m.data_path) as f:
-            reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=seen)
+        with open_stream(m) as f:
+            reader = DiffReader(f, str(m.data_path), file_size=plain_size(m), on_bytes=seen)
             for _ in reader.records():
                 if progress:
-                    progress(reader.position, m.file_size)
-        check_file_checksum(m, crc.value(m.file_size))
-        return hashed.hexdigest(), [], m.file_size
+                    progress(reader.position, plain_size(m))
+        check_file_checksum(m, crc.value(plain_size(m)))
+        return hashed.hexdigest(), [], plain_size(m)
     if m.file_checksum is not None:
-        fd = open_regular(m.data_path)
-        try:
-            check_file_checksum(m, of_file(fd, m.file_size))
-        finally:
-            os.close(fd)
+        check_file_checksum(m, _file_crc(m))
     read = 0
     fmt = full_format(m)
     with fmt.reader(m) as reader, BackgroundDigest(m.size, keep=keep,
@@ -67,9 +74,34 @@ def file_digest(m: Manifest, *, keep: bool = False,
     return value, digest.digests or [], read
 
 
+def _file_crc(m: Manifest) -> str:
+    """CRC-32C of the file's bytes, or of an encrypted file's plaintext (what ``age -d`` gives back)."""
+    identities = identities_of(m)
+    if identities is None:
+        fd = open_regular(m.data_path)
+        try:
+            return of_file(fd, m.file_size)
+        finally:
+            os.close(fd)
+    crc, plain = FileCRC(), PlainFile(m.data_path, identities)
+    try:
+        offset = 0
+        while offset < plain.size:
+            data = plain.pread(CHUNK, offset)
+            crc.add(offset, data)
+            offset += len(data)
+    finally:
+        plain.close()
+    return crc.value(plain.size)
+
+
 def run_verify(m: Manifest, *, cluster: Cluster | None = None, against: ImageSpec | None = None,
                progress: Progress | None = None) -> VerifyResult:
     started = time.monotonic()
+    if m.encryption is not None and m.identities is None:
+        if against is not None:
+            raise UsageError(f"{m.data_path}: encrypted: comparing it with {against} needs --identity")
+        return _verify_sealed(m, started)
     value, chunk_digests, read = file_digest(m, keep=against is not None, progress=progress)
     check_checksum(m, value)
     if against is not None:
@@ -84,6 +116,27 @@ def run_verify(m: Manifest, *, cluster: Cluster | None = None, against: ImageSpe
                         checksum=value, checked_bytes=read, seconds=time.monotonic() - started,
                         against=str(against) if against else None,
                         judged="content" if m.file_checksum is None else "file and content")
+
+
+def _verify_sealed(m: Manifest, started: float) -> VerifyResult:
+    """An encrypted file checked without its identity: its size and the two SHA-256 digests of its bytes."""
+    check_file_size(m)
+    e = m.encryption or {}
+    fd = open_regular(m.data_path)
+    try:
+        for name, start, end in (("head", 0, e["head_bytes"]), ("rest", e["head_bytes"], m.file_size)):
+            digest = hashlib.sha256()
+            for offset in range(start, end, CHUNK):
+                digest.update(os.pread(fd, min(CHUNK, end - offset), offset))
+            if digest.hexdigest() != e[f"{name}_sha256"]:
+                where = "its age header or first chunk" if name == "head" else "its encrypted data after that"
+                raise CorruptBackupError(f"{m.data_path}: {where} changed: SHA-256 {digest.hexdigest()[:16]}…, "
+                                         f"the manifest says {e[f'{name}_sha256'][:16]}…")
+    finally:
+        os.close(fd)
+    return VerifyResult(file=m.data_path, kind=m.kind, format=m.format, image=f"{m.image}@{m.snapshot}",
+                        checksum=e["rest_sha256"], checked_bytes=m.file_size, seconds=time.monotonic() - started,
+                        against=None, judged="encrypted file (its SHA-256 digests; the content needs --identity)")
 
 
 def _compare_full(m: Manifest, chunk_digests: list[bytes], source: RbdSource) -> int:
@@ -107,8 +160,8 @@ def _compare_full(m: Manifest, chunk_digests: list[bytes], source: RbdSource) ->
 def _compare_diff(m: Manifest, source: RbdSource) -> int:
     """Every changed extent the diff records holds what the snapshot holds there."""
     read = 0
-    with open_regular_stream(m.data_path) as f:
-        reader = DiffReader(f, str(m.data_path), file_size=m.file_size)
+    with open_stream(m) as f:
+        reader = DiffReader(f, str(m.data_path), file_size=plain_size(m))
         if reader.header.size != source.size:
             raise BackupError(f"{m.data_path} ends at {reader.header.size} bytes, {source.what} has {source.size}")
         for record in reader.records():

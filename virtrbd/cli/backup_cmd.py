@@ -28,13 +28,17 @@ def add_parser(subparsers) -> None:
                     "(rbd import-diff applies it).  A JSON manifest is written beside the file.")
     backup.add_argument("snapshot", metavar="POOL/IMAGE@SNAP", nargs="?", help="left out with --domain")
     backup.add_argument("dest", metavar="DEST", nargs="?", help="destination directory (must exist)")
-    backup.add_argument("--format", choices=["raw", "qcow2"], help="full backup format (default raw)")
+    backup.add_argument("--format", choices=["raw", "qcow2"],
+                        help="full backup format (default raw; qcow2 when the backup is encrypted)")
     backup.add_argument("--since", metavar="POOL/IMAGE@OLDER",
                         help="incremental: only what changed since this older snapshot, whose backup is in DEST "
                              "(with --domain: the older snapshot's name)")
     add_domain_options(backup)
     backup.add_argument("--cluster-size", type=size_arg, metavar="SIZE",
                         help="QCOW2 cluster size, 4K..2M (default 64K)")
+    backup.add_argument("--recipient", action="append", default=[], metavar="AGE1…",
+                        help="encrypt the backup (age) to this public recipient too, beside [backup] recipients "
+                             "(repeatable); only the identities of the recipients can read it")
     backup.add_argument("--json", action="store_true", help="print a JSON summary")
     backup.set_defaults(func=cmd_backup)
 
@@ -58,6 +62,9 @@ def add_parser(subparsers) -> None:
                               "later incrementals)")
     from .instant_restore import add_instant_options
     add_instant_options(restore)
+    restore.add_argument("--identity", type=Path, metavar="FILE",
+                         help="the age identity file that opens encrypted backups (0600; never kept on a "
+                              "hypervisor that only writes backups)")
     restore.add_argument("--json", action="store_true", help="print a JSON summary")
     restore.set_defaults(func=cmd_restore)
 
@@ -67,6 +74,8 @@ def add_parser(subparsers) -> None:
                     "--against, also compare its content with a snapshot in the cluster.")
     verify.add_argument("src", metavar="SRC", help="backup file (or its .manifest.json)")
     verify.add_argument("--against", metavar="POOL/IMAGE@SNAP", help="compare with this snapshot")
+    verify.add_argument("--identity", type=Path, metavar="FILE",
+                        help="the age identity file of an encrypted backup: its content is then checked too")
     verify.add_argument("--json", action="store_true", help="print a JSON summary")
     verify.set_defaults(func=cmd_verify)
 
@@ -84,7 +93,7 @@ def cmd_backup(args) -> int:
     from ..storage import Storage
     storage = Storage(args.config)
     plan = plan_backup(storage, args.snapshot, args.dest, format=args.format, since=args.since,
-                       cluster_size=args.cluster_size)
+                       cluster_size=args.cluster_size, recipients=args.recipient)
     with storage, cooperative():
         result = backup(storage, plan, progress=terminal_progress(f"backup {plan.spec}"))
     if args.json:
@@ -107,12 +116,12 @@ def cmd_restore(args) -> int:
         return cmd_restore_set(args)
     if args.target is None or args.suffix:
         raise UsageError("restore: name SRC and POOL/IMAGE (--suffix goes with --domain-set)")
-    from ..backup import plan_restore, restore
+    from ..backup import identities, plan_restore, restore
     from ..backup.tuning import RESTORE_CONFIG
     bound_memory()
     storage, target = open_storage(args, args.target, snapshot=False,
                                    ceph_options=RESTORE_CONFIG)     # this process only restores
-    plan = plan_restore(args.src)
+    plan = plan_restore(args.src, identities(args.identity))
     with storage, cooperative():
         result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
                          progress=terminal_progress(f"restore {target}"))
@@ -131,14 +140,14 @@ def cmd_verify(args) -> int:
     progress = terminal_progress(f"verify {Path(args.src).name}")
     if args.against is None:
         with cooperative():
-            result = verify(args.src, progress=progress)
+            result = verify(args.src, progress=progress, identity=args.identity)
     else:
         bound_memory()
         storage, against = open_storage(args, args.against, snapshot=True)
         from ..backup.formats import manifest
         manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
         with storage, cooperative():
-            result = verify(args.src, against=against, storage=storage, progress=progress)
+            result = verify(args.src, against=against, storage=storage, progress=progress, identity=args.identity)
     if args.json:
         emit_json(summary(result))
     else:

@@ -82,7 +82,7 @@ def _start(args) -> int:
     from ..backup.instant_copy import COPY_CONFIG
     bound_memory()
     storage, target = open_storage(args, args.target, snapshot=False, ceph_options=COPY_CONFIG)
-    plan = plan_restore(args.src)
+    plan = plan_restore(args.src, refuse_sealed=instant.SEALED)
     instant.check_plan(plan)                            # a bad file, or an incremental alone, fails before connecting
     with storage:
         record = storage.restore_instantly(plan, target)

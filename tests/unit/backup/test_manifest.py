@@ -205,3 +205,35 @@ def test_chain_with_a_replaced_parent(make_full, make_incremental):
     edit(inc1.manifest, checksum={"algorithm": "xxh3-128", "value": "0" * 32})
     with pytest.raises(CorruptBackupError, match="made on top of another"):
         manifests.chain(manifests.resolve(inc2.path))
+
+
+ENCRYPTION = {"format": "age-encryption.org/v1", "recipients": ["0123456789abcdef"], "plain_size": 5000,
+              "head_bytes": 300, "head_sha256": "0" * 64, "rest_sha256": "1" * 64}
+
+
+@pytest.mark.parametrize("encryption, words", [
+    ({**ENCRYPTION, "format": "gpg"}, "encryption should name format age"),
+    ({k: v for k, v in ENCRYPTION.items() if k != "rest_sha256"}, "encryption should name"),
+    ({**ENCRYPTION, "recipients": []}, "recipients should be fingerprints"),
+    ({**ENCRYPTION, "recipients": ["age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj"]},
+     "recipients should be fingerprints"),
+    ({**ENCRYPTION, "plain_size": -1}, "plain_size should be a whole number"),
+    ({**ENCRYPTION, "head_sha256": "xyz"}, "digests should be 64 lowercase hex"),
+])
+def test_a_bad_encryption_record_is_refused(make_full, encryption, words):
+    result = make_full(b"x" * 5000, fmt="qcow2")
+    edit(result.manifest, encryption=encryption)
+    with pytest.raises(CorruptBackupError, match=words):
+        manifests.load(result.manifest)
+
+
+def test_a_raw_manifest_that_says_it_is_encrypted_is_refused(make_full):
+    result = make_full(b"x" * 5000)
+    edit(result.manifest, encryption=ENCRYPTION)
+    with pytest.raises(CorruptBackupError, match="a RAW backup is never encrypted"):
+        manifests.load(result.manifest)
+
+
+def test_a_manifest_without_encryption_stays_as_it_was_written(make_full):
+    result = make_full(b"x" * 5000, fmt="qcow2")
+    assert '"encryption"' not in result.manifest.read_text()

@@ -262,3 +262,40 @@ def test_an_incremental_from_the_sha256_days_verifies_and_restores(make_full, ma
     flip_byte(inc.path, inc.file_size - 100)
     with pytest.raises(CorruptBackupError, match="checksum mismatch"):
         run_verify(manifests.resolve(inc.path))
+
+
+def test_an_encrypted_chain_restores_and_verifies_with_its_identity_only(make_full, make_incremental, tmp_path):
+    from virtrbd.backup.sealing.keys import Identity
+    from virtrbd.errors import UsageError
+    ours, other = Identity.generate(), Identity.generate()
+    sealed_to = (ours.recipient, other.recipient)
+    size = 3 * CHUNK
+    v1, extents = scattered(size, seed=9)
+    full = make_full(v1, extents, fmt="qcow2", snapshot="s1", recipients=sealed_to)
+    v2, ch = apply_changes(v1, size, [(100, os.urandom(5000)), (2 * CHUNK, b"q" * 7)], [(CHUNK, 70000)])
+    inc = make_incremental(v2, ch, "s1", "s2", recipients=sealed_to)
+    assert full.path.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert inc.path.read_bytes().startswith(b"age-encryption.org/v1\n")
+    for identities in ([ours], [other]):
+        plan = plan_restore(inc.path, identities)
+        sink = MemorySink(plan.links[0].size)
+        restore_chain(plan, sink)
+        assert bytes(sink.data) == v2
+        m = manifests.resolve(full.path)
+        m.identities = identities
+        assert run_verify(m).judged == "file and content"
+    with pytest.raises(UsageError, match="encrypted .* give the identity"):
+        plan_restore(inc.path)
+    with pytest.raises(UsageError, match="none of the given identities opens it"):
+        plan_restore(inc.path, [Identity.generate()])
+    assert "needs --identity" in run_verify(manifests.resolve(full.path)).judged     # digests only
+    flip_byte(full.path, 70000)
+    with pytest.raises(CorruptBackupError, match="changed"):
+        run_verify(manifests.resolve(full.path))
+
+
+def test_an_encrypted_full_backup_is_never_raw(make_full):
+    from virtrbd.backup.sealing.keys import Identity
+    from virtrbd.errors import UsageError
+    with pytest.raises(UsageError, match="an encrypted full backup is QCOW2"):
+        make_full(os.urandom(CHUNK), None, fmt="raw", recipients=(Identity.generate().recipient,))

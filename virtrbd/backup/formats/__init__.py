@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from ...errors import CorruptBackupError
-from ..files import BlockWriter, open_regular_stream, regular_size
+from ...errors import CorruptBackupError, UsageError
+from ..files import Blocks, BlockWriter, open_regular_stream, regular_size
+from ..sealing.plain import plain_stream
 from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Writer
 from .qcow2_reader import Qcow2Reader
@@ -44,7 +45,7 @@ class Format:
 class FullFormat(Format):
     """A format that holds a whole image: written from a snapshot's data, read back chunk by chunk."""
 
-    writer: Callable[[BlockWriter, int, int], Any]                 # (blocks, image size, cluster size)
+    writer: Callable[[Blocks, int, int], Any]                      # (blocks, image size, cluster size)
     reader: Callable[[Manifest], AbstractContextManager[Any]]
     chunks: Callable[[Any], Iterator[DataChunk]]                   # (an open reader)
 
@@ -53,8 +54,31 @@ def _no_structure(_m: Manifest) -> None:
     """A RAW file has no structure beyond its size, which ``check_backup_file`` checked."""
 
 
+def identities_of(m: Manifest) -> list | None:
+    """What opens the backup file: None for a file in the clear, the identities given for an encrypted one."""
+    if m.encryption is None:
+        return None
+    if not m.identities:
+        raise UsageError(f"{m.data_path}: encrypted (age, to {len(m.encryption['recipients'])} recipient(s)): "
+                         f"give the identity that opens it (--identity FILE)")
+    return m.identities
+
+
+def plain_size(m: Manifest) -> int:
+    """The size of what the formats read: the file, or the plaintext of an encrypted one."""
+    return m.file_size if m.encryption is None else m.encryption["plain_size"]
+
+
+def open_stream(m: Manifest, buffering: int = 1 << 20):
+    """A backup file's bytes in order: its own, or an encrypted one's plaintext (each chunk authenticated)."""
+    identities = identities_of(m)
+    if identities is None:
+        return open_regular_stream(m.data_path, buffering=buffering)
+    return plain_stream(m.data_path, identities, buffering=buffering)
+
+
 def _check_qcow2(m: Manifest) -> None:
-    with Qcow2Reader(m.data_path, expected_size=m.size) as reader:
+    with Qcow2Reader(m.data_path, expected_size=m.size, identities=identities_of(m)) as reader:
         if reader.cluster_size != m.cluster_size:
             raise CorruptBackupError(f"{m.data_path}: cluster size {reader.cluster_size}, the manifest says "
                                      f"{m.cluster_size}")
@@ -67,8 +91,8 @@ def _qcow2_chunks(reader: Qcow2Reader) -> Iterator[DataChunk]:
 
 
 def _check_diff(m: Manifest) -> None:
-    with open_regular_stream(m.data_path, buffering=256 << 10) as f:
-        reader = DiffReader(f, str(m.data_path), file_size=m.file_size)
+    with open_stream(m, buffering=256 << 10) as f:
+        reader = DiffReader(f, str(m.data_path), file_size=plain_size(m))
         check_diff_header(reader, m)
         for _ in reader.records(with_data=False):
             pass
@@ -76,12 +100,14 @@ def _check_diff(m: Manifest) -> None:
 
 FULL_FORMATS: dict[str, FullFormat] = {
     "raw": FullFormat("raw", _no_structure,
-                      writer=lambda blocks, size, _cluster_size: RawWriter(blocks, size),
+                      # never encrypted (plan_backup refuses): a RAW file is written through a BlockWriter
+                      writer=lambda blocks, size, _cluster_size: RawWriter(cast(BlockWriter, blocks), size),
                       reader=lambda m: RawReader(m.data_path, expected_size=m.size),
                       chunks=lambda reader: reader.chunks()),
     "qcow2": FullFormat("qcow2", _check_qcow2,
                         writer=lambda blocks, size, cluster_size: Qcow2Writer(blocks, size, cluster_size),
-                        reader=lambda m: Qcow2Reader(m.data_path, expected_size=m.size),
+                        reader=lambda m: Qcow2Reader(m.data_path, expected_size=m.size,
+                                                     identities=identities_of(m)),
                         chunks=_qcow2_chunks),
 }
 FORMAT_TABLE: dict[str, Format] = {**FULL_FORMATS, DIFF_FORMAT: Format(DIFF_FORMAT, _check_diff)}

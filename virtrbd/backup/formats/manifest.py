@@ -39,6 +39,11 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
                        {"name", "uuid", "consistency": "application" | "crash" | "unknown",
                         "disks": [{"target", "image", "file"}, …]}, every disk of the set with its
                        backup file (same directory), this one included
+    encryption       an encrypted backup (left out otherwise): the file is age-encryption.org/v1 to public
+                       recipients, and ``age -d`` gives back what the other fields describe (file_checksum
+                       and checksum are of that plaintext; file_size is the encrypted file's):
+                       {"format", "recipients": [fingerprints], "plain_size", "head_bytes", "head_sha256",
+                        "rest_sha256"} — the SHA-256 of the file's first head_bytes and of the rest
     seal             CRC-32C of all the other fields (canonical JSON): a damaged manifest is refused
 
 A version 2 manifest must carry its seal and be byte for byte what virtrbd
@@ -61,6 +66,7 @@ from ...spec import ImageSpec
 from ..file_crc import ALGORITHM as FILE_ALGORITHM
 from ..files import AtomicFile, open_regular_stream
 from .checksum import FILE_HEX_DIGITS, HEX_DIGITS
+from .manifest_parts import check_domain, check_encryption, is_lower_hex
 
 SUFFIX = ".manifest.json"
 FORMATS = ("raw", "qcow2")
@@ -103,11 +109,13 @@ class Manifest:
     snapshot_time: str | None = None    # when the snapshot was taken (UTC); None where it was not recorded
     made_from: list | None = None       # a synthetic full: the backup files it was made of, full first
     domain: dict | None = None          # one of a domain's set of backups at one instant (left out otherwise)
+    encryption: dict | None = None      # an encrypted backup (left out otherwise)
     manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
-    # where it was loaded from (not stored)
+    # where it was loaded from, and the identities that open it if it is encrypted (not stored)
     path: Path | None = field(default=None, repr=False, compare=False)
+    identities: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def data_path(self) -> Path:
@@ -125,8 +133,10 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
-        if data["domain"] is None:          # manifests written before the field existed stay byte for byte
-            data.pop("domain")
+        data.pop("identities")
+        for late in ("domain", "encryption"):   # manifests written before these fields stay byte for byte
+            if data[late] is None:
+                data.pop(late)
         return dumps(data)
 
     def save(self, data_path: Path) -> Path:
@@ -146,7 +156,8 @@ _FIELDS = {
     "created": str, "tool": str,
 }
 _OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
-             "file_checksum": dict, "snapshot_time": str, "made_from": list, "domain": dict}
+             "file_checksum": dict, "snapshot_time": str, "made_from": list, "domain": dict,
+             "encryption": dict}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -225,11 +236,6 @@ def parse_time(text: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def is_lower_hex(text, digits: int) -> bool:
-    """``text`` is a string of exactly ``digits`` lowercase hexadecimal digits (as hexdigest() writes)."""
-    return isinstance(text, str) and len(text) == digits and all(c in "0123456789abcdef" for c in text)
-
-
 def _check(m: Manifest, bad) -> None:
     if m.kind not in ("full", "incremental"):
         bad(f"unknown kind {m.kind!r}")
@@ -267,7 +273,9 @@ def _check(m: Manifest, bad) -> None:
     if m.made_from is not None and not (m.made_from and all(isinstance(f, str) for f in m.made_from)):
         bad("made_from should be a list of backup file names")
     if m.domain is not None:
-        _check_domain(m, bad)
+        check_domain(m, bad)
+    if m.encryption is not None:
+        check_encryption(m, bad)
     if m.format != "qcow2" and m.cluster_size is not None:
         bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
     if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):
@@ -277,6 +285,8 @@ def _check(m: Manifest, bad) -> None:
             bad(f"format {m.format!r} is not a full-backup format ({', '.join(FORMATS)})")
         if m.from_snapshot is not None or m.parent is not None:
             bad("a full backup has no from_snapshot or parent")
+        if m.format == "raw" and m.encryption is not None:
+            bad("a RAW backup is never encrypted (its holes would be ciphertext)")
         if m.format == "raw" and m.file_size != m.size:
             bad(f"a RAW backup of a {m.size}-byte image should be {m.size} bytes, not {m.file_size}")
         if m.format == "qcow2" and not isinstance(m.cluster_size, int):
@@ -289,28 +299,6 @@ def _check(m: Manifest, bad) -> None:
         parent = m.parent or {}
         if not isinstance(parent.get("file"), str) or not isinstance(parent.get("checksum"), str):
             bad("an incremental backup needs parent.file and parent.checksum")
-
-
-#: what a domain's backup set may say of its snapshot: "unknown" when it was not taken by virtrbd
-DOMAIN_CONSISTENCIES = ("application", "crash", "unknown")
-
-
-def _check_domain(m: Manifest, bad) -> None:
-    domain = m.domain or {}
-    disks = domain.get("disks")
-    if set(domain) != {"name", "uuid", "consistency", "disks"} or not isinstance(domain["name"], str) \
-            or not isinstance(domain["uuid"], str) or domain["consistency"] not in DOMAIN_CONSISTENCIES \
-            or not isinstance(disks, list) or not disks:
-        disks = []
-        bad("domain should be {'name', 'uuid', 'consistency', 'disks'} with a consistency of "
-            f"{', '.join(DOMAIN_CONSISTENCIES)} and at least one disk")
-    for disk in disks:
-        if not isinstance(disk, dict) or set(disk) != {"target", "image", "file"} \
-                or not all(isinstance(value, str) for value in disk.values()) \
-                or "/" in disk["file"] or disk["file"].startswith("."):
-            bad("each disk of domain should be {'target', 'image', 'file'}, the file a plain name")
-    if m.file not in [disk["file"] for disk in disks]:
-        bad(f"domain does not list this backup ({m.file}) among its disks")
 
 
 def resolve(src: os.PathLike | str) -> Manifest:

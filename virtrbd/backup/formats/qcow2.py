@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 
 from ...errors import UsageError
-from ..files import BlockWriter
+from ..files import Blocks
 from ..granules import Granules
 
 MAGIC = b"QFI\xfb"
@@ -68,7 +68,7 @@ def ceil_div(a: int, b: int) -> int:
 class Qcow2Writer:
     """Guest data in increasing offset order in, a complete QCOW2 file out at ``finish``."""
 
-    def __init__(self, out: BlockWriter, size: int, cluster_size: int = DEFAULT_CLUSTER_SIZE):
+    def __init__(self, out: Blocks, size: int, cluster_size: int = DEFAULT_CLUSTER_SIZE):
         self.out = out
         self.size = size
         self.virtual_size = virtual_size(size)

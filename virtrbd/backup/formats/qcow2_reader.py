@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...errors import CorruptBackupError
-from ..files import open_regular
+from ..sealing.plain import PlainFile
 from .qcow2 import (
     COMPRESSED,
     COPIED,
@@ -39,8 +39,8 @@ from .qcow2_check import check_extensions, check_refcounts
 MAX_L1_ENTRIES = (32 << 20) // 8         # QEMU refuses a larger active L1 table ("Active L1 table too large")
 
 
-def raw_byte(fd: int, offset: int) -> int:
-    data = os.pread(fd, 1, offset)
+def raw_byte(file: PlainFile, offset: int) -> int:
+    data = file.pread(1, offset)
     return data[0] if data else 0
 
 
@@ -64,11 +64,11 @@ class Header:
 class Qcow2Reader:
     """A QCOW2 file read in guest order; ``validate()`` checks every table without reading data."""
 
-    def __init__(self, path: os.PathLike, expected_size: int | None = None):
+    def __init__(self, path: os.PathLike, expected_size: int | None = None, identities: list | None = None):
         self.path = path
-        self.fd = open_regular(path)
+        self.file = PlainFile(path, identities)         # an encrypted file: its plaintext
         try:
-            self.file_size = os.fstat(self.fd).st_size
+            self.file_size = self.file.size
             self.header = self._read_header()
             if expected_size is not None and self.header.size not in (expected_size, virtual_size(expected_size)):
                 self._fail(f"holds a {self.header.size}-byte image, the manifest says {expected_size}")
@@ -84,9 +84,7 @@ class Qcow2Reader:
             raise
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()
 
     def __enter__(self) -> Qcow2Reader:
         return self
@@ -98,13 +96,13 @@ class Qcow2Reader:
         raise CorruptBackupError(f"{self.path}: {what}")
 
     def _pread(self, length: int, offset: int, what: str) -> bytes:
-        data = os.pread(self.fd, length, offset)
+        data = self.file.pread(length, offset)
         if len(data) != length:
             self._fail(f"truncated: {what} at {offset} ends past the end of the file ({self.file_size} bytes)")
         return data
 
     def _read_header(self) -> Header:
-        raw = os.pread(self.fd, V3_HEADER_LENGTH, 0)
+        raw = self.file.pread(V3_HEADER_LENGTH, 0)
         if len(raw) < V2_HEADER_LENGTH or raw[:4] != MAGIC:
             self._fail("not a QCOW2 file (bad magic or too short)")
         raw = raw.ljust(V3_HEADER_LENGTH, b"\0")
@@ -139,7 +137,7 @@ class Qcow2Reader:
                 self._fail(f"refcount order {refcount_order}: only {REFCOUNT_ORDER} (16-bit refcounts) is supported")
             if header_length % 8 or header_length > 1 << cluster_bits:
                 self._fail(f"header length {header_length} is not a multiple of 8 inside the first cluster")
-            if header_length > V3_HEADER_LENGTH and raw_byte(self.fd, V3_HEADER_LENGTH):
+            if header_length > V3_HEADER_LENGTH and raw_byte(self.file, V3_HEADER_LENGTH):
                 self._fail("uses a compression type other than zlib: not supported")
         else:
             incompatible, header_length = 0, V2_HEADER_LENGTH
@@ -287,7 +285,7 @@ class Qcow2Reader:
             start = max(guest, offset)
             stop = min(guest + run_length, offset + length)
             want = stop - start
-            got = os.preadv(self.fd, [memoryview(buf)[start - offset:stop - offset]], host + (start - guest))
+            got = self.file.readinto(memoryview(buf)[start - offset:stop - offset], host + (start - guest))
             if got != want:
                 self._fail(f"truncated: data for guest offset {start} ends past the end of the file")
         return buf
