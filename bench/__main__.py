@@ -8,6 +8,7 @@ from pathlib import Path
 from . import (
     bench_backup,
     bench_clones,
+    bench_encrypted,
     bench_freeze,
     bench_guests,
     bench_hook,
@@ -31,6 +32,8 @@ SUITES = [
     ("freeze window of a domain snapshot (medians of 10, alternating)", lambda: bench_freeze.measure(10)),
     ("instant restore (medians of 3 alternating rounds)", lambda: bench_instant.measure(3, Path("/var/tmp"), True)),
     ("live migration between the lab's hosts (medians of 6 alternating rounds)", lambda: bench_migration.measure(6)),
+    ("encrypted backups against the same in the clear (medians of 3 alternating rounds)",
+     lambda: bench_encrypted.measure(3)),
 ]
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -217,8 +217,10 @@ def write_incremental_backup(source, info: SourceFacts, plan: BackupPlan, *, pro
     size = info.size
     data_bytes = read_bytes = 0
     sealed_to = list(plan.recipients)
-    with AtomicFile(final) as out:
+    with AtomicFile(final) as out, ExitStack() as cleanup:
         sealed = SealedBlocks(out.fd, sealed_to) if sealed_to else None
+        if sealed is not None:
+            cleanup.callback(sealed.close)          # its writer thread stops, whatever happens
         raw = _HashingFile(out.fd, sealed)
         stream = io.BufferedWriter(raw, buffer_size=1 * MiB)
         diff = DiffWriter(stream, from_snapshot=older, to_snapshot=spec.snap, size=size)

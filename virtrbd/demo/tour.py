@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import VirtrbdError
 from ..lab import Lab
 from ..units import format_size
-from . import migration_step
+from . import encrypted_step, migration_step
 from .report import Report, Step
 from .settings import DemoSettings
 
@@ -116,6 +116,8 @@ class Tour:
         self.step("backup incremental (rbd diff)", lambda step: self.backup(step, "diff"))
         self.step("restore full + incremental, compare", self.restore)
         self.step("verify QCOW2 against the live snapshot", self.verify)
+        self.step("encrypted backup: this host cannot read it, the operator's identity restores it",
+                  lambda step: encrypted_step.backup_and_restore(self, step, PREFIX))
         self.step("instant restore: a guest boots on it at once, the copy runs under it", self.instant_restore)
         self.step("live migration: a guest writing records moves to host b and back",
                   lambda step: migration_step.there_and_back(self, step, PREFIX))

@@ -220,3 +220,17 @@ def test_a_file_that_is_no_age_file_is_one_line(tmp_path):
     with pytest.raises(CorruptBackupError, match="not an age-encryption.org/v1 file"):
         read_header(fd, str(path))
     os.close(fd)
+
+
+def test_a_write_that_fails_in_the_writer_thread_comes_back_to_the_caller(tmp_path):
+    path = tmp_path / "f.age"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    writer = SealedFile(fd, [Identity.generate().recipient])
+    os.close(fd)                                               # every later write fails: EBADF
+    with pytest.raises(OSError):
+        for index in range(100):
+            writer.pwrite(index * CHUNK, bytes(CHUNK))
+        writer.close()
+    writer.abort()
+    assert not writer._writer.is_alive()

@@ -21,6 +21,8 @@ import base64
 import hashlib
 import hmac
 import os
+import queue
+import threading
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -39,6 +41,8 @@ SEALED_CHUNK = CHUNK + TAG
 NONCE = 16
 X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_HEADER = 64 * 1024
+#: sealed chunks queued for the writer thread (2 MiB)
+IN_FLIGHT = 32
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,8 @@ class SealedFile:
         header = make_header(file_key, recipients)
         self.payload = len(header) + NONCE
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        self._head = hashlib.sha256(header + nonce)
-        self._rest = hashlib.sha256()
-        self._next_rest = 1                       # the next chunk the digest of the rest takes in
         os.pwrite(fd, header + nonce, 0)
+        self._writer = _Writer(fd, self.payload, hashlib.sha256(header + nonce))
         self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
         self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
         self._sealed: set[int] = set()
@@ -210,15 +212,7 @@ class SealedFile:
 
     def _seal(self, index: int, plaintext: bytes, final: bool) -> None:
         self._sealed.add(index)
-        sealed = self._aead.encrypt(_nonce(index, final), plaintext, None)
-        os.pwrite(self.fd, sealed, self.payload + index * SEALED_CHUNK)
-        if index == 0:
-            self._head.update(sealed)
-        elif index == self._next_rest:
-            self._rest.update(sealed)
-            self._next_rest += 1
-        else:
-            raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+        self._writer.put(index, self._aead.encrypt(_nonce(index, final), plaintext, None))
 
     def close(self) -> int:
         """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
@@ -234,12 +228,67 @@ class SealedFile:
             self._seal(index, plaintext, final=True)
         elif self.size == 0:
             self._seal(0, b"", final=True)             # an empty payload is one empty final chunk
+        self._writer.finish()
         return self.size
+
+    def abort(self) -> None:
+        """Stop the writer thread after a failure (a no-op after ``close``)."""
+        self._writer.stop()
 
     def digests(self) -> dict[str, str | int]:
         """What a verifier without the identity recomputes (after ``close``): see the module's docstring."""
         return {"head_bytes": self.payload + min(SEALED_CHUNK, self.size + TAG),
-                "head_sha256": self._head.hexdigest(), "rest_sha256": self._rest.hexdigest()}
+                "head_sha256": self._writer.head.hexdigest(), "rest_sha256": self._writer.rest.hexdigest()}
+
+
+class _Writer(threading.Thread):
+    """Writes and hashes the sealed chunks beside the thread that seals them: writing and SHA-256 release
+    the GIL, sealing does not, so the two overlap.  The first chunk goes into the digest of the head,
+    the others into that of the rest, which must come in order."""
+
+    def __init__(self, fd: int, payload: int, head):
+        super().__init__(name="age-writer", daemon=True)
+        self.fd, self.payload = fd, payload
+        self.head, self.rest, self.next_rest = head, hashlib.sha256(), 1
+        self.queue: queue.Queue = queue.Queue(maxsize=IN_FLIGHT)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:                    # after an error, drain what comes: nothing blocks
+                try:
+                    self._write(*item)
+                except BaseException as exc:
+                    self.error = exc
+
+    def _write(self, index: int, sealed: bytes) -> None:
+        at, view = self.payload + index * SEALED_CHUNK, memoryview(sealed)
+        while view:
+            written = os.pwrite(self.fd, view, at)
+            at, view = at + written, view[written:]
+        if index == 0:
+            self.head.update(sealed)
+        elif index == self.next_rest:
+            self.rest.update(sealed)
+            self.next_rest += 1
+        else:
+            raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+
+    def put(self, index: int, sealed: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((index, sealed))
+
+    def finish(self) -> None:
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        if self.is_alive():
+            self.queue.put(None)
+            self.join()
 
 
 class OpenedFile:

@@ -101,7 +101,9 @@ class SealedBlocks:
         """Every write is in the file already (the last chunk waits for ``finish``)."""
 
     def close(self) -> None:
-        """Nothing to stop; sealing the last chunk is ``finish``'s."""
+        """Stop the sealing's writer thread (after ``finish``, or a failure); sealing the last chunk is
+        ``finish``'s."""
+        self.sealed.abort()
 
     def finish(self) -> int:
         """Seal the last chunk; the plaintext's size."""

@@ -1,0 +1,112 @@
+"""Encrypted backups (age) beside unencrypted ones of the same snapshot, same run, alternating.
+
+Shapes: 1 GiB images on the default lab, half of their 4 MiB pieces written at random, and a fifth of their
+1 MiB pieces.  Per round, in turn: a QCOW2 backup in the clear and one encrypted to a recipient, then a
+restore of each (the encrypted one with the identity); files fsynced inside the clock.
+
+Targets (issue 26): encrypted backup >= 0.85x the unencrypted speed (time <= 1.18x), restore >= 0.85x,
+peak RSS <= 1.1x, encrypted file <= 1.02x the unencrypted one.
+
+    .venv/bin/python -m bench.bench_encrypted [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from virtrbd import Storage
+from virtrbd.lab import Lab
+
+from .bench_backup import Run
+from .common import Row, compile_virtrbd, print_table
+
+MiB = 1 << 20
+GiB = 1 << 30
+SHAPES = {"half of 4 MiB pieces": (4 * MiB, 0.5), "a fifth of 1 MiB pieces": (MiB, 0.2)}
+
+
+def _image(storage: Storage, piece: int, share: float) -> str:
+    name = f"bench-enc-{uuid.uuid4().hex[:6]}"
+    storage.create_image(name, GiB)
+    rng = random.Random(piece)
+    with storage.cluster.image("rbd", name) as image:
+        for n in sorted(rng.sample(range(GiB // piece), int(GiB // piece * share))):
+            image.write(rng.randbytes(piece), n * piece)
+        image.create_snap("s1")
+    return name
+
+
+def _shape(lab: Lab, storage: Storage, folder: Path, label: str, runs: int) -> list[Row]:
+    piece, share = SHAPES[label]
+    name = _image(storage, piece, share)
+    virtrbd = [sys.executable, "-m", "virtrbd", "--config", str(lab.conf_file)]
+    identity = folder / "operator.key"
+    recipient = json.loads(Run([*virtrbd, "backup-key", "new", "--out", str(identity), "--json"])().out)["recipient"]
+    times: dict[str, list[Run]] = {"clear backup": [], "sealed backup": [], "clear restore": [], "sealed restore": []}
+    sizes = {}
+    try:
+        for round_no in range(runs + 1):                 # round 0 warms the caches and is dropped
+            order = ("clear", "sealed") if round_no % 2 else ("sealed", "clear")
+            for kind in order:
+                dest = folder / kind
+                dest.mkdir(exist_ok=True)
+                for old in dest.iterdir():
+                    old.unlink()
+                extra = ["--recipient", recipient] if kind == "sealed" else ["--format", "qcow2"]
+                made = Run([*virtrbd, "backup", f"rbd/{name}@s1", str(dest), *extra, "--json"],
+                           sync=dest / f"rbd~{name}~s1.qcow2")()
+                sizes[kind] = json.loads(made.out)["file_size"]
+                restore_extra = ["--identity", str(identity)] if kind == "sealed" else []
+                back = Run([*virtrbd, "restore", str(dest / f"rbd~{name}~s1.qcow2"), f"rbd/{name}-{kind}",
+                            *restore_extra, "--json"])()
+                storage.remove_image(f"{name}-{kind}")
+                if round_no:
+                    times[f"{kind} backup"].append(made)
+                    times[f"{kind} restore"].append(back)
+    finally:
+        storage.remove_image(name, with_snapshots=True)
+    rows = []
+    for what in ("backup", "restore"):
+        sealed = statistics.median(r.seconds for r in times[f"sealed {what}"])
+        clear = statistics.median(r.seconds for r in times[f"clear {what}"])
+        rows.append(Row(f"{what}, {label}", sealed, f"the same {what} in the clear", clear,
+                        target="<= 1.18x", passed=sealed <= 1.18 * clear))
+        sealed_rss = max(r.peak for r in times[f"sealed {what}"]) / MiB
+        clear_rss = max(r.peak for r in times[f"clear {what}"]) / MiB
+        rows.append(Row(f"peak RSS, {what}, {label}", sealed_rss, "in the clear", clear_rss, unit="M",
+                        target="<= 1.1x", passed=sealed_rss <= 1.1 * clear_rss))
+    rows.append(Row(f"file size, {label}", sizes["sealed"] / MiB, "in the clear", sizes["clear"] / MiB, unit="M",
+                    target="<= 1.02x", passed=sizes["sealed"] <= 1.02 * sizes["clear"]))
+    return rows
+
+
+def measure(runs: int = 3) -> list[Row]:
+    compile_virtrbd()
+    lab = Lab()
+    started = lab.up()
+    try:
+        with Storage(lab.conf_file) as storage, tempfile.TemporaryDirectory(prefix="bench-enc-",
+                                                                            dir="/var/tmp") as folder:
+            return [row for label in SHAPES for row in _shape(lab, storage, Path(folder), label, runs)]
+    finally:
+        if started:
+            lab.down()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    ok = print_table("encrypted backups against the same in the clear (medians)", measure(args.runs))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
