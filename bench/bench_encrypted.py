@@ -47,7 +47,7 @@ def _shape(lab: Lab, storage: Storage, folder: Path, label: str, runs: int) -> l
     piece, share = SHAPES[label]
     name = _image(storage, piece, share)
     virtrbd = [sys.executable, "-m", "virtrbd", "--config", str(lab.conf_file)]
-    identity = folder / "operator.key"
+    identity = folder / f"operator-{name}.key"
     recipient = json.loads(Run([*virtrbd, "backup-key", "new", "--out", str(identity), "--json"])().out)["recipient"]
     times: dict[str, list[Run]] = {"clear backup": [], "sealed backup": [], "clear restore": [], "sealed restore": []}
     sizes = {}
