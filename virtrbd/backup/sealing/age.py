@@ -43,6 +43,8 @@ X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_HEADER = 64 * 1024
 #: sealed chunks queued for the writer thread (2 MiB)
 IN_FLIGHT = 32
+#: the writer thread starts the disk's writeback of what it wrote every this many bytes
+WRITEBACK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ class _Writer(threading.Thread):
         super().__init__(name="age-writer", daemon=True)
         self.fd, self.payload = fd, payload
         self.head, self.rest, self.next_rest = head, hashlib.sha256(), 1
+        self.flushed = payload + SEALED_CHUNK       # the rest is written in order from here
         self.queue: queue.Queue = queue.Queue(maxsize=IN_FLIGHT)
         self.error: BaseException | None = None
         self.start()
@@ -272,6 +275,9 @@ class _Writer(threading.Thread):
         elif index == self.next_rest:
             self.rest.update(sealed)
             self.next_rest += 1
+            if at - self.flushed >= WRITEBACK:      # the file's fsync would otherwise write it all at the end
+                os.posix_fadvise(self.fd, self.flushed, at - self.flushed, os.POSIX_FADV_DONTNEED)
+                self.flushed = at
         else:
             raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
 
