@@ -166,22 +166,28 @@ class HookSettings:
     timeout: int = option(seconds, "Seconds the hook may take at most; past them it gives up and says so.", 30)
 
 
+def age_recipient(word: str) -> bytes:
+    """The X25519 key of one public age recipient (``age1…``); a ValueError saying what is wrong, which never
+    echoes a private identity: it has no place on a hypervisor.  (``backup.sealing.keys`` uses it too.)"""
+    if word.upper().startswith("AGE-SECRET-KEY-"):
+        raise ValueError("holds a private identity (AGE-SECRET-KEY-…), where only public recipients (age1…) "
+                         "belong: give its recipient ('virtrbd backup-key show FILE'), and make a new identity "
+                         "if it was kept on this host")
+    try:
+        hrp, key = bech32.decode(word)
+    except bech32.Bech32Error as exc:
+        raise ValueError(f"{word[:70]!r} is not an age recipient: {exc}") from None
+    if hrp != "age" or len(key) != 32:
+        raise ValueError(f"{word[:70]!r} is not an age X25519 recipient (age1…)")
+    return key
+
+
 def age_recipients(text: str) -> tuple[str, ...]:
-    """Public age recipients (``age1…``), separated by commas or spaces; a private identity is refused
-    without being echoed: it has no place on a hypervisor."""
-    found = []
-    for word in filter(None, re.split(r"[\s,]+", text.strip())):
-        if word.upper().startswith("AGE-SECRET-KEY-"):
-            raise ValueError("holds a private identity (AGE-SECRET-KEY-…), where only public recipients (age1…) "
-                             "belong: remove it, and make a new identity, since it was on this host")
-        try:
-            hrp, key = bech32.decode(word)
-        except bech32.Bech32Error as exc:
-            raise ValueError(f"{word[:70]!r} is not an age recipient: {exc}") from None
-        if hrp != "age" or len(key) != 32:
-            raise ValueError(f"{word[:70]!r} is not an age X25519 recipient (age1…)")
-        found.append(word.lower())
-    return tuple(found)
+    """Public age recipients (``age1…``), separated by commas or spaces."""
+    words = [word for word in re.split(r"[\s,]+", text.strip()) if word]
+    for word in words:
+        age_recipient(word)
+    return tuple(word.lower() for word in words)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from ... import bech32
+from ...config import age_recipient
 from ...errors import UsageError
 
 RECIPIENT_HRP = "age"
@@ -70,24 +71,12 @@ class Identity:
 
 
 def parse_recipient(text: str) -> Recipient:
-    """An ``age1…`` recipient; a UsageError in one line for anything else (an identity above all)."""
-    text = text.strip()
-    if text.upper().startswith(IDENTITY_HRP.upper()):
-        raise UsageError("a private identity (AGE-SECRET-KEY-…) was given where a public recipient (age1…) "
-                         "belongs; give its recipient ('virtrbd backup-key show FILE'), and keep the identity "
-                         "off this hypervisor")
+    """An ``age1…`` recipient; a UsageError in one line for anything else (an identity above all), checked
+    as virtrbd.conf's ``[backup] recipients`` are."""
     try:
-        hrp, public = bech32.decode(text)
-    except bech32.Bech32Error as exc:
-        raise UsageError(f"recipient {_shown(text)}: not an age recipient: {exc}") from None
-    if hrp != RECIPIENT_HRP or len(public) != 32:
-        raise UsageError(f"recipient {_shown(text)}: not an age X25519 recipient (age1… of 32 bytes)")
-    return Recipient(public)
-
-
-def _shown(text: str) -> str:
-    """A recipient as errors show it: public anyway, but cut short."""
-    return repr(text if len(text) <= 70 else text[:67] + "...")
+        return Recipient(age_recipient(text.strip()))
+    except ValueError as exc:
+        raise UsageError(f"backup recipient {exc}") from None
 
 
 def write_identity(path: Path) -> Identity:

@@ -42,21 +42,6 @@ def uris(lab) -> dict[str, str]:
     return {name: config_module.load(path).libvirt.uri for name, path in lab.host_configs().items()}
 
 
-def locate(lab, name: str) -> str:
-    """The host that runs guest ``name``, or, when none runs it, the first that defines it."""
-    defined = None
-    for host, uri in uris(lab).items():
-        with Host(uri) as hypervisor:
-            domain = hypervisor.find_domain(name)
-            if domain is not None:
-                if domain.isActive():
-                    return host
-                defined = defined or host
-    if defined is None:
-        raise LabError(f"guest {name}: not defined on any of the lab's hosts")
-    return defined
-
-
 def defined_on(lab, name: str) -> list[str]:
     """The hosts that know guest ``name`` (running, or defined), the one that runs it first."""
     running: list[str] = []
@@ -67,6 +52,14 @@ def defined_on(lab, name: str) -> list[str]:
             if domain is not None:
                 (running if domain.isActive() else defined).append(host)
     return running + defined
+
+
+def locate(lab, name: str) -> str:
+    """The host that runs guest ``name``, or, when none runs it, the first that defines it."""
+    hosts = defined_on(lab, name)
+    if not hosts:
+        raise LabError(f"guest {name}: not defined on any of the lab's hosts")
+    return hosts[0]
 
 
 def migrate(lab, name: str, to: str, *, p2p: bool = False, persistent: bool = False,
