@@ -190,6 +190,32 @@ def age_recipients(text: str) -> tuple[str, ...]:
     return tuple(word.lower() for word in words)
 
 
+SIGNER_HRP = "virtrbd-signer"
+
+
+def virtrbd_signer(word: str) -> bytes:
+    """The Ed25519 key of one public manifest signer (``virtrbd-signer1…``); never echoes a private key.
+    (``backup.sealing.signing`` uses it too.)"""
+    if word.upper().startswith("VIRTRBD-SIGNING-KEY-"):
+        raise ValueError("holds a private signing key (VIRTRBD-SIGNING-KEY-…), where only public signers "
+                         "(virtrbd-signer1…) belong: give its signer ('virtrbd backup-key show FILE')")
+    try:
+        hrp, key = bech32.decode(word)
+    except bech32.Bech32Error as exc:
+        raise ValueError(f"{word[:70]!r} is not a virtrbd signer: {exc}") from None
+    if hrp != SIGNER_HRP or len(key) != 32:
+        raise ValueError(f"{word[:70]!r} is not a virtrbd signer (virtrbd-signer1…)")
+    return key
+
+
+def virtrbd_signers(text: str) -> tuple[str, ...]:
+    """Public manifest signers (``virtrbd-signer1…``), separated by commas or spaces."""
+    words = [word for word in re.split(r"[\s,]+", text.strip()) if word]
+    for word in words:
+        virtrbd_signer(word)
+    return tuple(word.lower() for word in words)
+
+
 @dataclass(frozen=True)
 class BackupSettings:
     """[backup]: backups to secondary storage."""
@@ -197,6 +223,13 @@ class BackupSettings:
     recipients: tuple[str, ...] = option(
         age_recipients, "Public age recipients (age1…, printed by 'virtrbd backup-key new'), comma-separated: "
         "every backup is encrypted to each of them; this host can then write backups but never read them.", ())
+    signing_key: Path | None = option(
+        a_path, "This host's private signing key (a 0600 file from 'virtrbd backup-key new --signing'): every "
+        "manifest it writes is signed, so verify and restore can tell its backups from forged ones.", None)
+    signers: tuple[str, ...] = option(
+        virtrbd_signers, "Public signers (virtrbd-signer1…) whose manifests verify and restore trust, beside "
+        "signing_key's own; once any is known, a manifest that is unsigned or signed by another key is refused.",
+        ())
 
 
 SECTIONS: dict[str, type] = {"ceph": CephSettings, "libvirt": LibvirtSettings, "layering": LayeringSettings,

@@ -247,9 +247,10 @@ class Storage:
         """Make ``target`` an image that reads the full backup ``src`` (a file, or its checked plan) in place,
         usable at once; the copy into Ceph is ``continue_instant_restore``'s (any process, any time).  See
         ``virtrbd.backup.instant``."""
-        from .backup import instant, plan_restore
+        from .backup import Trust, instant, plan_restore
         from .backup.results import RestorePlan
-        plan = src if isinstance(src, RestorePlan) else plan_restore(src, refuse_sealed=instant.SEALED)
+        plan = src if isinstance(src, RestorePlan) else plan_restore(src, refuse_sealed=instant.SEALED,
+                                                                     trust=Trust.of(self.config.backup))
         return instant.start(self.cluster, plan, self.spec(target, snapshot=False),
                              qemu_user=self.config.libvirt.qemu_user)
 

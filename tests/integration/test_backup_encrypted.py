@@ -140,3 +140,61 @@ def test_a_bad_recipient_is_one_line_and_writes_nothing(lab, images, tmp_path, r
     said = virtrbd("backup", f"rbd/{name}@s1", str(tmp_path), "--recipient", recipient, env=lab.env)
     assert_one_line_error(said, 2, words)
     assert "GFPYYSJZ" not in said.err and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def signed(lab, images, keys, tmp_path):
+    """A host that signs its manifests ([backup] signing_key in a copy of the lab's config): an encrypted
+    full and incremental of a fresh image, and the signer verify and restore are to trust."""
+    key = tmp_path / "signing.key"
+    made = virtrbd("backup-key", "new", "--signing", "--out", str(key), "--json")
+    assert made.code == 0, made.err
+    signer = json.loads(made.out)["signer"]
+    conf = tmp_path / "signing.conf"
+    conf.write_text(open(lab.env["VIRTRBD_CONF"]).read() + f"\n[backup]\nsigning_key = {key}\n")
+    env = {**lab.env, "VIRTRBD_CONF": str(conf)}
+    name = images.create(SIZE, scattered_writes(SIZE, seed=81))
+    images.write(name, [(5 * MiB, random_bytes(300000, 82))], snapshot="s2")
+    dest = tmp_path / "signed"
+    dest.mkdir()
+    paths = []
+    for args in ((f"rbd/{name}@s1",), (f"rbd/{name}@s2", "--since", f"rbd/{name}@s1")):
+        done = virtrbd("backup", args[0], str(dest), *args[1:], "--recipient", keys[0][1], "--json", env=env)
+        assert done.code == 0, done.err
+        paths.append(json.loads(done.out)["path"])
+    return name, signer, env, paths
+
+
+def test_signed_backups_are_authenticated_without_the_identity_and_forgeries_restore_nothing(
+        lab, images, keys, signed, storage, tmp_path):
+    name, signer, env, (full, inc) = signed
+    for path in (full, inc):
+        said = virtrbd("verify", path, "--signer", signer, "--json")
+        assert said.code == 0, said.err
+        assert json.loads(said.out)["signature"].startswith("authenticated")
+    said = virtrbd("verify", inc, env=env)                   # the signing host trusts its own key
+    assert said.code == 0 and "authenticated" in said.out, said.err
+    target = images.name()
+    done = virtrbd("restore", inc, f"rbd/{target}", "--identity", str(keys[0][0]), "--signer", signer, env=lab.env)
+    assert done.code == 0, done.err
+    assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s2")
+    # a forger writes a well-formed backup to the same public recipient: new content, a manifest to match
+    forger = tmp_path / "forger"
+    forger.mkdir()
+    images.write(name, [(0, random_bytes(4 * MiB, 83))], snapshot="s3")
+    forged = virtrbd("backup", f"rbd/{name}@s3", str(forger), "--recipient", keys[0][1], "--json", env=lab.env)
+    assert forged.code == 0, forged.err
+    forged_path = json.loads(forged.out)["path"]
+    assert_one_line_error(virtrbd("verify", forged_path, "--signer", signer), 1, "not signed")
+    before = images.ours()
+    assert_one_line_error(virtrbd("restore", forged_path, f"rbd/{images.name()}", "--identity", str(keys[0][0]),
+                                  "--signer", signer, env=lab.env), 1, "not signed")
+    # the real full's manifest edited (and resealed) to point at the forger's file: the signature breaks
+    data = json.loads(open(full + manifests.SUFFIX).read())
+    data["snapshot_time"] = "2001-01-01T00:00:00+00:00"
+    data["seal"] = manifests.seal_of(data)
+    open(full + manifests.SUFFIX, "w").write(manifests.dumps(data))
+    assert_one_line_error(virtrbd("verify", full), 1, "signature does not match")
+    assert_one_line_error(virtrbd("restore", inc, f"rbd/{images.name()}", "--identity", str(keys[0][0]),
+                                  "--signer", signer, env=lab.env), 1, "signature does not match")
+    assert images.ours() == before

@@ -155,9 +155,10 @@ def test_the_restore_command_connects_with_the_restore_settings(mocker, tmp_path
     mocker.patch("virtrbd.cli.main.divert_native_stderr")     # in-process: keep pytest's stderr
     mocker.patch("logging.basicConfig")
     from virtrbd.backup import RestoreResult
-
+    from virtrbd.config import BackupSettings
     storage = mocker.patch("virtrbd.storage.Storage")
     storage.return_value.spec.return_value = "rbd/x"
+    storage.return_value.config.backup = BackupSettings()
     plan = mocker.patch("virtrbd.backup.plan_restore")
     mocker.patch("virtrbd.backup.restore", return_value=RestoreResult(
         image="rbd/x", chain=["b.raw"], snapshot="s1", size=1 << 20, written_bytes=1 << 20, seconds=0.1,

@@ -48,11 +48,12 @@ from .make import run_backup
 from .restore import plan_restore, run_restore
 from .results import BackupPlan, BackupResult, RestorePlan, RestoreResult, VerifyResult
 from .stream import Cancelled, cancel, cancellable
+from .trust import Trust
 from .verify import run_verify
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
            "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT",
-           "catalog", "Entry", "identities"]
+           "catalog", "Entry", "identities", "Trust", "signing_key_of"]
 
 
 def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, format: str | None = None,
@@ -61,10 +62,12 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
     """Check a backup request without touching the cluster.
 
     The backup is encrypted (age) to ``recipients`` and to ``[backup] recipients`` of the storage's config;
-    an encrypted full backup is QCOW2 (a RAW file's holes would all be ciphertext).
+    an encrypted full backup is QCOW2 (a RAW file's holes would all be ciphertext).  Its manifest is signed
+    with ``[backup] signing_key`` when the config names one.
     """
     snapshot = storage.spec(spec, snapshot=True)
     sealed_to = _recipients([*storage.config.backup.recipients, *recipients])
+    signing_key = signing_key_of(storage.config.backup)
     dest = Path(dest_dir)
     if not dest.is_dir():
         raise UsageError(f"{dest}: not a directory (the destination must exist, e.g. a mounted NFS share)")
@@ -82,7 +85,7 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
                              "backups only")
         if cluster_size is not None:
             raise UsageError("--cluster-size applies to QCOW2 backups only")
-        return BackupPlan(snapshot, dest, DIFF_FORMAT, older, recipients=sealed_to)
+        return BackupPlan(snapshot, dest, DIFF_FORMAT, older, recipients=sealed_to, signing_key=signing_key)
     if sealed_to and format == "raw":
         raise UsageError("an encrypted full backup is QCOW2: in a RAW file every hole would become ciphertext "
                          "(use --format qcow2, or leave --format out)")
@@ -93,7 +96,7 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
         raise UsageError("--cluster-size applies to QCOW2 backups only")
     size = cluster_size or DEFAULT_CLUSTER_SIZE
     cluster_bits_for(size)
-    return BackupPlan(snapshot, dest, format, None, size, recipients=sealed_to)
+    return BackupPlan(snapshot, dest, format, None, size, recipients=sealed_to, signing_key=signing_key)
 
 
 def _recipients(texts: Sequence[str]) -> tuple:
@@ -104,6 +107,12 @@ def _recipients(texts: Sequence[str]) -> tuple:
         recipient = parse_recipient(str(text))
         found.setdefault(recipient.public, recipient)
     return tuple(found.values())
+
+
+def signing_key_of(settings):
+    """The key of ``[backup] signing_key`` (None when the config names none)."""
+    from .sealing.signing import read_signing_key
+    return None if settings.signing_key is None else read_signing_key(settings.signing_key)
 
 
 def identities(identity: os.PathLike | str | None) -> list | None:
@@ -144,7 +153,8 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
     incrementals applies to it.  ``identity``: the age identity file that opens
     encrypted backups.
     """
-    plan = src if isinstance(src, RestorePlan) else plan_restore(src, identities(identity))
+    plan = src if isinstance(src, RestorePlan) else plan_restore(src, identities(identity),
+                                                                 trust=Trust.of(storage.config.backup))
     spec = storage.spec(target, snapshot=False)
     # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
     from ..libvirt.host import nobody_listens
@@ -160,9 +170,13 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
 
 def verify(src: os.PathLike | str, *, against: str | ImageSpec | None = None, storage=None,
            progress: Progress | None = None, cancel: threading.Event | None = None,
-           identity: os.PathLike | str | None = None) -> VerifyResult:
+           identity: os.PathLike | str | None = None, trust: Trust | None = None) -> VerifyResult:
     """Recompute a backup's checksum against its manifest; ``against`` also compares with a live snapshot.
-    An encrypted backup needs ``identity`` (the age identity file that opens it)."""
+    An encrypted backup's content needs ``identity`` (the age identity file that opens it); without it,
+    every byte of the file is checked against the manifest's digests.  The manifest's signature is checked
+    against ``trust`` (by default the signers of the storage's config, if a storage is given)."""
+    if trust is None and storage is not None:
+        trust = Trust.of(storage.config.backup)
     manifest = manifests.resolve(src)
     manifest.identities = identities(identity)
     spec = None
@@ -172,4 +186,4 @@ def verify(src: os.PathLike | str, *, against: str | ImageSpec | None = None, st
         spec = storage.spec(against, snapshot=True)
     with cancellable(cancel):
         return run_verify(manifest, cluster=storage.cluster if storage is not None else None, against=spec,
-                          progress=progress)
+                          progress=progress, trust=trust)

@@ -149,6 +149,8 @@ def _finish(plan: BackupPlan, manifest: Manifest, final: Path, data_bytes: int, 
     try:
         manifest.stats["seconds"] = round(time.monotonic() - started, 3)
         manifest.domain = plan.domain
+        if plan.signing_key is not None:
+            manifest.sign(plan.signing_key)
         manifest_file = manifest.save(final)
         fsync_directory(plan.dest)
     except BaseException:

@@ -24,20 +24,23 @@ from .granules import Granules
 from .results import RestorePlan, RestoreResult
 from .stream import BLOCK, CHUNK, check_cancel
 from .target import RestoreTarget
+from .trust import Trust
 
 if TYPE_CHECKING:
     from ..libvirt.policy import LibvirtTarget
 
 
 def plan_restore(src: os.PathLike | str, identities: list | None = None, *,
-                 refuse_sealed: str | None = None) -> RestorePlan:
+                 refuse_sealed: str | None = None, trust: Trust | None = None) -> RestorePlan:
     """Resolve ``src`` (newest backup file or its manifest) into a checked chain; reads no data but what
     the files' structure takes.  ``identities`` open encrypted links (one without them is refused here);
-    ``refuse_sealed`` refuses any encrypted link, saying why."""
+    ``refuse_sealed`` refuses any encrypted link, saying why; every link's signature is checked against
+    ``trust`` (which may require one)."""
     links = manifests.chain(manifests.resolve(src))
     for m in links:
         if refuse_sealed is not None and m.encryption is not None:
             raise UsageError(f"{m.data_path}: encrypted: {refuse_sealed}")
+        (trust or Trust()).authenticate(m)
         m.identities = identities
         check_backup_file(m)
     return RestorePlan(links)

@@ -61,6 +61,8 @@ class VerifyResult:
     against: str | None = None
     #: what was judged: "file and content", or "content" for a backup whose manifest predates the file checksum
     judged: str = "file and content"
+    #: what the manifest's signature established (``trust.Trust.authenticate``)
+    signature: str = "unsigned"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class BackupPlan:
     cluster_size: int = 64 << 10
     domain: dict | None = None  # one of a domain's set at one instant: the manifest's ``domain`` field
     recipients: tuple = ()      # age recipients (``sealing.keys.Recipient``) the file is encrypted to
+    signing_key: object = None  # the ``sealing.signing.SigningKey`` that signs the manifest (None: unsigned)
 
 
 @dataclass

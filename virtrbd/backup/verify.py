@@ -10,13 +10,13 @@ an incremental's once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from contextlib import closing
+from dataclasses import replace
 
 from ..ceph import Cluster, translated
-from ..errors import BackupError, CorruptBackupError, UsageError
+from ..errors import BackupError, UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
 from .file_crc import FileCRC, of_file
@@ -26,6 +26,7 @@ from .formats import (
     check_checksum,
     check_file_checksum,
     check_file_size,
+    check_sealed_part,
     full_format,
     identities_of,
     open_stream,
@@ -38,6 +39,7 @@ from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource
 from .results import VerifyResult
 from .sealing.plain import PlainFile
 from .stream import CHUNK, is_zero, split_at
+from .trust import Trust
 from .window import read_chunks
 
 
@@ -96,12 +98,15 @@ def _file_crc(m: Manifest) -> str:
 
 
 def run_verify(m: Manifest, *, cluster: Cluster | None = None, against: ImageSpec | None = None,
-               progress: Progress | None = None) -> VerifyResult:
+               progress: Progress | None = None, trust: Trust | None = None) -> VerifyResult:
+    """Check ``m``'s signature against ``trust``, then its file and content (or, for an encrypted file
+    without its identity, every byte of the file against the signed SHA-256 digests)."""
     started = time.monotonic()
+    signature = (trust or Trust()).authenticate(m)
     if m.encryption is not None and m.identities is None:
         if against is not None:
             raise UsageError(f"{m.data_path}: encrypted: comparing it with {against} needs --identity")
-        return _verify_sealed(m, started)
+        return replace(_verify_sealed(m, started), signature=signature)
     value, chunk_digests, read = file_digest(m, keep=against is not None, progress=progress)
     check_checksum(m, value)
     if against is not None:
@@ -115,25 +120,15 @@ def run_verify(m: Manifest, *, cluster: Cluster | None = None, against: ImageSpe
     return VerifyResult(file=m.data_path, kind=m.kind, format=m.format, image=f"{m.image}@{m.snapshot}",
                         checksum=value, checked_bytes=read, seconds=time.monotonic() - started,
                         against=str(against) if against else None,
-                        judged="content" if m.file_checksum is None else "file and content")
+                        judged="content" if m.file_checksum is None else "file and content", signature=signature)
 
 
 def _verify_sealed(m: Manifest, started: float) -> VerifyResult:
     """An encrypted file checked without its identity: its size and the two SHA-256 digests of its bytes."""
     check_file_size(m)
+    for part in ("head", "rest"):
+        check_sealed_part(m, part)
     e = m.encryption or {}
-    fd = open_regular(m.data_path)
-    try:
-        for name, start, end in (("head", 0, e["head_bytes"]), ("rest", e["head_bytes"], m.file_size)):
-            digest = hashlib.sha256()
-            for offset in range(start, end, CHUNK):
-                digest.update(os.pread(fd, min(CHUNK, end - offset), offset))
-            if digest.hexdigest() != e[f"{name}_sha256"]:
-                where = "its age header or first chunk" if name == "head" else "its encrypted data after that"
-                raise CorruptBackupError(f"{m.data_path}: {where} changed: SHA-256 {digest.hexdigest()[:16]}…, "
-                                         f"the manifest says {e[f'{name}_sha256'][:16]}…")
-    finally:
-        os.close(fd)
     return VerifyResult(file=m.data_path, kind=m.kind, format=m.format, image=f"{m.image}@{m.snapshot}",
                         checksum=e["rest_sha256"], checked_bytes=m.file_size, seconds=time.monotonic() - started,
                         against=None, judged="encrypted file (its SHA-256 digests; the content needs --identity)")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..units import format_size
-from .common import emit_json, open_storage, size_arg
+from .common import add_signer_option, backup_trust, emit_json, open_storage, size_arg
 from .progress import terminal_progress
 from .signals import cooperative
 
@@ -65,6 +65,7 @@ def add_parser(subparsers) -> None:
     restore.add_argument("--identity", type=Path, metavar="FILE",
                          help="the age identity file that opens encrypted backups (0600; never kept on a "
                               "hypervisor that only writes backups)")
+    add_signer_option(restore)
     restore.add_argument("--json", action="store_true", help="print a JSON summary")
     restore.set_defaults(func=cmd_restore)
 
@@ -76,6 +77,7 @@ def add_parser(subparsers) -> None:
     verify.add_argument("--against", metavar="POOL/IMAGE@SNAP", help="compare with this snapshot")
     verify.add_argument("--identity", type=Path, metavar="FILE",
                         help="the age identity file of an encrypted backup: its content is then checked too")
+    add_signer_option(verify)
     verify.add_argument("--json", action="store_true", help="print a JSON summary")
     verify.set_defaults(func=cmd_verify)
 
@@ -121,7 +123,7 @@ def cmd_restore(args) -> int:
     bound_memory()
     storage, target = open_storage(args, args.target, snapshot=False,
                                    ceph_options=RESTORE_CONFIG)     # this process only restores
-    plan = plan_restore(args.src, identities(args.identity))
+    plan = plan_restore(args.src, identities(args.identity), trust=backup_trust(args, storage.config.backup))
     with storage, cooperative():
         result = restore(storage, plan, target, force=args.force, create_snapshot=args.snapshot,
                          progress=terminal_progress(f"restore {target}"))
@@ -139,20 +141,24 @@ def cmd_verify(args) -> int:
     from ..backup import verify
     progress = terminal_progress(f"verify {Path(args.src).name}")
     if args.against is None:
+        trust = backup_trust(args)
         with cooperative():
-            result = verify(args.src, progress=progress, identity=args.identity)
+            result = verify(args.src, progress=progress, identity=args.identity, trust=trust)
     else:
         bound_memory()
         storage, against = open_storage(args, args.against, snapshot=True)
+        trust = backup_trust(args, storage.config.backup)
         from ..backup.formats import manifest
         manifest.resolve(args.src)          # a missing or bad manifest fails before connecting
         with storage, cooperative():
-            result = verify(args.src, against=against, storage=storage, progress=progress, identity=args.identity)
+            result = verify(args.src, against=against, storage=storage, progress=progress, identity=args.identity,
+                            trust=trust)
     if args.json:
         emit_json(summary(result))
     else:
         also = f", identical to {result.against}" if result.against else ""
-        print(f"OK {result.file}: {result.kind} backup of {result.image}, checksum matches{also}")
+        print(f"OK {result.file}: {result.kind} backup of {result.image}, checksum matches{also}; "
+              f"manifest {result.signature}")
         if result.judged == "content":
             print(f"note: {Path(result.file).name} was written before backups recorded a checksum of their file: "
                   f"only its content was checked")

@@ -72,6 +72,25 @@ def open_storage(args, spec: str, *, snapshot: bool | None = None, **options: An
     return storage, storage.spec(spec, snapshot=snapshot)
 
 
+def backup_trust(args, settings=None):
+    """The signers ``verify`` and ``restore`` believe: ``[backup]`` of virtrbd.conf (``settings``, or the
+    config file when there is one: a host that only checks backups may have none) and ``--signer``."""
+    from .. import config
+    from ..backup.trust import Trust
+    if settings is None:
+        path = config.resolve_path(args.config)
+        if args.config or os.environ.get(config.ENV_VAR) or path.exists():
+            settings = config.load(path).backup
+    return Trust.of(settings, args.signer or ())
+
+
+def add_signer_option(parser) -> None:
+    parser.add_argument("--signer", action="append", metavar="SIGNER",
+                        help="trust manifests signed by this public signer (virtrbd-signer1…) too, beside "
+                             "[backup] signers; once any signer is known, unsigned manifests are refused "
+                             "(repeatable)")
+
+
 def size_arg(text: str) -> int:
     from ..units import parse_size
     try:

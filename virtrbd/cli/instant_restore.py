@@ -19,7 +19,7 @@ from .. import exits
 from ..errors import UsageError, VirtrbdError
 from ..units import format_size
 from .backup_cmd import bound_memory, summary
-from .common import emit_json, open_storage
+from .common import backup_trust, emit_json, open_storage
 from .progress import terminal_progress
 from .signals import cooperative
 
@@ -82,7 +82,8 @@ def _start(args) -> int:
     from ..backup.instant_copy import COPY_CONFIG
     bound_memory()
     storage, target = open_storage(args, args.target, snapshot=False, ceph_options=COPY_CONFIG)
-    plan = plan_restore(args.src, refuse_sealed=instant.SEALED)
+    plan = plan_restore(args.src, refuse_sealed=instant.SEALED,
+                        trust=backup_trust(args, storage.config.backup))
     instant.check_plan(plan)                            # a bad file, or an incremental alone, fails before connecting
     with storage:
         record = storage.restore_instantly(plan, target)

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backup import Trust, plan_backup, plan_restore, restore
 from ..backup import backup as back_up
-from ..backup import plan_backup, plan_restore, restore
 from ..backup.formats import manifest as manifests
 from ..backup.results import BackupResult, RestoreResult
 from ..ceph import translated
@@ -127,12 +127,13 @@ def restore_domain_set(storage, src: os.PathLike | str, *, suffix: str = "", for
     if first.domain is None:
         raise UsageError(f"{first.data_path}: not one of a domain's set of backups (made by backup --domain)")
     folder = first.data_path.parent
+    trust = Trust.of(storage.config.backup)
     plans, targets = [], []
     for disk in first.domain["disks"]:
         sibling = manifests.resolve(folder / disk["file"])
         if sibling.domain != first.domain:
             raise BackupError(f"{sibling.data_path}: names another domain set than {first.data_path}")
-        plans.append(plan_restore(sibling.data_path))
+        plans.append(plan_restore(sibling.data_path, trust=trust))
         image = ImageSpec.parse(disk["image"])
         targets.append(ImageSpec(image.pool, check_name("image", image.image + suffix)))
     if len(set(targets)) != len(targets):

@@ -62,10 +62,10 @@ def make_full(tmp_path: Path):
     """make_full(content, extents, fmt) -> BackupResult, a full backup of 'rbd/img@s1' in tmp_path."""
     def make(content: bytes, extents=None, fmt: str = "raw", *, snapshot: str = "s1", image: str = "img",
              image_id: str = "abc123", dest: Path | None = None, cluster_size: int = 64 << 10, direct=True,
-             domain: dict | None = None, recipients: tuple = ()):
+             domain: dict | None = None, recipients: tuple = (), signing_key=None):
         source = MemorySource(content, extents)
         plan = BackupPlan(ImageSpec("rbd", image, snapshot), dest or tmp_path, fmt, None, cluster_size, domain,
-                          recipients=recipients)
+                          recipients=recipients, signing_key=signing_key)
         info = SourceFacts(size=len(content), image_id=image_id, snapshot_id=1)
         return write_full_backup(source, info, plan, direct_io=direct)
     return make
@@ -74,10 +74,10 @@ def make_full(tmp_path: Path):
 @pytest.fixture
 def make_incremental(tmp_path: Path):
     def make(content: bytes, changes, older: str, newer: str, *, image: str = "img", image_id: str = "abc123",
-             snapshot_id: int = 2, dest: Path | None = None, recipients: tuple = ()):
+             snapshot_id: int = 2, dest: Path | None = None, recipients: tuple = (), signing_key=None):
         source = MemoryDiffSource(content, changes)
         plan = BackupPlan(ImageSpec("rbd", image, newer), dest or tmp_path, "rbd-diff-v1",
-                          ImageSpec("rbd", image, older), recipients=recipients)
+                          ImageSpec("rbd", image, older), recipients=recipients, signing_key=signing_key)
         info = SourceFacts(size=len(content), image_id=image_id, snapshot_id=snapshot_id)
         return write_incremental_backup(source, info, plan)
     return make

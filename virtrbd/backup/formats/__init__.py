@@ -12,6 +12,7 @@ format's name.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -119,9 +120,28 @@ def full_format(m: Manifest) -> FullFormat:
 
 
 def check_backup_file(m: Manifest) -> None:
-    """The file exists, has the recorded size, and its structure holds (no data hashed)."""
+    """The file exists, has the recorded size, and its structure holds (no data hashed but an encrypted
+    file's head: its age header and first chunk, where a file from another backup differs)."""
     check_file_size(m)
+    if m.encryption is not None:
+        check_sealed_part(m, "head")
     FORMAT_TABLE[m.format].check_structure(m)
+
+
+def check_sealed_part(m: Manifest, part: str) -> None:
+    """An encrypted file's ``head`` (its first ``head_bytes``) or ``rest`` has the SHA-256 its manifest
+    records: checked without the identity."""
+    e = m.encryption or {}
+    start, end = (0, e["head_bytes"]) if part == "head" else (e["head_bytes"], m.file_size)
+    digest = hashlib.sha256()
+    with open_regular_stream(m.data_path, buffering=0) as f:
+        f.seek(start)
+        for offset in range(start, end, 1 << 20):
+            digest.update(f.read(min(1 << 20, end - offset)))
+    if digest.hexdigest() != e[f"{part}_sha256"]:
+        where = "its age header or first chunk" if part == "head" else "its encrypted data after that"
+        raise CorruptBackupError(f"{m.data_path}: {where} changed: SHA-256 {digest.hexdigest()[:16]}…, "
+                                 f"the manifest says {e[f'{part}_sha256'][:16]}…")
 
 
 def check_file_size(m: Manifest) -> None:

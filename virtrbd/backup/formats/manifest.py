@@ -44,6 +44,9 @@ Manifest fields (version 2; version 1, written before file_checksum, is still re
                        and checksum are of that plaintext; file_size is the encrypted file's):
                        {"format", "recipients": [fingerprints], "plain_size", "head_bytes", "head_sha256",
                         "rest_sha256"} — the SHA-256 of the file's first head_bytes and of the rest
+    signature        a signed manifest (left out otherwise): {"algorithm": "ed25519", "signer":
+                       "virtrbd-signer1…", "value": 128 hex digits} over every other field but the seal
+                       (canonical JSON, after a context line; ``sealing.signing``)
     seal             CRC-32C of all the other fields (canonical JSON): a damaged manifest is refused
 
 A version 2 manifest must carry its seal and be byte for byte what virtrbd
@@ -66,7 +69,7 @@ from ...spec import ImageSpec
 from ..file_crc import ALGORITHM as FILE_ALGORITHM
 from ..files import AtomicFile, open_regular_stream
 from .checksum import FILE_HEX_DIGITS, HEX_DIGITS
-from .manifest_parts import check_domain, check_encryption, is_lower_hex
+from .manifest_parts import check_domain, check_encryption, check_signature, is_lower_hex
 
 SUFFIX = ".manifest.json"
 FORMATS = ("raw", "qcow2")
@@ -110,6 +113,7 @@ class Manifest:
     made_from: list | None = None       # a synthetic full: the backup files it was made of, full first
     domain: dict | None = None          # one of a domain's set of backups at one instant (left out otherwise)
     encryption: dict | None = None      # an encrypted backup (left out otherwise)
+    signature: dict | None = None       # the writer's Ed25519 signature (left out when unsigned)
     manifest_version: int = VERSION
     seal: str | None = None     # CRC-32C of the other fields: a damaged manifest is not believed
 
@@ -134,10 +138,23 @@ class Manifest:
         data = asdict(self)
         data.pop("path")
         data.pop("identities")
-        for late in ("domain", "encryption"):   # manifests written before these fields stay byte for byte
+        for late in ("domain", "encryption", "signature"):   # manifests written before these fields stay byte for byte
             if data[late] is None:
                 data.pop(late)
         return dumps(data)
+
+    def signed_bytes(self) -> bytes:
+        """What a signature covers: every field as written but the seal and the signature, canonical."""
+        data = json.loads(self.to_json())
+        data.pop("seal")
+        data.pop("signature", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    def sign(self, key) -> None:
+        """Sign the manifest with ``key`` (a ``sealing.signing.SigningKey``), its last step before ``save``."""
+        self.signature = None
+        self.signature = {"algorithm": "ed25519", "signer": str(key.signer),
+                          "value": key.sign(self.signed_bytes()).hex()}
 
     def save(self, data_path: Path) -> Path:
         """Publish the manifest beside ``data_path`` (temp name, fsync, link)."""
@@ -157,7 +174,7 @@ _FIELDS = {
 }
 _OPTIONAL = {"from_snapshot": str, "parent": dict, "cluster_size": int, "stats": dict, "seal": str,
              "file_checksum": dict, "snapshot_time": str, "made_from": list, "domain": dict,
-             "encryption": dict}
+             "encryption": dict, "signature": dict}
 
 
 def load(path: os.PathLike | str) -> Manifest:
@@ -276,6 +293,8 @@ def _check(m: Manifest, bad) -> None:
         check_domain(m, bad)
     if m.encryption is not None:
         check_encryption(m, bad)
+    if m.signature is not None:
+        check_signature(m, bad)
     if m.format != "qcow2" and m.cluster_size is not None:
         bad(f"cluster_size belongs to QCOW2 backups, not to {m.format!r}")
     if m.cluster_size is not None and (m.cluster_size < 512 or m.cluster_size & (m.cluster_size - 1)):

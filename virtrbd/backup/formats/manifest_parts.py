@@ -1,4 +1,4 @@
-"""The parts of a manifest that are objects of their own: a domain's backup set, an encrypted backup's facts.
+"""The parts of a manifest that are objects of their own: a domain's set, an encrypted backup's facts, a signature.
 
 Checked here for ``manifest.load``; what the fields mean is in ``manifest``'s docstring.
 """
@@ -25,6 +25,15 @@ def check_encryption(m, bad) -> None:
             bad(f"encryption {name} should be a whole number")
     if not (is_lower_hex(e["head_sha256"], 64) and is_lower_hex(e["rest_sha256"], 64)):
         bad("encryption digests should be 64 lowercase hex digits")
+
+
+def check_signature(m, bad) -> None:
+    sig = m.signature or {}
+    if set(sig) != {"algorithm", "signer", "value"} or sig["algorithm"] != "ed25519" \
+            or not isinstance(sig["signer"], str) or not sig["signer"].startswith("virtrbd-signer1") \
+            or not is_lower_hex(sig["value"], 128):
+        bad("signature should be {'algorithm': 'ed25519', 'signer': 'virtrbd-signer1…', 'value': 128 lowercase "
+            "hex digits}")
 
 
 #: what a domain's backup set may say of its snapshot: "unknown" when it was not taken by virtrbd

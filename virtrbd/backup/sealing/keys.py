@@ -82,44 +82,53 @@ def parse_recipient(text: str) -> Recipient:
 def write_identity(path: Path) -> Identity:
     """A new identity in a new file ``path`` (0600, never over an existing file), as age-keygen writes it."""
     identity = Identity.generate()
+    write_private(path, f"# public key: {identity.recipient}\n{identity.encode()}\n", "an identity")
+    return identity
+
+
+def write_private(path: Path, text: str, what: str) -> None:
+    """A new file ``path`` holding a private key (0600 whatever the umask, never over an existing file),
+    headed by the time it was made."""
     created = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    text = f"# created: {created}\n# public key: {identity.recipient}\n{identity.encode()}\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        raise UsageError(f"{path}: exists already; an identity is never written over a file") from None
+        raise UsageError(f"{path}: exists already; {what} is never written over a file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot create it: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)                     # whatever the umask
-        os.write(fd, text.encode())
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"# created: {created}\n{text}".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    return identity
+
+
+def read_private(path: Path, what: str) -> list[tuple[int, str]]:
+    """The numbered key lines of a private key file (comments and blank lines left out); refused when it is
+    not a regular file or when others may read it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot open it: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{what} {path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise UsageError(f"{what} {path}: others may read it (mode {stat.S_IMODE(info.st_mode):04o}); "
+                             f"chmod 600 it (and make a new key if others did)")
+        text = os.read(fd, 1 << 20).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")]
 
 
 def read_identities(path: Path) -> list[Identity]:
     """The identities in an age identity file; refused when others may read it, or when it holds none."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise UsageError(f"identity file {path}: cannot open it: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"identity file {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise UsageError(f"identity file {path}: others may read it (mode {stat.S_IMODE(info.st_mode):04o}); "
-                             f"chmod 600 it (and make a new identity if others did)")
-        text = os.read(fd, 1 << 20).decode("ascii", errors="replace")
-    finally:
-        os.close(fd)
     identities = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in read_private(path, "identity file"):
         try:
             hrp, secret = bech32.decode(line)
         except bech32.Bech32Error as exc:
