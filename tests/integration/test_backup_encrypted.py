@@ -198,3 +198,24 @@ def test_signed_backups_are_authenticated_without_the_identity_and_forgeries_res
     assert_one_line_error(virtrbd("restore", inc, f"rbd/{images.name()}", "--identity", str(keys[0][0]),
                                   "--signer", signer, env=lab.env), 1, "signature does not match")
     assert images.ours() == before
+
+
+def test_an_encrypted_chain_merges_only_with_its_identity_and_stays_encrypted(lab, images, keys, chain, judge,
+                                                                             storage, tmp_path):
+    name, dest, _full, inc = chain
+    (operator, recipient), (escrow, _) = keys
+    assert_one_line_error(virtrbd("backups", "merge", inc), 2, "encrypted", "--identity")
+    assert_one_line_error(virtrbd("backups", "merge", inc, "--identity", str(operator)), 2,
+                          "name the recipients of the merged backup")
+    made = virtrbd("backups", "merge", inc, "--identity", str(operator), "--recipient", recipient, "--json")
+    assert made.code == 0, made.err
+    merged = json.loads(made.out)
+    assert merged["format"] == "qcow2" and open(merged["path"], "rb").read(22) == b"age-encryption.org/v1\n"
+    decrypt(operator, merged["path"], tmp_path / "merged.qcow2")
+    checked = judge.qemu_img("check", "-f", "qcow2", str(tmp_path / "merged.qcow2"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    target = images.name()
+    assert virtrbd("restore", merged["path"], f"rbd/{target}", "--identity", str(operator), env=lab.env).code == 0
+    assert sha256_of(storage, f"rbd/{target}") == sha256_of(storage, f"rbd/{name}@s2")
+    assert_one_line_error(virtrbd("restore", merged["path"], f"rbd/{images.name()}", "--identity", str(escrow),
+                                  env=lab.env), 2, "none of the given identities opens it")

@@ -53,7 +53,7 @@ from .verify import run_verify
 
 __all__ = ["BackupPlan", "BackupResult", "RestorePlan", "RestoreResult", "VerifyResult", "Manifest", "Cancelled",
            "plan_backup", "plan_restore", "backup", "restore", "verify", "cancel", "FORMATS", "DIFF_FORMAT",
-           "catalog", "Entry", "identities", "Trust", "signing_key_of"]
+           "catalog", "Entry", "identities", "Trust", "signing_key_of", "parse_recipients"]
 
 
 def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, format: str | None = None,
@@ -66,7 +66,7 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
     with ``[backup] signing_key`` when the config names one.
     """
     snapshot = storage.spec(spec, snapshot=True)
-    sealed_to = _recipients([*storage.config.backup.recipients, *recipients])
+    sealed_to = parse_recipients([*storage.config.backup.recipients, *recipients])
     signing_key = signing_key_of(storage.config.backup)
     dest = Path(dest_dir)
     if not dest.is_dir():
@@ -99,7 +99,7 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
     return BackupPlan(snapshot, dest, format, None, size, recipients=sealed_to, signing_key=signing_key)
 
 
-def _recipients(texts: Sequence[str]) -> tuple:
+def parse_recipients(texts: Sequence[str]) -> tuple:
     """Parsed recipients, each once, in the order given."""
     from .sealing.keys import parse_recipient
     found: dict[bytes, object] = {}

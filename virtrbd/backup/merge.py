@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import exits
@@ -36,15 +37,39 @@ from .formats.manifest import DIFF_FORMAT
 from .make import write_full_backup, write_full_chunks, write_incremental_backup
 from .overlay import Overlay, chain_chunks
 from .restore import apply_diff, plan_restore, restore_chain
-from .results import BackupPlan, BackupResult, SourceFacts
+from .results import BackupPlan, BackupResult, RestorePlan, SourceFacts
 from .stream import MiB
+from .trust import Trust
 
 _PUNCH_HOLE = 0x02 | 0x01           # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _ZEROS = bytes(1 * MiB)
 
-#: why an encrypted chain is not merged
-SEALED = ("merging needs its identity, which has no place on a host that writes backups: restore the chain "
-          "with --identity where the identity is, and back that image up")
+#: why an encrypted chain is not merged without its identity
+SEALED = ("merging reads it: give the identity that opens it (--identity FILE), where the identity is (never on "
+          "a host that only writes backups)")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What a merge of encrypted or signed backups needs: the identities that open the chain, the recipients
+    the merged backup is encrypted to, the trust its manifests are checked against, the key that signs."""
+
+    identities: list | None = None
+    recipients: tuple = ()
+    trust: Trust | None = None
+    signing_key: object = None
+
+    def plan(self, src: os.PathLike | str) -> RestorePlan:
+        plan = plan_restore(src, self.identities, trust=self.trust,
+                            refuse_sealed=SEALED if self.identities is None else None)
+        if self.identities is not None and not self.recipients \
+                and any(m.encryption is not None for m in plan.links):
+            raise UsageError(f"{plan.newest.file}: its chain is encrypted: name the recipients of the merged "
+                             f"backup (--recipient, or [backup] recipients), else it would be written in the clear")
+        return plan
+
+    def output(self, spec, dest: Path, fmt: str, since=None) -> BackupPlan:
+        return BackupPlan(spec, dest, fmt, since, recipients=self.recipients, signing_key=self.signing_key)
 
 
 class ScratchImage:
@@ -122,9 +147,14 @@ class ScratchImage:
         exits.forget(self._token)
 
 
-def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress | None = None) -> BackupResult:
-    """A new full backup (``raw`` or ``qcow2``) of the point ``src`` holds, beside it, from its chain alone."""
-    plan = plan_restore(src, refuse_sealed=SEALED)
+def synthesize(src: os.PathLike | str, *, fmt: str | None = None, progress: Progress | None = None,
+               keys: Keys = Keys()) -> BackupResult:
+    """A new full backup (``raw`` or ``qcow2``; QCOW2 by default when it is encrypted, else RAW) of the point
+    ``src`` holds, beside it, from its chain alone."""
+    plan = keys.plan(src)
+    fmt = fmt or ("qcow2" if keys.recipients else "raw")
+    if keys.recipients and fmt == "raw":
+        raise UsageError("an encrypted full backup is QCOW2: in a RAW file every hole would become ciphertext")
     newest = plan.newest
     if len(plan.links) == 1 and newest.format == fmt:
         raise BackupError(f"{newest.file} is a {fmt} full backup already: nothing to merge")
@@ -134,7 +164,7 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
                         object_size=newest.object_size, snapshot_time=newest.snapshot_time)
     made_from = [link.file for link in plan.links]
     if "data_crc32c" not in plan.links[0].checksum:       # all but the oldest fulls: no scratch copy
-        return write_full_chunks(chain_chunks(plan), facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
+        return write_full_chunks(chain_chunks(plan), facts, keys.output(newest.spec, dest, fmt), progress=progress,
                                  made_from=made_from)
     scratch = ScratchImage(temp_name(dest / f"{newest.file}.merge"), plan.links[0].size)
     try:
@@ -142,7 +172,7 @@ def synthesize(src: os.PathLike | str, *, fmt: str = "raw", progress: Progress |
         if scratch.size != newest.size:
             raise BackupError(f"{newest.file}: the chain ends at {scratch.size} bytes, its manifest says "
                               f"{newest.size}")
-        return write_full_backup(scratch, facts, BackupPlan(newest.spec, dest, fmt), progress=progress,
+        return write_full_backup(scratch, facts, keys.output(newest.spec, dest, fmt), progress=progress,
                                  made_from=made_from)
     finally:
         scratch.close()
@@ -177,11 +207,12 @@ class ChangedScratch(ScratchImage):
         return [(start, end - start, True) for start, end in joined]
 
 
-def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None = None) -> BackupResult:
+def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None = None,
+                keys: Keys = Keys()) -> BackupResult:
     """One diff from point ``older`` to the point ``src`` holds (an incremental), beside it, made of the diffs
     between them in its chain; its manifest names them (``made_from``)."""
     check_name("snapshot", older)
-    plan = plan_restore(src, refuse_sealed=SEALED)
+    plan = keys.plan(src)
     newest = plan.newest
     points = [link.snapshot for link in plan.links]
     if older not in points[:-1]:
@@ -201,8 +232,8 @@ def merge_diffs(src: os.PathLike | str, older: str, *, progress: Progress | None
         done = 0
         for m in diffs:
             done = apply_diff(m, scratch, done, total, progress)
-        return write_incremental_backup(scratch, facts, BackupPlan(newest.spec, dest, DIFF_FORMAT,
-                                                                   newest.spec.image_spec.at(older)),
+        return write_incremental_backup(scratch, facts, keys.output(newest.spec, dest, DIFF_FORMAT,
+                                                                    newest.spec.image_spec.at(older)),
                                         progress=progress, made_from=[m.file for m in diffs])
     finally:
         scratch.close()

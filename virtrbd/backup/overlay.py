@@ -6,7 +6,7 @@ byte of it, or zeros), a later diff over an earlier one; a size record that
 shrinks the image lays zeros over what it cuts off.  Then the full backup is
 read chunk by chunk, its checksum checked as a restore checks it, and each
 chunk comes out with the overlay applied, the diffs' bytes read where they lie
-(``pread``).  The consumer (a synthetic full's writer) raises, and publishes
+(``pread``, of the plaintext of an encrypted diff).  The consumer (a synthetic full's writer) raises, and publishes
 nothing, when a checksum fails: the full's is known only after its last chunk.
 
 Memory: a chunk or two, and a few numbers per separate changed range.
@@ -15,18 +15,17 @@ Memory: a chunk or two, and a few numbers per separate changed range.
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 
 from ..errors import CorruptBackupError
-from .files import open_regular_stream
-from .formats import check_checksum, check_diff_header, full_format
+from .formats import check_checksum, check_diff_header, full_format, identities_of, open_stream, plain_size
 from .formats.checksum import FILE_HASHES, BackgroundDigest
 from .formats.manifest import Manifest
 from .formats.rbddiff import DiffReader
 from .results import RestorePlan
+from .sealing.plain import PlainFile
 from .stream import CHUNK, check_cancel
 
 _ZEROS = memoryview(bytes(CHUNK))
@@ -94,11 +93,11 @@ def chain_chunks(plan: RestorePlan) -> Iterator[tuple[ChainChunk, list[tuple[int
     full, diffs = plan.links[0], plan.links[1:]
     overlay, buffer = Overlay(), bytearray(CHUNK)
     with ExitStack() as stack:
-        size, fds = full.size, list[int]()
+        size, files = full.size, list[PlainFile]()
         for m in diffs:
-            f = stack.enter_context(open_regular_stream(m.data_path))
-            size = _lay_over(m, f, len(fds), overlay, size)
-            fds.append(f.fileno())
+            with open_stream(m) as f:
+                size = _lay_over(m, f, len(files), overlay, size)
+            files.append(stack.enter_context(closing(PlainFile(m.data_path, identities_of(m)))))
         fmt = full_format(full)
         reader = stack.enter_context(fmt.reader(full))
         check = stack.enter_context(BackgroundDigest(full.size, algorithm=full.checksum["algorithm"]))
@@ -115,7 +114,7 @@ def chain_chunks(plan: RestorePlan) -> Iterator[tuple[ChainChunk, list[tuple[int
             read = sum(len(data) for _, data in parts)
             segments = overlay.within(offset, offset + length)
             if segments:
-                parts = _laid_over(buffer, offset, length, parts, segments, fds, diffs)
+                parts = _laid_over(buffer, offset, length, parts, segments, files, diffs)
                 read += sum(end - start for start, end, place in segments if place is not None)
             if parts:
                 extents = [(at, at + len(data)) for at, data in parts]
@@ -130,7 +129,7 @@ def chain_chunks(plan: RestorePlan) -> Iterator[tuple[ChainChunk, list[tuple[int
 def _lay_over(m: Manifest, f, index: int, overlay: Overlay, size: int) -> int:
     """Read one diff whole, its checksum checked, its ranges put over the overlay; the image's new size."""
     hashed = FILE_HASHES[m.checksum["algorithm"]]()
-    reader = DiffReader(f, str(m.data_path), file_size=m.file_size, on_bytes=hashed.update)
+    reader = DiffReader(f, str(m.data_path), file_size=plain_size(m), on_bytes=hashed.update)
     check_diff_header(reader, m)
     new_size = reader.header.size
     overlay.put(new_size, size, None)           # cut off: reads as zeros should the image grow again
@@ -151,7 +150,7 @@ def _cut(parts: list, end: int) -> list:
     return kept
 
 
-def _laid_over(buffer: bytearray, offset: int, length: int, parts: list, segments: list, fds: list[int],
+def _laid_over(buffer: bytearray, offset: int, length: int, parts: list, segments: list, files: list[PlainFile],
                diffs: list[Manifest]) -> list:
     """The chunk with the overlay's ranges in it, put together in ``buffer``, as one part (the writer skips
     its zero blocks)."""
@@ -164,7 +163,7 @@ def _laid_over(buffer: bytearray, offset: int, length: int, parts: list, segment
             view[start - offset:end - offset] = _ZEROS[:end - start]
             continue
         index, position = place
-        got = os.preadv(fds[index], [view[start - offset:end - offset]], position)
+        got = files[index].readinto(view[start - offset:end - offset], position)
         if got != end - start:
             raise CorruptBackupError(f"{diffs[index].data_path}: shorter than when it was checked (changed "
                                      f"during the merge?)")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..units import format_size
-from .common import emit_json
+from .common import add_signer_option, backup_trust, emit_json, local_backup_settings
 
 
 def add_parser(subparsers) -> None:
@@ -44,9 +45,16 @@ def add_parser(subparsers) -> None:
                     "it was made of.  The chain is left as it is (backups prune or rm take it away).")
     merge.add_argument("file", metavar="FILE")
     merge.add_argument("--format", choices=["raw", "qcow2", "rbddiff"], default=None,
-                       help="the new backup's format: raw (default) or qcow2 for a full; rbddiff with --from")
+                       help="the new backup's format: raw (default; qcow2 when encrypted) or qcow2 for a full; "
+                            "rbddiff with --from")
     merge.add_argument("--from", dest="older", metavar="OLDER",
                        help="merge only the diffs from this earlier point of FILE's chain into one diff")
+    merge.add_argument("--identity", type=Path, metavar="FILE",
+                       help="the age identity file that opens an encrypted chain (merging reads it)")
+    merge.add_argument("--recipient", action="append", default=[], metavar="AGE1…",
+                       help="encrypt the merged backup to this public recipient, beside [backup] recipients "
+                            "(repeatable); an encrypted chain's merge must name at least one")
+    add_signer_option(merge)
     merge.add_argument("--json", action="store_true", help="print a JSON summary")
     merge.set_defaults(func=cmd_merge)
 
@@ -107,12 +115,13 @@ def cmd_merge(args) -> int:
     if args.older is None and args.format == "rbddiff":
         raise UsageError("backups merge --format rbddiff needs --from OLDER: the point the diff starts from")
     from .backup_cmd import bound_memory
+    keys = merge_keys(args)
     bound_memory()
     with cooperative():
         if args.older is not None:
-            result = merge_diffs(args.file, args.older.removeprefix("@"))
+            result = merge_diffs(args.file, args.older.removeprefix("@"), keys=keys)
         else:
-            result = synthesize(args.file, fmt=args.format or "raw")
+            result = synthesize(args.file, fmt=args.format, keys=keys)
     if args.json:
         emit_json(result)
     elif result.kind == "incremental":
@@ -122,6 +131,18 @@ def cmd_merge(args) -> int:
         print(f"{result.path}: a {result.format} full backup of {result.image} made from its chain "
               f"({format_size(result.size)}, checksum {result.checksum[:16]}…)")
     return 0
+
+
+def merge_keys(args):
+    """The merge's keys: ``--identity``, and the recipients, signers and signing key of ``[backup]`` (when this
+    host has a config) with ``--recipient`` and ``--signer``."""
+    from ..backup import identities, parse_recipients, signing_key_of
+    from ..backup.merge import Keys
+    settings = local_backup_settings(args)
+    return Keys(identities=identities(args.identity),
+                recipients=parse_recipients([*(settings.recipients if settings else ()), *args.recipient]),
+                trust=backup_trust(args, settings),
+                signing_key=signing_key_of(settings) if settings is not None else None)
 
 
 def cmd_prune(args) -> int:

@@ -72,16 +72,21 @@ def open_storage(args, spec: str, *, snapshot: bool | None = None, **options: An
     return storage, storage.spec(spec, snapshot=snapshot)
 
 
-def backup_trust(args, settings=None):
-    """The signers ``verify`` and ``restore`` believe: ``[backup]`` of virtrbd.conf (``settings``, or the
-    config file when there is one: a host that only checks backups may have none) and ``--signer``."""
+def local_backup_settings(args):
+    """``[backup]`` of virtrbd.conf, for commands that work on backup files alone: None when no config is
+    named and the default one is absent (a host that only checks backups may have none)."""
     from .. import config
+    path = config.resolve_path(args.config)
+    if args.config or os.environ.get(config.ENV_VAR) or path.exists():
+        return config.load(path).backup
+    return None
+
+
+def backup_trust(args, settings=None):
+    """The signers ``verify``, ``restore`` and ``merge`` believe: ``[backup]`` of virtrbd.conf (``settings``,
+    else the local config's) and ``--signer``."""
     from ..backup.trust import Trust
-    if settings is None:
-        path = config.resolve_path(args.config)
-        if args.config or os.environ.get(config.ENV_VAR) or path.exists():
-            settings = config.load(path).backup
-    return Trust.of(settings, args.signer or ())
+    return Trust.of(settings or local_backup_settings(args), args.signer or ())
 
 
 def add_signer_option(parser) -> None:

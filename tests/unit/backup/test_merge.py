@@ -156,3 +156,47 @@ def test_a_chain_on_a_full_from_the_sha256_days_merges_too(chain, tmp_path_facto
     os.unlink(result.manifest)
     with pytest.raises(CorruptBackupError, match="checksum|CRC"):
         synthesize(inc2.path)
+
+
+@pytest.fixture
+def sealed_chain(make_full, make_incremental):
+    """The chain above, encrypted to one recipient and signed; with the identity and the signing key."""
+    from virtrbd.backup.sealing.keys import Identity
+    from virtrbd.backup.sealing.signing import SigningKey
+    identity, key = Identity.generate(), SigningKey(os.urandom(32))
+    sealed = {"recipients": (identity.recipient,), "signing_key": key}
+    base, extents = scattered(SIZE, seed=5, count=12)
+    make_full(base, extents, fmt="qcow2", snapshot="s1", **sealed)
+    second, changes = apply_changes(base, SIZE, [(4096, os.urandom(70000))], [(1 << 20, 512 << 10)])
+    make_incremental(second, changes, "s1", "s2", **sealed)
+    third, changes = apply_changes(second, SIZE, [(2 << 20, os.urandom(9000))], [(0, 4096)])
+    inc2 = make_incremental(third, changes, "s2", "s3", snapshot_id=3, **sealed)
+    return inc2, third, identity, key
+
+
+def test_an_encrypted_chain_merges_with_its_identity_into_an_encrypted_signed_backup(sealed_chain, tmp_path,
+                                                                                    tmp_path_factory):
+    from virtrbd.backup.memory import MemorySink
+    from virtrbd.backup.merge import Keys
+    from virtrbd.backup.restore import plan_restore, restore_chain
+    from virtrbd.backup.trust import Trust
+    inc2, content, identity, key = sealed_chain
+    trust = Trust((key.signer,))
+    with pytest.raises(UsageError, match="give the identity that opens it"):
+        synthesize(inc2.path, keys=Keys(trust=trust))
+    with pytest.raises(UsageError, match="name the recipients of the merged backup"):
+        synthesize(inc2.path, keys=Keys(identities=[identity], trust=trust))
+    keys = Keys(identities=[identity], recipients=(identity.recipient,), trust=trust, signing_key=key)
+    with pytest.raises(UsageError, match="an encrypted full backup is QCOW2"):
+        synthesize(inc2.path, fmt="raw", keys=keys)
+    full = synthesize(inc2.path, keys=keys)
+    assert full.format == "qcow2" and full.path.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert full.checksum == fresh_full_checksum(content, tmp_path_factory.mktemp("fresh"))
+    diff = merge_diffs(inc2.path, "s1", keys=keys)
+    for made in (full, diff):
+        plan = plan_restore(made.path, [identity], trust=trust)
+        assert plan.newest.encryption is not None and plan.newest.signature["signer"] == str(key.signer)
+    plan = plan_restore(diff.path, [identity], trust=trust)
+    sink = MemorySink(SIZE)
+    restore_chain(plan, sink)
+    assert bytes(sink.data) == content
