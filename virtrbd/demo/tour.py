@@ -72,9 +72,10 @@ class Tour:
         if not step.ok:
             raise _Stop()
 
-    def cli(self, *args: str) -> dict:
-        """Run the product's own command (``--json``) against the lab; its JSON summary, or a DemoFailure."""
-        command = [sys.executable, "-m", "virtrbd", "--config", str(self.lab.conf_file), *args, "--json"]
+    def cli(self, *args: str, config: Path | None = None) -> dict:
+        """Run the product's own command (``--json``) against the lab (with the lab's config, or ``config``);
+        its JSON summary, or a DemoFailure."""
+        command = [sys.executable, "-m", "virtrbd", "--config", str(config or self.lab.conf_file), *args, "--json"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise DemoFailure(f"virtrbd {' '.join(args)}: {done.stderr.strip() or f'exit {done.returncode}'}")
