@@ -41,10 +41,12 @@ SEALED_CHUNK = CHUNK + TAG
 NONCE = 16
 X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_HEADER = 64 * 1024
-#: sealed chunks queued for the writer thread (2 MiB)
-IN_FLIGHT = 32
+#: batches of sealed chunks queued for the writer thread (4 MiB)
+IN_FLIGHT = 4
 #: the writer thread starts the disk's writeback of what it wrote every this many bytes
 WRITEBACK = 16 << 20
+#: consecutive sealed chunks handed to the writer thread, and written by it, at once (1 MiB)
+BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class SealedFile:
         self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
         self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
         self._sealed: set[int] = set()
+        self._batch: list[tuple[int, bytes]] = []               # sealed, consecutive, not handed over yet
         self.size = 0
 
     def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
@@ -214,7 +217,10 @@ class SealedFile:
 
     def _seal(self, index: int, plaintext: bytes, final: bool) -> None:
         self._sealed.add(index)
-        self._writer.put(index, self._aead.encrypt(_nonce(index, final), plaintext, None))
+        if self._batch and (index != self._batch[-1][0] + 1 or len(self._batch) == BATCH):
+            self._writer.put(self._batch)
+            self._batch = []
+        self._batch.append((index, self._aead.encrypt(_nonce(index, final), plaintext, None)))
 
     def close(self) -> int:
         """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
@@ -230,6 +236,8 @@ class SealedFile:
             self._seal(index, plaintext, final=True)
         elif self.size == 0:
             self._seal(0, b"", final=True)             # an empty payload is one empty final chunk
+        self._writer.put(self._batch)
+        self._batch = []
         self._writer.finish()
         return self.size
 
@@ -258,33 +266,39 @@ class _Writer(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        while (item := self.queue.get()) is not None:
+        while (batch := self.queue.get()) is not None:
             if self.error is None:                    # after an error, drain what comes: nothing blocks
                 try:
-                    self._write(*item)
+                    self._write(batch)
                 except BaseException as exc:
                     self.error = exc
 
-    def _write(self, index: int, sealed: bytes) -> None:
-        at, view = self.payload + index * SEALED_CHUNK, memoryview(sealed)
-        while view:
-            written = os.pwrite(self.fd, view, at)
-            at, view = at + written, view[written:]
-        if index == 0:
-            self.head.update(sealed)
-        elif index == self.next_rest:
-            self.rest.update(sealed)
-            self.next_rest += 1
-            if at - self.flushed >= WRITEBACK:      # the file's fsync would otherwise write it all at the end
-                os.posix_fadvise(self.fd, self.flushed, at - self.flushed, os.POSIX_FADV_DONTNEED)
-                self.flushed = at
-        else:
-            raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+    def _write(self, batch: list[tuple[int, bytes]]) -> None:
+        at = self.payload + batch[0][0] * SEALED_CHUNK
+        end = at + sum(len(sealed) for _, sealed in batch)
+        written = os.pwritev(self.fd, [sealed for _, sealed in batch], at)
+        if written < end - at:                      # a short write: the rest one piece at a time
+            view = memoryview(b"".join(sealed for _, sealed in batch))[written:]
+            while view:
+                done = os.pwrite(self.fd, view, end - len(view))
+                view = view[done:]
+        for index, sealed in batch:
+            if index == 0:
+                self.head.update(sealed)
+            elif index == self.next_rest:
+                self.rest.update(sealed)
+                self.next_rest += 1
+            else:
+                raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+        if end - self.flushed >= WRITEBACK:     # the file's fsync would otherwise write it all at the end
+            os.posix_fadvise(self.fd, self.flushed, end - self.flushed, os.POSIX_FADV_DONTNEED)
+            self.flushed = end
 
-    def put(self, index: int, sealed: bytes) -> None:
+    def put(self, batch: list[tuple[int, bytes]]) -> None:
+        """Consecutive sealed chunks, ``(index, sealed)``, to write with one call."""
         if self.error is not None:
             raise self.error
-        self.queue.put((index, sealed))
+        self.queue.put(batch)
 
     def finish(self) -> None:
         self.stop()
