@@ -246,7 +246,7 @@ def _drop_cache(fd: int) -> None:
 SMALL_RUN = 256 * KiB
 
 
-def _buffered_twin(fd: int) -> int | None:
+def buffered_twin(fd: int) -> int | None:
     """A second, buffered descriptor of the file open as ``fd`` (None where /proc is not there)."""
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
@@ -286,7 +286,7 @@ class BlockWriter:
     def __init__(self, fd: int, *, direct: bool, buffer_size: int = 4 * MiB, buffers: int = 2, threads: int = 1):
         self.fd = fd
         self.direct = direct
-        self._buffered_fd = _buffered_twin(fd) if direct else None
+        self._buffered_fd = buffered_twin(fd) if direct else None
         self.buffer_size = buffer_size
         self.bytes_written = 0
         self.crc = FileCRC()

@@ -104,8 +104,8 @@ def write_full_chunks(chunks, info: SourceFacts, plan: BackupPlan, *, progress: 
     data_bytes = read_bytes = 0
     digest = ContentDigest(size)
     sealed_to = list(plan.recipients)
-    with AtomicFile(final, direct=direct_io and not sealed_to) as out:
-        blocks: Blocks = (SealedBlocks(out.fd, sealed_to) if sealed_to else
+    with AtomicFile(final, direct=direct_io) as out:
+        blocks: Blocks = (SealedBlocks(out.fd, sealed_to, direct=out.direct) if sealed_to else
                           BlockWriter(out.fd, direct=out.direct, buffers=2, threads=2))
         try:
             writer = FULL_FORMATS[plan.format].writer(blocks, size, plan.cluster_size)

@@ -82,12 +82,13 @@ def test_a_missing_identity_file_is_one_line(tmp_path):
         read_identities(tmp_path / "absent")
 
 
-def sealed(tmp_path, plaintext: bytes, recipients, order=None):
-    """``plaintext`` written into an age file chunk by chunk in ``order`` (default: first chunk last)."""
+def sealed(tmp_path, plaintext: bytes, recipients, order=None, direct=False):
+    """``plaintext`` written into an age file chunk by chunk in ``order`` (default: first chunk last);
+    ``direct``: through an O_DIRECT descriptor, as full backups are written."""
     path = tmp_path / "file.age"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0), 0o600)
     try:
-        writer = SealedFile(fd, recipients)
+        writer = SealedFile(fd, recipients, direct=direct)
         chunks = list(range(-(-len(plaintext) // CHUNK)))
         for index in order if order is not None else chunks[1:] + chunks[:1]:
             writer.pwrite(index * CHUNK, plaintext, index * CHUNK, min(len(plaintext), (index + 1) * CHUNK))
@@ -106,11 +107,12 @@ def opened(path, identities) -> bytes:
         os.close(fd)
 
 
-@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * CHUNK + 1234])
-def test_round_trip_in_any_order_and_by_debians_age(tmp_path, size):
+@pytest.mark.parametrize("direct", [False, True], ids=["cached", "direct"])
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * CHUNK + 1234, 40 * CHUNK + 123])
+def test_round_trip_in_any_order_and_by_debians_age(tmp_path, size, direct):
     ours = Identity.generate()
     plaintext = random.Random(size).randbytes(size)
-    path, digests = sealed(tmp_path, plaintext, [ours.recipient])
+    path, digests = sealed(tmp_path, plaintext, [ours.recipient], direct=direct)
     assert opened(path, [ours]) == plaintext
     data = path.read_bytes()
     assert hashlib.sha256(data[:digests["head_bytes"]]).hexdigest() == digests["head_sha256"]

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
 from .keys import Identity, Recipient
+from .output import CachedOutput, DirectOutput
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024
@@ -43,8 +44,6 @@ X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_HEADER = 64 * 1024
 #: batches of sealed chunks queued for the writer thread (4 MiB)
 IN_FLIGHT = 4
-#: the writer thread starts the disk's writeback of what it wrote every this many bytes
-WRITEBACK = 16 << 20
 #: consecutive sealed chunks handed to the writer thread, and written by it, at once (1 MiB)
 BATCH = 16
 
@@ -174,14 +173,16 @@ class SealedFile:
     """Plaintext in at offsets, an age file out at ``fd``; ``close`` seals the last chunk and returns the
     plaintext's size.  Each chunk must be written whole, exactly once (in pieces, if need be)."""
 
-    def __init__(self, fd: int, recipients: list[Recipient]):
+    def __init__(self, fd: int, recipients: list[Recipient], *, direct: bool = False):
+        """``direct``: ``fd`` was opened with O_DIRECT (see ``output.DirectOutput``)."""
         self.fd = fd
         file_key, nonce = os.urandom(16), os.urandom(NONCE)
         header = make_header(file_key, recipients)
         self.payload = len(header) + NONCE
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        os.pwrite(fd, header + nonce, 0)
-        self._writer = _Writer(fd, self.payload, hashlib.sha256(header + nonce))
+        output = (DirectOutput if direct else CachedOutput)(fd, self.payload + SEALED_CHUNK)
+        output.write(0, [header + nonce])
+        self._writer = _Writer(output, self.payload, hashlib.sha256(header + nonce))
         self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
         self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
         self._sealed: set[int] = set()
@@ -256,11 +257,10 @@ class _Writer(threading.Thread):
     the GIL, sealing does not, so the two overlap.  The first chunk goes into the digest of the head,
     the others into that of the rest, which must come in order."""
 
-    def __init__(self, fd: int, payload: int, head):
+    def __init__(self, output, payload: int, head):
         super().__init__(name="age-writer", daemon=True)
-        self.fd, self.payload = fd, payload
+        self.output, self.payload = output, payload
         self.head, self.rest, self.next_rest = head, hashlib.sha256(), 1
-        self.flushed = payload + SEALED_CHUNK       # the rest is written in order from here
         self.queue: queue.Queue = queue.Queue(maxsize=IN_FLIGHT)
         self.error: BaseException | None = None
         self.start()
@@ -274,14 +274,7 @@ class _Writer(threading.Thread):
                     self.error = exc
 
     def _write(self, batch: list[tuple[int, bytes]]) -> None:
-        at = self.payload + batch[0][0] * SEALED_CHUNK
-        end = at + sum(len(sealed) for _, sealed in batch)
-        written = os.pwritev(self.fd, [sealed for _, sealed in batch], at)
-        if written < end - at:                      # a short write: the rest one piece at a time
-            view = memoryview(b"".join(sealed for _, sealed in batch))[written:]
-            while view:
-                done = os.pwrite(self.fd, view, end - len(view))
-                view = view[done:]
+        self.output.write(self.payload + batch[0][0] * SEALED_CHUNK, [sealed for _, sealed in batch])
         for index, sealed in batch:
             if index == 0:
                 self.head.update(sealed)
@@ -290,9 +283,6 @@ class _Writer(threading.Thread):
                 self.next_rest += 1
             else:
                 raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
-        if end - self.flushed >= WRITEBACK:     # the file's fsync would otherwise write it all at the end
-            os.posix_fadvise(self.fd, self.flushed, end - self.flushed, os.POSIX_FADV_DONTNEED)
-            self.flushed = end
 
     def put(self, batch: list[tuple[int, bytes]]) -> None:
         """Consecutive sealed chunks, ``(index, sealed)``, to write with one call."""
@@ -301,11 +291,21 @@ class _Writer(threading.Thread):
         self.queue.put(batch)
 
     def finish(self) -> None:
-        self.stop()
-        if self.error is not None:
-            raise self.error
+        """Write what is queued and what the output still gathers; raise the first error."""
+        self._join()
+        try:
+            if self.error is not None:
+                raise self.error
+            self.output.finish()
+        finally:
+            self.output.close()
 
     def stop(self) -> None:
+        """After a failure: stop writing, leave the rest unwritten."""
+        self._join()
+        self.output.close()
+
+    def _join(self) -> None:
         if self.is_alive():
             self.queue.put(None)
             self.join()

@@ -86,10 +86,9 @@ class SealedBlocks:
     """``BlockWriter``'s part the format writers use (``pwrite``, ``flush``, ``close``, ``crc``), sealing
     into an age file; ``crc`` is of the plaintext, the file ``age -d`` gives back."""
 
-    direct = False
-
-    def __init__(self, fd: int, recipients: list[Recipient]):
-        self.sealed = SealedFile(fd, recipients)
+    def __init__(self, fd: int, recipients: list[Recipient], *, direct: bool = False):
+        self.direct = direct
+        self.sealed = SealedFile(fd, recipients, direct=direct)
         self.crc = FileCRC()
 
     def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
