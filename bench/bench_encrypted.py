@@ -1,13 +1,13 @@
 """Encrypted backups (age) beside unencrypted ones of the same snapshot, same run, alternating.
 
-Shapes: 1 GiB images on the default lab, half of their 4 MiB pieces written at random, and a fifth of their
-1 MiB pieces.  Per round, in turn: a QCOW2 backup in the clear and one encrypted to a recipient, then a
+Shapes: 1 GiB images on the default lab (memstore), or 4 GiB on a bluestore lab of its own (``--store
+bluestore``), half of their 4 MiB pieces written at random, and a fifth of their 1 MiB pieces.  Per round, in turn: a QCOW2 backup in the clear and one encrypted to a recipient, then a
 restore of each (the encrypted one with the identity); files fsynced inside the clock.
 
 Targets (issue 26): encrypted backup >= 0.85x the unencrypted speed (time <= 1.18x), restore >= 0.85x,
 peak RSS <= 1.1x, encrypted file <= 1.02x the unencrypted one.
 
-    .venv/bin/python -m bench.bench_encrypted [--runs 3]
+    .venv/bin/python -m bench.bench_encrypted [--runs 3] [--store memstore|bluestore]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from virtrbd import Storage
-from virtrbd.lab import Lab
+from virtrbd.lab import CephSpec, Lab
 
 from .bench_backup import Run
 from .common import Row, compile_virtrbd, print_table
@@ -32,20 +32,21 @@ GiB = 1 << 30
 SHAPES = {"half of 4 MiB pieces": (4 * MiB, 0.5), "a fifth of 1 MiB pieces": (MiB, 0.2)}
 
 
-def _image(storage: Storage, piece: int, share: float) -> str:
+def _image(storage: Storage, piece: int, share: float, size: int) -> str:
     name = f"bench-enc-{uuid.uuid4().hex[:6]}"
-    storage.create_image(name, GiB)
+    storage.create_image(name, size)
     rng = random.Random(piece)
     with storage.cluster.image("rbd", name) as image:
-        for n in sorted(rng.sample(range(GiB // piece), int(GiB // piece * share))):
+        for n in sorted(rng.sample(range(size // piece), int(size // piece * share))):
             image.write(rng.randbytes(piece), n * piece)
         image.create_snap("s1")
     return name
 
 
-def _shape(lab: Lab, storage: Storage, folder: Path, label: str, runs: int) -> list[Row]:
+def _shape(lab: Lab, storage: Storage, folder: Path, label: str, runs: int, size: int) -> list[Row]:
     piece, share = SHAPES[label]
-    name = _image(storage, piece, share)
+    name = _image(storage, piece, share, size)
+    label = f"{label}, {size // GiB} GiB"
     virtrbd = [sys.executable, "-m", "virtrbd", "--config", str(lab.conf_file)]
     identity = folder / f"operator-{name}.key"
     recipient = json.loads(Run([*virtrbd, "backup-key", "new", "--out", str(identity), "--json"])().out)["recipient"]
@@ -87,24 +88,30 @@ def _shape(lab: Lab, storage: Storage, folder: Path, label: str, runs: int) -> l
     return rows
 
 
-def measure(runs: int = 3) -> list[Row]:
+def measure(runs: int = 3, store: str = "memstore") -> list[Row]:
     compile_virtrbd()
-    lab = Lab()
-    started = lab.up()
-    try:
-        with Storage(lab.conf_file) as storage, tempfile.TemporaryDirectory(prefix="bench-enc-",
-                                                                            dir="/var/tmp") as folder:
-            return [row for label in SHAPES for row in _shape(lab, storage, Path(folder), label, runs)]
-    finally:
-        if started:
-            lab.down()
+    with tempfile.TemporaryDirectory(prefix="bench-enc-", dir="/var/tmp") as folder:
+        if store == "memstore":
+            lab, size = Lab(), GiB
+            started = lab.up()
+        else:
+            lab, size = Lab(Path(folder) / "lab"), 4 * GiB
+            started = lab.up(CephSpec(port=40700, store="bluestore", store_bytes=48 * GiB, mgr=False))
+        try:
+            with Storage(lab.conf_file) as storage:
+                return [row for label in SHAPES for row in _shape(lab, storage, Path(folder), label, runs, size)]
+        finally:
+            if started:
+                lab.down()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--store", choices=["memstore", "bluestore"], default="memstore")
     args = parser.parse_args()
-    ok = print_table("encrypted backups against the same in the clear (medians)", measure(args.runs))
+    ok = print_table(f"encrypted backups against the same in the clear ({args.store}, medians)",
+                     measure(args.runs, args.store))
     return 0 if ok else 1
 
 
