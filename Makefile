@@ -11,7 +11,7 @@ DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
                 libvirt-daemon-system libvirt-daemon-driver-storage-rbd libvirt-clients python3-libvirt \
                 qemu-system-x86 qemu-block-extra qemu-utils \
                 python3-venv python3-lxml python3-setuptools \
-                e2fsprogs cpio python3-cryptography age
+                e2fsprogs cpio python3-cryptography age libisal2 python3-crc32c
 
 .PHONY: setup packages demo lint test unit integration fuzz bench lab-up lab-down clean libvirt-patched
 

@@ -1,8 +1,9 @@
 """Encrypted backups (age) beside unencrypted ones of the same snapshot, same run, alternating.
 
 Shapes: 1 GiB images on the default lab (memstore), or 4 GiB on a bluestore lab of its own (``--store
-bluestore``), half of their 4 MiB pieces written at random, and a fifth of their 1 MiB pieces.  Per round, in turn: a QCOW2 backup in the clear and one encrypted to a recipient, then a
-restore of each (the encrypted one with the identity); files fsynced inside the clock.
+bluestore``), half of their 4 MiB pieces written at random, and a fifth of their 1 MiB pieces.  Per round,
+in turn: a QCOW2 backup in the clear and one encrypted to a recipient, then a restore of each (the
+encrypted one with the identity); files fsynced inside the clock.
 
 Targets (issue 26): encrypted backup >= 0.85x the unencrypted speed (time <= 1.18x), restore >= 0.85x,
 peak RSS <= 1.1x, encrypted file <= 1.02x the unencrypted one.

@@ -19,7 +19,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-import google_crc32c
+from .. import crc32c
 
 ALGORITHM = "crc32c"
 _POLY = 0x82F63B78          # Castagnoli, reflected
@@ -102,10 +102,10 @@ class FileCRC:
             data = bytes(data)                  # the C extension takes bytes only (a copy at ~10 GB/s)
         last = self._runs[-1] if self._runs else None
         if last is not None and offset >= last.end == self.end:   # the usual case: in file order, perhaps after a hole
-            last.crc = google_crc32c.extend(extend_zeros(last.crc, offset - last.end), data)
+            last.crc = crc32c.extend(extend_zeros(last.crc, offset - last.end), data)
             last.end = offset + length
         else:
-            self._runs.append(_Run(offset, offset + length, google_crc32c.value(data)))
+            self._runs.append(_Run(offset, offset + length, crc32c.value(data)))
         self.end = max(self.end, offset + length)
 
     def value(self, file_size: int) -> str:
@@ -136,6 +136,6 @@ def of_file(fd: int, size: int, block: int = 4 << 20) -> str:
             data = os.pread(fd, min(block, hole_at - at), at)
             if not data:
                 raise EOFError(f"the file ends at {at} bytes, {size} expected")
-            crc = google_crc32c.extend(crc, data)
+            crc = crc32c.extend(crc, data)
             at += len(data)
     return f"{crc:08x}"

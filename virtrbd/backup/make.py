@@ -16,9 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-import google_crc32c
-
-from .. import __version__, exits
+from .. import __version__, crc32c, exits
 from ..ceph import Cluster
 from ..errors import BackupError, NotFoundError, UsageError
 from ..progress import Progress
@@ -194,7 +192,7 @@ class _HashingFile(io.RawIOBase):
         while done < len(view):
             done += os.write(self.fd, view[done:])
         self.hash.update(view)
-        self.crc = google_crc32c.extend(self.crc, data if isinstance(data, bytes) else bytes(view))
+        self.crc = crc32c.extend(self.crc, data if isinstance(data, bytes) else bytes(view))
         self.bytes += len(view)
         return len(view)
 

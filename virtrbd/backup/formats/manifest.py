@@ -62,8 +62,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import google_crc32c
-
+from ... import crc32c
 from ...errors import CorruptBackupError, UsageError
 from ...spec import ImageSpec
 from ..file_crc import ALGORITHM as FILE_ALGORITHM
@@ -241,7 +240,7 @@ def seal_of(data: dict) -> str:
     one written, so a damaged checksum field cannot pass unnoticed.
     """
     body = {key: value for key, value in data.items() if key != "seal"}
-    return f"{google_crc32c.value(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
+    return f"{crc32c.value(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
 
 
 def parse_time(text: str) -> datetime | None:
