@@ -13,7 +13,11 @@ DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
                 python3-venv python3-lxml python3-setuptools \
                 e2fsprogs cpio python3-cryptography age libisal2 python3-crc32c
 
-.PHONY: setup packages demo lint test unit integration fuzz bench lab-up lab-down clean libvirt-patched
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+                      fakeroot dpkg-dev lintian
+VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' virtrbd/__init__.py)
+
+.PHONY: setup packages demo lint test unit integration fuzz bench lab-up lab-down clean libvirt-patched deb
 
 setup: packages $(VENV)/.installed
 
@@ -36,6 +40,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/virtrbd demo
 
+# virtrbd_VERSION_all.deb, with Debian's tooling, from the repository's files as they are (copied into
+# build/deb/src: the build never writes into the tree); then lintian on it, in build/deb/lintian.txt.
+deb:
+	@tools/install-debian-packages $(DEB_BUILD_PACKAGES)
+	@rm -rf build/deb && mkdir -p build/deb/src
+	@git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t build/deb/src
+	cd build/deb/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage --build=binary --no-sign \
+	  > ../build.log 2>&1 || \
+	  { tail -40 ../build.log >&2; exit 1; }
+	cp build/deb/virtrbd_$(VERSION)_all.deb .
+	lintian --info build/deb/virtrbd_$(VERSION)_all.deb > build/deb/lintian.txt 2>&1 || \
+	  { cat build/deb/lintian.txt >&2; exit 1; }
+	@cat build/deb/lintian.txt
+	@echo "built virtrbd_$(VERSION)_all.deb"
+
 # libvirt's rbd storage backend with virtrbd's patches (patches/libvirt-9.0), built from Debian's
 # source of the installed libvirt into build/libvirt/out/.  The script rebuilds only when the
 # patches, the script or the installed libvirt changed; otherwise it returns in ~20 ms.
@@ -45,7 +64,7 @@ libvirt-patched: packages
 # ruff (bugs and uniform files), mypy (types; the public API fully typed) and import-linter (the layers in
 # setup.cfg: imports flow downward only, the hook never reaches libvirt, formats never reach librbd).
 lint: setup
-	$(VENV)/bin/ruff check virtrbd bench tests tools/gen-docs
+	$(VENV)/bin/ruff check virtrbd bench tests tools/gen-docs tools/gen-package-files
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
