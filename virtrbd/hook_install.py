@@ -21,7 +21,6 @@ from .errors import ConfigError, VirtrbdError
 HOOKS_DIR = Path("/etc/libvirt/hooks")
 SCRIPT_NAME = "virtrbd"
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
-_SOURCE = Path(__file__).resolve().parent.parent / "hooks" / "qemu"
 _MARK = "virtrbd's qemu hook"
 
 
@@ -39,12 +38,21 @@ def script_path(hooks_dir: Path = HOOKS_DIR) -> Path:
     return hooks_dir / "qemu.d" / SCRIPT_NAME
 
 
+def source() -> Path:
+    """The hook script as shipped: beside the package in a checkout, under share/ when installed."""
+    checkout = Path(__file__).resolve().parent.parent / "hooks" / "qemu"
+    if checkout.is_file():
+        return checkout
+    return Path(sys.prefix) / "share" / "virtrbd" / "hooks" / "qemu"
+
+
 def render(config_path: Path, interpreter: str = sys.executable) -> str:
     """The hook script for this installation: absolute interpreter, package folder and config."""
+    shipped = source()
     try:
-        text = _SOURCE.read_text()
+        text = shipped.read_text()
     except OSError as exc:
-        raise VirtrbdError(f"{_SOURCE}: cannot read the hook script: {exc.strerror}") from None
+        raise VirtrbdError(f"{shipped}: cannot read the hook script: {exc.strerror}") from None
     package_root = str(Path(__file__).resolve().parent.parent)
     text = re.sub(r"\A#!.*\n", f"#!{interpreter} -S\n", text)
     text = re.sub(r"^MODULE_DIRS = None.*$", f"MODULE_DIRS = {module_dirs()!r}  # by virtrbd hook install", text,

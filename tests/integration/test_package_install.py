@@ -120,13 +120,20 @@ def test_config_check_a_backup_round_trip_and_the_hook_against_the_lab(configure
     assert "ERROR" not in log and "WARNING" not in log, log
 
 
-def test_purge_leaves_no_file_of_the_package_and_the_operators_hook_as_it_was(configured):
+def test_hook_install_from_the_package_writes_the_hook_the_package_ships(configured):
     root = configured
-    files = [Path(line) for line in run_in(root, "dpkg", "-L", "virtrbd").stdout.splitlines()]
-    assert Path("/etc/virtrbd/virtrbd.conf") in files and Path("/etc/libvirt/hooks/qemu.d/virtrbd") in files
-    run_in(root, "apt-get", "purge", "-y", "-qq", "virtrbd")
-    left = [path for path in files if (root / path.relative_to("/")).is_file()]
-    assert left == []
-    assert not (root / "etc/virtrbd").exists()
-    assert (root / "etc/libvirt/hooks/qemu").read_text() == OPERATORS_HOOK
-    assert (root / "etc/ceph/lab.keyring").exists()                 # the operator's own files stay
+    shipped = (root / "etc/libvirt/hooks/qemu.d/virtrbd").read_text()
+    status = run_in(root, "virtrbd", "hook", "status").stdout
+    assert "/usr/lib/python3/dist-packages" in status and "/etc/virtrbd/virtrbd.conf" in status, status
+    run_in(root, "virtrbd", "hook", "install")
+    installed = (root / "etc/libvirt/hooks/qemu.d/virtrbd").read_text()
+    assert "PACKAGE_ROOT = '/usr/lib/python3/dist-packages'  # by virtrbd hook install" in installed
+    assert "CONFIG = '/etc/virtrbd/virtrbd.conf'  # by virtrbd hook install" in installed
+    assert "MODULE_DIRS = ['/usr/lib/python3/dist-packages'" in installed
+
+    def settled(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith(("PACKAGE_ROOT =", "CONFIG =",
+                                                                            "MODULE_DIRS ="))]
+
+    assert settled(installed) == settled(shipped)
+    assert run_in(root, "virtrbd", "hook", "status").stdout == status

@@ -251,3 +251,11 @@ def test_the_work_path_parses_without_lxml(conf, tmp_path):
     assert not {name for name in imported if name.startswith("lxml")}
     # libvirtd waits for its hook: a call back would deadlock (make lint's contract checks every import path)
     assert not {name for name in imported if name == "libvirt" or name.startswith("virtrbd.libvirt")}
+
+
+def test_the_hook_script_comes_from_the_checkout_or_from_share_when_installed(mocker, tmp_path):
+    from virtrbd import hook_install
+    assert hook_install.source() == Path(hook_install.__file__).resolve().parent.parent / "hooks" / "qemu"
+    mocker.patch.object(hook_install, "__file__", str(tmp_path / "lib" / "virtrbd" / "hook_install.py"))
+    mocker.patch.object(sys, "prefix", "/usr")
+    assert hook_install.source() == Path("/usr/share/virtrbd/hooks/qemu")
