@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import CorruptBackupError
+from ..errors import CorruptBackupError, UsageError
 from .formats.manifest import Manifest
 from .sealing.signing import Signer, parse_signer, read_signing_key
 
@@ -43,7 +43,10 @@ class Trust:
                     f"{m.path}: the manifest is not signed, and this host believes only manifests signed by "
                     f"its signers ([backup] signers, signing_key, --signer): forged, or stripped of its signature?")
             return "unsigned"
-        signer = parse_signer(m.signature["signer"])
+        try:
+            signer = parse_signer(m.signature["signer"])
+        except UsageError as exc:
+            raise CorruptBackupError(f"{m.path}: the manifest's {exc}") from None
         if not signer.verifies(m.signed_bytes(), bytes.fromhex(m.signature["value"])):
             raise CorruptBackupError(f"{m.path}: the manifest's signature does not match its fields: it was "
                                      f"changed after signer {signer.fingerprint} signed it")

@@ -173,3 +173,12 @@ def test_a_backup_forged_for_the_public_recipients_is_refused(make_full, tmp_pat
                        signing_key=SigningKey(os.urandom(32)))
     with pytest.raises(CorruptBackupError, match="does not trust"):
         plan_restore(forged.path, [identity], trust=Trust((key.signer,)))
+
+
+def test_a_manifest_naming_a_signer_that_does_not_parse_is_a_damaged_backup(make_full, key):
+    content, extents = scattered(SIZE, seed=8)
+    result = make_full(content, extents, fmt="qcow2", signing_key=key)
+    data = json.loads(result.manifest.read_text())
+    edit(result.manifest, signature={**data["signature"], "signer": "virtrbd-signer1qqqq"})
+    with pytest.raises(CorruptBackupError, match="the manifest's signer .* is not a virtrbd signer"):
+        Trust().authenticate(manifests.resolve(result.path))
