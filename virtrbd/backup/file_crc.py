@@ -98,8 +98,6 @@ class FileCRC:
         length = len(data)
         if not length:
             return
-        if not isinstance(data, bytes):
-            data = bytes(data)                  # the C extension takes bytes only (a copy at ~10 GB/s)
         last = self._runs[-1] if self._runs else None
         if last is not None and offset >= last.end == self.end:   # the usual case: in file order, perhaps after a hole
             last.crc = crc32c.extend(extend_zeros(last.crc, offset - last.end), data)

@@ -192,7 +192,7 @@ class _HashingFile(io.RawIOBase):
         while done < len(view):
             done += os.write(self.fd, view[done:])
         self.hash.update(view)
-        self.crc = crc32c.extend(self.crc, data if isinstance(data, bytes) else bytes(view))
+        self.crc = crc32c.extend(self.crc, view)
         self.bytes += len(view)
         return len(view)
 
