@@ -166,54 +166,56 @@ class HookSettings:
     timeout: int = option(seconds, "Seconds the hook may take at most; past them it gives up and says so.", 30)
 
 
-def age_recipient(word: str) -> bytes:
-    """The X25519 key of one public age recipient (``age1…``); a ValueError saying what is wrong, which never
-    echoes a private identity: it has no place on a hypervisor.  (``backup.sealing.keys`` uses it too.)"""
-    if word.upper().startswith("AGE-SECRET-KEY-"):
-        raise ValueError("holds a private identity (AGE-SECRET-KEY-…), where only public recipients (age1…) "
-                         "belong: give its recipient ('virtrbd backup-key show FILE'), and make a new identity "
-                         "if it was kept on this host")
+SIGNER_HRP = "virtrbd-signer"
+
+
+def _public_key(word: str, hrp: str, what: str, exactly: str, private: str, refusal: str) -> bytes:
+    """The 32-byte key of a Bech32 public key under ``hrp``; a ValueError saying what is wrong, which never
+    echoes a private key (one starting with ``private``: ``refusal`` says why it has no place here)."""
+    if word.upper().startswith(private):
+        raise ValueError(refusal)
     try:
-        hrp, key = bech32.decode(word)
+        found, key = bech32.decode(word)
     except bech32.Bech32Error as exc:
-        raise ValueError(f"{word[:70]!r} is not an age recipient: {exc}") from None
-    if hrp != "age" or len(key) != 32:
-        raise ValueError(f"{word[:70]!r} is not an age X25519 recipient (age1…)")
+        raise ValueError(f"{word[:70]!r} is not {what}: {exc}") from None
+    if found != hrp or len(key) != 32:
+        raise ValueError(f"{word[:70]!r} is not {exactly}")
     return key
+
+
+def _public_keys(text: str, check: Callable[[str], bytes]) -> tuple[str, ...]:
+    """Public keys separated by commas or spaces, each checked by ``check``."""
+    words = [word for word in re.split(r"[\s,]+", text.strip()) if word]
+    for word in words:
+        check(word)
+    return tuple(word.lower() for word in words)
+
+
+def age_recipient(word: str) -> bytes:
+    """The X25519 key of one public age recipient (``age1…``): an identity has no place on a hypervisor.
+    (``backup.sealing.keys`` uses it too.)"""
+    return _public_key(word, "age", "an age recipient", "an age X25519 recipient (age1…)", "AGE-SECRET-KEY-",
+                       "holds a private identity (AGE-SECRET-KEY-…), where only public recipients (age1…) "
+                       "belong: give its recipient ('virtrbd backup-key show FILE'), and make a new identity "
+                       "if it was kept on this host")
 
 
 def age_recipients(text: str) -> tuple[str, ...]:
     """Public age recipients (``age1…``), separated by commas or spaces."""
-    words = [word for word in re.split(r"[\s,]+", text.strip()) if word]
-    for word in words:
-        age_recipient(word)
-    return tuple(word.lower() for word in words)
-
-
-SIGNER_HRP = "virtrbd-signer"
+    return _public_keys(text, age_recipient)
 
 
 def virtrbd_signer(word: str) -> bytes:
-    """The Ed25519 key of one public manifest signer (``virtrbd-signer1…``); never echoes a private key.
+    """The Ed25519 key of one public manifest signer (``virtrbd-signer1…``).
     (``backup.sealing.signing`` uses it too.)"""
-    if word.upper().startswith("VIRTRBD-SIGNING-KEY-"):
-        raise ValueError("holds a private signing key (VIRTRBD-SIGNING-KEY-…), where only public signers "
-                         "(virtrbd-signer1…) belong: give its signer ('virtrbd backup-key show FILE')")
-    try:
-        hrp, key = bech32.decode(word)
-    except bech32.Bech32Error as exc:
-        raise ValueError(f"{word[:70]!r} is not a virtrbd signer: {exc}") from None
-    if hrp != SIGNER_HRP or len(key) != 32:
-        raise ValueError(f"{word[:70]!r} is not a virtrbd signer (virtrbd-signer1…)")
-    return key
+    return _public_key(word, SIGNER_HRP, "a virtrbd signer", "a virtrbd signer (virtrbd-signer1…)",
+                       "VIRTRBD-SIGNING-KEY-", "holds a private signing key (VIRTRBD-SIGNING-KEY-…), where only "
+                       "public signers (virtrbd-signer1…) belong: give its signer ('virtrbd backup-key show FILE')")
 
 
 def virtrbd_signers(text: str) -> tuple[str, ...]:
     """Public manifest signers (``virtrbd-signer1…``), separated by commas or spaces."""
-    words = [word for word in re.split(r"[\s,]+", text.strip()) if word]
-    for word in words:
-        virtrbd_signer(word)
-    return tuple(word.lower() for word in words)
+    return _public_keys(text, virtrbd_signer)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -29,18 +30,25 @@ IDENTITY_HRP = "age-secret-key-"
 
 
 @dataclass(frozen=True)
-class Recipient:
-    """A public key backups are encrypted to."""
+class PublicKey:
+    """A public key, written in Bech32 under its class's ``HRP``."""
 
     public: bytes
+    HRP: ClassVar[str] = ""
 
     def __str__(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public)
+        return bech32.encode(self.HRP, self.public)
 
     @property
     def fingerprint(self) -> str:
         """A short name for the key, as manifests record it: the first 8 bytes of its SHA-256, in hex."""
         return hashlib.sha256(self.public).hexdigest()[:16]
+
+
+class Recipient(PublicKey):
+    """A public key backups are encrypted to."""
+
+    HRP = RECIPIENT_HRP
 
     def key(self) -> X25519PublicKey:
         return X25519PublicKey.from_public_bytes(self.public)

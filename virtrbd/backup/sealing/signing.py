@@ -16,9 +16,7 @@ Keys are Bech32 strings like age's: ``virtrbd-signer1…`` (public) and
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ... import bech32
 from ...config import SIGNER_HRP, virtrbd_signer
 from ...errors import UsageError
-from .keys import read_private, write_private
+from .keys import PublicKey, read_private, write_private
 
 SIGNING_KEY_HRP = "virtrbd-signing-key-"
 ALGORITHM = "ed25519"
@@ -36,18 +34,10 @@ ALGORITHM = "ed25519"
 CONTEXT = b"virtrbd manifest v2\n"
 
 
-@dataclass(frozen=True)
-class Signer:
+class Signer(PublicKey):
     """A public key whose signatures a verifier may trust."""
 
-    public: bytes
-
-    def __str__(self) -> str:
-        return bech32.encode(SIGNER_HRP, self.public)
-
-    @property
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.public).hexdigest()[:16]
+    HRP = SIGNER_HRP
 
     def verifies(self, message: bytes, signature: bytes) -> bool:
         try:
