@@ -111,7 +111,7 @@ class SecondHost:
                                    marker=str(self.dir), env=env)
         record(virtlogd)
         wait_socket(self.dir / "run" / "virtlogd-sock", virtlogd, self.dir / "virtlogd.log")
-        libvirtd = processes.start(f"libvirtd@{NAME}", ["nsenter", "-t", str(virtlogd.pid), "-m", "--",
+        libvirtd = processes.start(f"libvirtd@{NAME}", ["nsenter", "-t", str(virtlogd.pid), "-m", "-r", "-w", "--",
                                                         "libvirtd", "--listen", "-p", "/run/libvirt/libvirtd.pid",
                                                         "-f", f"{self.dir}/etc/libvirtd.conf"],
                                    self.dir / "libvirtd.log", marker=str(self.dir), env=env)

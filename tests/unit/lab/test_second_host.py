@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from virtrbd.errors import LabError
-from virtrbd.lab import Lab, second_host
+from virtrbd.lab import Lab, processes, second_host
 from virtrbd.lab.second_host import SecondHost
 
 
@@ -65,6 +65,25 @@ def test_addresses(tmp_path):
     assert host.tcp_uri == "qemu+tcp://127.0.0.1:40390/system"
     assert host.a_uri == f"qemu+unix:///system?socket={tmp_path}/lab/host-b/a-run/libvirt-sock"
     assert host.conf_file == tmp_path / "lab" / "host-b" / "virtrbd.conf"
+
+
+def test_b_s_libvirtd_joins_b_s_namespace_keeping_its_root(tmp_path, mocker):
+    """Entering a mount namespace moves a process to the namespace's own root: in a chroot (a package's test
+    root, a container image being built) b's libvirtd would look for its files outside it.  ``-r -w``
+    keep the root and working folder of b's virtlogd, which was started where the lab runs."""
+    started = []
+
+    def start(name, argv, log_path, marker, env=None):
+        started.append(argv)
+        return processes.Daemon(name, 4000 + len(started), marker)
+
+    mocker.patch.object(second_host.processes, "start", side_effect=start)
+    mocker.patch.object(second_host, "wait_socket")
+    SecondHost(tmp_path / "lab", 40100).start(lambda daemon: None, env={})
+    virtlogd, libvirtd = started
+    assert virtlogd[:5] == ["unshare", "-m", "--propagation", "private", "--"]
+    assert libvirtd[:7] == ["nsenter", "-t", "4001", "-m", "-r", "-w", "--"]
+    assert libvirtd[7] == "libvirtd"
 
 
 @pytest.mark.parametrize("hosts", [0, 3, -1])

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ...config import Config
-from ...errors import LabError
+from ...errors import LabError, LibvirtError
 from ...libvirt.host import Host, libvirt_translated
 from ..domains import remove_domain
 from . import ACCELERATOR_FILE, accelerator_said
@@ -154,8 +154,11 @@ class Guests:
         console.unlink(missing_ok=True)
         spec = GuestSpec("virtrbd-kvm-probe", disks=(), memory_mib=128)
         with Host(self.config.libvirt.uri) as host:
-            with libvirt_translated(host.libvirt, "starting the KVM probe"):
-                host.conn.createXML(guest_xml(self.config, spec, kit, domain_type="kvm", console=console))
+            try:
+                with libvirt_translated(host.libvirt, "starting the KVM probe"):
+                    host.conn.createXML(guest_xml(self.config, spec, kit, domain_type="kvm", console=console))
+            except LibvirtError as exc:     # /dev/kvm there but not for QEMU (a container, its groups)
+                return "qemu", f"QEMU could not use KVM: {exc}"
             try:
                 deadline = time.monotonic() + KVM_PROBE
                 while time.monotonic() < deadline:
