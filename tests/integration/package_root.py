@@ -2,13 +2,16 @@
 
 Commands run in it with chroot.  The root is made a mount point of its own
 (``unshare --propagation`` refuses a root that is not one, as host b of the
-lab needs), with /proc, /sys and the machine's /dev in it: what libvirtd and
-QEMU need to run there.  A network namespace of its own, with only a
-loopback, lets a second lab run there on the ports the machine's lab uses.
+lab needs), with what libvirtd and QEMU need to run there, none of it able to
+change the machine: a /dev of its own (a tmpfs with the usual nodes, its own
+ptys; the machine's /dev/kvm would have its group changed by the root's
+systemd-tmpfiles to the root's kvm group, and the machine's libvirtd then
+probes QEMU for ever), /proc with /proc/sys read-only, /sys read-only.  A
+network namespace of its own, with only a loopback, lets a second lab run
+there on the ports the machine's lab uses.
 
 ``remove`` kills what still runs in the root, unmounts, and deletes the
-folder only once nothing is mounted under it: a bind mount of /dev left in
-place would otherwise have the machine's device nodes deleted.
+folder only once nothing is mounted under it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -25,8 +29,22 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteracti
        "HOME": "/root"}
 #: apt's downloads: shared with the machine's cache, which ``make setup`` filled with the same packages
 APT_ARCHIVES = Path("/var/cache/apt/archives")
+#: character devices of the root's own /dev: name -> (major, minor), as the kernel's devices.txt numbers them
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 #: Debian's way to keep packages from starting services in a chroot (invoke-rc.d asks it; 101: not allowed)
 POLICY_RC_D = "#!/bin/sh\nexit 101\n"
+
+
+def machine_state() -> dict[str, object]:
+    """What a root's packages could change on the machine through shared files: /dev/kvm's owner and mode
+    (systemd-tmpfiles), kernel settings (sysctl in maintainer scripts)."""
+    state: dict[str, object] = {}
+    if os.path.exists("/dev/kvm"):
+        kvm = os.stat("/dev/kvm")
+        state["/dev/kvm"] = (kvm.st_uid, kvm.st_gid, stat.S_IMODE(kvm.st_mode))
+    for name in ("kernel/pid_max", "fs/aio-max-nr", "vm/max_map_count", "fs/file-max"):
+        state[name] = Path("/proc/sys", name).read_text()
+    return state
 
 
 class DebianRoot:
@@ -54,11 +72,32 @@ class DebianRoot:
     def _mount(self) -> None:
         p = str(self.path)
         for argv in (["mount", "--bind", p, p], ["mount", "--make-private", p],
-                     ["mount", "-t", "proc", "proc", f"{p}/proc"], ["mount", "-t", "sysfs", "sysfs", f"{p}/sys"],
-                     ["mount", "--rbind", "/dev", f"{p}/dev"], ["mount", "--make-rslave", f"{p}/dev"]):
+                     ["mount", "-t", "proc", "proc", f"{p}/proc"],
+                     ["mount", "--bind", f"{p}/proc/sys", f"{p}/proc/sys"],
+                     ["mount", "-o", "remount,bind,ro", f"{p}/proc/sys"],
+                     ["mount", "-t", "sysfs", "-o", "ro", "sysfs", f"{p}/sys"],
+                     ["mount", "-t", "tmpfs", "-o", "mode=755,size=64m", "dev", f"{p}/dev"]):
             subprocess.run(argv, check=True)
+        self._populate_dev()
         if APT_ARCHIVES.is_dir():
             subprocess.run(["mount", "--bind", str(APT_ARCHIVES), f"{p}{APT_ARCHIVES}"], check=True)
+
+    def _populate_dev(self) -> None:
+        """The device nodes a Debian system, its daemons and QEMU use; no /dev/kvm: the lab's guests run
+        under TCG there (a kernel does not boot under this machine kind's KVM anyway)."""
+        dev = self.path / "dev"
+        for name, (major, minor) in DEVICES.items():
+            os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(dev / name, 0o666)
+        for name in ("pts", "shm"):
+            (dev / name).mkdir()
+        (dev / "shm").chmod(0o1777)
+        subprocess.run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts",
+                        str(dev / "pts")], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "shm", str(dev / "shm")], check=True)
+        for name, target in {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+                             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}.items():
+            (dev / name).symlink_to(target)
 
     def run(self, *command: str, input: str | None = None, check: bool = True, isolated: bool = False,
             timeout: float = 900) -> subprocess.CompletedProcess:

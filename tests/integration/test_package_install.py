@@ -28,7 +28,7 @@ from virtrbd.lab.domains import BOOT_SECTOR
 from virtrbd.lab.domains import domain_xml as make_domain_xml
 
 from .backup_support import MiB, scattered_writes, sha256_of
-from .package_root import DebianRoot
+from .package_root import DebianRoot, machine_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DEB = f"virtrbd_{__version__}_all.deb"
@@ -42,6 +42,7 @@ def root():
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     subprocess.run([str(ROOT / "tools" / "install-debian-packages"), "debootstrap", "iproute2"], check=True)
     root = DebianRoot(Path(f"/var/tmp/virtrbd-package-root-{uuid.uuid4().hex[:8]}"))
+    machine = machine_state()
     try:
         DebianRoot.create(root.path)
         hook = root.path / "etc/libvirt/hooks/qemu"
@@ -54,6 +55,7 @@ def root():
         yield root
     finally:
         root.remove()
+    assert machine_state() == machine, "the root's packages changed the machine"
 
 
 @pytest.fixture
