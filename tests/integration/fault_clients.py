@@ -17,8 +17,12 @@ client is judged as the crashed one it amounts to, and said.
 
 ``python -m tests.integration.fault_clients SCENARIO LAB_ROOT QUICK_CONF STEADY_CONF STATE [die]``
 ``clones-batch`` records its plan and, if it lives, its outcome in the STATE
-file (``die``: it aborts right after killing the OSDs); ``clones-judge``
-prints one JSON object with what the test judges.
+file (``die``: it aborts right after killing the OSDs); ``clones-inspect``
+and then ``clones-rerun`` each print one JSON object with what the test judges.
+librados has also aborted a judge's process once, the OSDs just back: each
+of the two runs in a process of its own, so that one librados kills can be
+run again (the inspection only reads; a rerun must converge after any crash,
+its own included).
 """
 
 from __future__ import annotations
@@ -95,12 +99,12 @@ def clones_batch(flab: Lab, quick: config.Config, state: Path, *, die: bool = Fa
     _write(state, {"golden": golden, "children": children, "error": outcome.get("error")})
 
 
-def clones_judge(steady: config.Config, state: Path) -> dict:
-    """What the batch left, judged once the OSDs are back; then the rerun.
+def clones_inspect(steady: config.Config, state: Path) -> dict:
+    """What the batch left, judged once the OSDs are back, before any rerun; kept in STATE for the rerun.
 
     A batch that lived must have named every clone it left half made.  One
     that librados killed could name nothing: then its remains must simply hold
-    no data.  Either way the rerun must make every clone and keep the whole ones.
+    no data.  Only reads: run again, it finds the same.
     """
     plan = json.loads(state.read_text())
     golden, children = plan["golden"], plan["children"]
@@ -113,13 +117,22 @@ def clones_judge(steady: config.Config, state: Path) -> dict:
         # be one the batch reported as failed, and hold no data a rerun could lose
         remains = [c for c in existing if c not in whole]
         hidden = [c for c in remains if (not crashed and c not in str(error)) or not _holds_no_data(storage, c)]
+    _write(state.with_suffix(".inspected"), {"whole": whole})
+    return {"crashed": crashed, "error": error, "existing": len(existing), "whole": len(whole),
+            "hidden": hidden, "children": len(children)}
+
+
+def clones_rerun(steady: config.Config, state: Path) -> dict:
+    """The rerun after the inspection: every clone made, the whole ones the batch made kept (same image, not
+    a new one of the same name).  Run again after a rerun that died, it must still converge."""
+    plan = json.loads(state.read_text())
+    golden, children = plan["golden"], plan["children"]
+    whole = json.loads(state.with_suffix(".inspected").read_text())["whole"]
+    with Storage(steady) as storage:
         rerun = _rerun_until_stale_watches_expire(storage, golden, children)
         converged = all(_is_clone_of(storage, c, golden) for c in children)
-        # the rerun keeps every whole clone the batch made: same image, not a new one of the same name
         replaced = [c for c, image_id in whole.items() if storage.info(c).id != image_id]
-    return {"crashed": crashed, "error": error, "existing": len(existing), "whole": len(whole),
-            "hidden": hidden, "converged": converged, "rerun": len(rerun), "replaced": replaced,
-            "children": len(children)}
+    return {"converged": converged, "rerun": len(rerun), "replaced": replaced}
 
 
 def _write(path: Path, data: dict) -> None:
@@ -171,8 +184,10 @@ def main(argv: list[str]) -> int:
     scenario, lab_root, quick, steady, state, *how = argv
     if scenario == "clones-batch":
         clones_batch(Lab(lab_root), config.load(quick), Path(state), die=how == ["die"])
-    elif scenario == "clones-judge":
-        print(json.dumps(clones_judge(config.load(steady), Path(state))))
+    elif scenario == "clones-inspect":
+        print(json.dumps(clones_inspect(config.load(steady), Path(state))))
+    elif scenario == "clones-rerun":
+        print(json.dumps(clones_rerun(config.load(steady), Path(state))))
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     return 0
