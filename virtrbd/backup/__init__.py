@@ -100,7 +100,9 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
 
 
 def parse_recipients(texts: Sequence[str]) -> tuple:
-    """Parsed recipients, each once, in the order given."""
+    """Parsed recipients, each once, in the order given (the cryptography loaded only for some)."""
+    if not texts:
+        return ()
     from .sealing.keys import parse_recipient
     found: dict[bytes, object] = {}
     for text in texts:
@@ -111,14 +113,18 @@ def parse_recipients(texts: Sequence[str]) -> tuple:
 
 def signing_key_of(settings):
     """The key of ``[backup] signing_key`` (None when the config names none)."""
+    if settings.signing_key is None:
+        return None
     from .sealing.signing import read_signing_key
-    return None if settings.signing_key is None else read_signing_key(settings.signing_key)
+    return read_signing_key(settings.signing_key)
 
 
 def identities(identity: os.PathLike | str | None) -> list | None:
     """The identities in an age identity file (None for none), for ``plan_restore``."""
+    if identity is None:
+        return None
     from .sealing.keys import read_identities
-    return None if identity is None else read_identities(Path(identity))
+    return read_identities(Path(identity))
 
 
 def backup(storage, spec: str | ImageSpec | BackupPlan, dest_dir: os.PathLike | str | None = None, *,

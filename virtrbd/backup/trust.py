@@ -5,16 +5,21 @@ it names, which catches an edit but not a forgery) and says so; once it knows
 one (``[backup] signers``, ``--signer``, or its own ``signing_key``), it
 refuses a manifest that is unsigned or signed by any other key, so a forged
 backup, or a real one stripped of its signature, is never restored.
+The Ed25519 code (``sealing.signing``, the cryptography bindings: some 15 MiB
+of a process) is loaded only where there is a signer or a signature to check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptBackupError, UsageError
 from .formats.manifest import Manifest
-from .sealing.signing import Signer, parse_signer, read_signing_key
+
+if TYPE_CHECKING:
+    from .sealing.signing import Signer
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,14 @@ class Trust:
         """From virtrbd.conf's ``[backup]`` (its signers and its signing key's public half) and ``extra``."""
         found: dict[bytes, Signer] = {}
         texts = [*(settings.signers if settings is not None else ()), *extra]
+        own_key = settings.signing_key if settings is not None else None
+        if not texts and own_key is None:
+            return cls()
+        from .sealing.signing import parse_signer, read_signing_key
         for signer in (parse_signer(str(text)) for text in texts):
             found.setdefault(signer.public, signer)
-        if settings is not None and settings.signing_key is not None:
-            own = read_signing_key(settings.signing_key).signer
+        if own_key is not None:
+            own = read_signing_key(own_key).signer
             found.setdefault(own.public, own)
         return cls(tuple(found.values()))
 
@@ -43,6 +52,7 @@ class Trust:
                     f"{m.path}: the manifest is not signed, and this host believes only manifests signed by "
                     f"its signers ([backup] signers, signing_key, --signer): forged, or stripped of its signature?")
             return "unsigned"
+        from .sealing.signing import parse_signer
         try:
             signer = parse_signer(m.signature["signer"])
         except UsageError as exc:
