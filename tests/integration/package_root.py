@@ -52,10 +52,9 @@ class DebianRoot:
         self.path = Path(path)
         self.netns = f"virtrbd-{self.path.name[-8:]}"
 
-    @classmethod
-    def create(cls, path: Path) -> DebianRoot:
+    def create(self) -> None:
         """debootstrap a minbase bookworm root at ``path`` with the machine's apt sources; mount what it needs."""
-        root = cls(path)
+        path = self.path
         made = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(path), MIRROR],
                               capture_output=True, text=True, timeout=1200)
         assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
@@ -66,8 +65,11 @@ class DebianRoot:
         policy = path / "usr/sbin/policy-rc.d"
         policy.write_text(POLICY_RC_D)
         policy.chmod(0o755)
-        root._mount()
-        return root
+        self._mount()
+
+    def inside(self, path: Path | str) -> Path:
+        """Where the root's ``path`` (absolute, as the root sees it) is on the machine."""
+        return self.path / Path(path).relative_to("/")
 
     def _mount(self) -> None:
         p = str(self.path)

@@ -301,15 +301,13 @@ def _judged(step: str, flab, conf, steady, state: Path) -> dict:
         done = _fault_client(step, flab, conf, steady, state)
         if done.returncode == 0:
             return json.loads(done.stdout)
-        aborted = done.returncode == -signal.SIGABRT and "terminate called" in done.stderr
-        if not aborted or run == JUDGE_RUNS:
-            LEDGER.fault(CLONES_FAULT, False)
-            # the first lines say why (librados' terminate message, or a traceback), the Python stacks where
-            pytest.fail(f"the judge's {step} {_ended(done.returncode)}: {done.stderr.strip()[:4000]}",
-                        pytrace=False)
-        warnings.warn(f"librados aborted the judge's {step} (run {run}), which runs again: "
-                      f"{done.stderr.strip()[:300]}", stacklevel=1)
-    raise AssertionError("unreachable")
+        if run < JUDGE_RUNS and done.returncode == -signal.SIGABRT and "terminate called" in done.stderr:
+            warnings.warn(f"librados aborted the judge's {step} (run {run}), which runs again: "
+                          f"{done.stderr.strip()[:300]}", stacklevel=1)
+            continue
+        LEDGER.fault(CLONES_FAULT, False)
+        # the first lines say why (librados' terminate message, or a traceback), the Python stacks where
+        pytest.fail(f"the judge's {step} {_ended(done.returncode)}: {done.stderr.strip()[:4000]}", pytrace=False)
 
 
 def _fault_client(scenario: str, flab, conf, steady, state: Path, *how: str) -> subprocess.CompletedProcess:

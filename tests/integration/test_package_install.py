@@ -44,7 +44,7 @@ def root():
     root = DebianRoot(Path(f"/var/tmp/virtrbd-package-root-{uuid.uuid4().hex[:8]}"))
     machine = machine_state()
     try:
-        DebianRoot.create(root.path)
+        root.create()
         hook = root.path / "etc/libvirt/hooks/qemu"
         hook.parent.mkdir(parents=True)
         hook.write_text(OPERATORS_HOOK)
@@ -131,9 +131,14 @@ def test_hook_install_from_the_package_writes_the_hook_the_package_ships(configu
 
 def package_files(root: DebianRoot) -> dict[str, str]:
     """Each file the package installed, by its SHA-256 (the hook, a conffile, included)."""
-    listed = [Path(line) for line in root.run("dpkg", "-L", "virtrbd").stdout.splitlines()]
-    return {str(path): hashlib.sha256((root.path / path.relative_to("/")).read_bytes()).hexdigest()
-            for path in listed if (root.path / path.relative_to("/")).is_file()}
+    listed = root.run("dpkg", "-L", "virtrbd").stdout.splitlines()
+    return {path: hashlib.sha256(root.inside(path).read_bytes()).hexdigest()
+            for path in listed if root.inside(path).is_file()}
+
+
+def module_files(root: DebianRoot) -> list[str]:
+    """Every file and folder under the installed Python package (one more would be written by a run)."""
+    return sorted(str(path) for path in root.inside("/usr/lib/python3/dist-packages/virtrbd").rglob("*"))
 
 
 def related(root: DebianRoot, field: str) -> list[str]:
@@ -150,7 +155,7 @@ def test_the_lab_and_the_demo_run_from_the_package_their_state_outside_usr(root)
     root.run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
              *related(root, "Recommends"), *related(root, "Suggests"))
     installed = package_files(root)
-    python_files = sorted(str(p) for p in (root.path / "usr/lib/python3/dist-packages/virtrbd").rglob("*"))
+    python_files = module_files(root)
     root.run("virtrbd", "lab", "guest", "build")       # on the machine's network: the kit comes from Debian
     root.isolate()
     try:
@@ -169,7 +174,7 @@ def test_the_lab_and_the_demo_run_from_the_package_their_state_outside_usr(root)
     assert down.returncode == 0, down.stdout + down.stderr
     assert root.processes() == []
     assert package_files(root) == installed
-    assert sorted(str(p) for p in (root.path / "usr/lib/python3/dist-packages/virtrbd").rglob("*")) == python_files
+    assert module_files(root) == python_files
 
 
 def test_purge_leaves_no_file_of_the_package_and_the_operators_hook_as_it_was(configured):
@@ -177,7 +182,7 @@ def test_purge_leaves_no_file_of_the_package_and_the_operators_hook_as_it_was(co
     files = [Path(line) for line in root.run("dpkg", "-L", "virtrbd").stdout.splitlines()]
     assert Path("/etc/virtrbd/virtrbd.conf") in files and Path("/etc/libvirt/hooks/qemu.d/virtrbd") in files
     root.run("apt-get", "purge", "-y", "-qq", "virtrbd")
-    left = [path for path in files if (root.path / path.relative_to("/")).is_file()]
+    left = [path for path in files if root.inside(path).is_file()]
     assert left == []
     assert not (root.path / "etc/virtrbd").exists()
     assert (root.path / "etc/libvirt/hooks/qemu").read_text() == OPERATORS_HOOK
