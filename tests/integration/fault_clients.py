@@ -30,10 +30,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 from virtrbd import Storage, config, errors
@@ -178,6 +181,47 @@ def _wait_until(condition, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition never met")
         time.sleep(0.02)
+
+
+# --- run from the test process ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+#: runs of a judge's step that librados may abort (the OSDs just back) before the test gives up
+JUDGE_RUNS = 3
+
+
+class JudgeDied(Exception):
+    """A judge's step died other than by librados' known abort, or was aborted on every run."""
+
+
+def run_client(scenario: str, flab: Lab, conf, steady, state: Path, *how: str) -> subprocess.CompletedProcess:
+    """One scenario of this module in a child process (the test process must outlive librados' aborts)."""
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-m", "tests.integration.fault_clients", scenario,
+                           str(flab.root), str(conf.path), str(steady.path), str(state), *how],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def judged(step: str, flab: Lab, conf, steady, state: Path) -> dict:
+    """One step of the judge, run again when librados aborted it (its known terminate after a
+    ``std::system_error``, above): any other death, or a third abort, raises ``JudgeDied``."""
+    run = 1
+    while True:
+        done = run_client(step, flab, conf, steady, state)
+        if done.returncode == 0:
+            return json.loads(done.stdout)
+        aborted = done.returncode == -signal.SIGABRT and "terminate called" in done.stderr
+        if not aborted or run == JUDGE_RUNS:
+            # the first lines say why (librados' terminate message, or a traceback), the Python stacks where
+            raise JudgeDied(f"the judge's {step} {ended(done.returncode)}: {done.stderr.strip()[:4000]}")
+        warnings.warn(f"librados aborted the judge's {step} (run {run}), which runs again: "
+                      f"{done.stderr.strip()[:300]}", stacklevel=2)
+        run += 1
+
+
+def ended(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
 
 
 def main(argv: list[str]) -> int:

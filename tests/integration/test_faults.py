@@ -12,7 +12,6 @@ daemon back before it ends, whatever happens.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import signal
 import subprocess
@@ -34,11 +33,12 @@ from virtrbd.lab.domains import domain_xml, remove_domain, wait_for_reads
 
 from ..cli_helpers import virtrbd
 from ..ledger import LEDGER
-from .fault_clients import HUNG, fill, kill_all_osds, start_all_osds
+from .fault_clients import HUNG, JudgeDied, ended, fill, judged, kill_all_osds, run_client, start_all_osds
 
 TIMEOUT = 3
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
+CLONES_FAULT = "all OSDs killed during 60 clones: no half-made clone passed off, rerun converges"
 
 pytestmark = pytest.mark.slow
 
@@ -261,7 +261,7 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
     judged in every run, not only when librados happens to abort."""
     flab, conf, steady = fault_lab
     state = tmp_path / "clones.json"
-    batch = _fault_client("clones-batch", flab, conf, steady, state, *(["die"] if client == "dies" else []))
+    batch = run_client("clones-batch", flab, conf, steady, state, *(["die"] if client == "dies" else []))
     start_all_osds(flab)
     crashed = batch.returncode != 0
     hung = batch.returncode == HUNG
@@ -269,9 +269,13 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
         assert crashed, f"the batch's process should have aborted: {batch.returncode}"
     if crashed and (batch.returncode not in (-signal.SIGABRT, HUNG) or not state.exists()):
         LEDGER.fault(CLONES_FAULT, False)
-        pytest.fail(f"the batch's process {_ended(batch.returncode)}: {batch.stderr.strip()[:4000]}", pytrace=False)
-    found = _judged("clones-inspect", flab, conf, steady, state)
-    found.update(_judged("clones-rerun", flab, conf, steady, state))
+        pytest.fail(f"the batch's process {ended(batch.returncode)}: {batch.stderr.strip()[:4000]}", pytrace=False)
+    try:
+        found = judged("clones-inspect", flab, conf, steady, state)
+        found.update(judged("clones-rerun", flab, conf, steady, state))
+    except JudgeDied as died:
+        LEDGER.fault(CLONES_FAULT, False)
+        pytest.fail(str(died), pytrace=False)
     assert found["crashed"] == crashed
     survived = ((crashed or found["error"] is not None) and not found["hidden"] and found["converged"]
                 and found["rerun"] == found["children"] and not found["replaced"])
@@ -287,39 +291,6 @@ def test_osds_killed_during_clones_leave_only_whole_clones_and_a_rerun_converges
         assert found["error"] is not None, f"the batch did not notice the dead OSDs ({found['existing']} made)"
     assert found["hidden"] == [], f"half-made clones not reported as failed: {found['hidden']} ({found['error']})"
     assert found["converged"] and found["replaced"] == [], found
-
-
-CLONES_FAULT = "all OSDs killed during 60 clones: no half-made clone passed off, rerun converges"
-#: runs of a judge's step that librados may abort (the OSDs just back) before the test gives up
-JUDGE_RUNS = 3
-
-
-def _judged(step: str, flab, conf, steady, state: Path) -> dict:
-    """One step of the judge in a child process, run again when librados aborted it (its known terminate
-    after a ``std::system_error``; see fault_clients): any other death, or a third abort, fails the test."""
-    for run in range(1, JUDGE_RUNS + 1):
-        done = _fault_client(step, flab, conf, steady, state)
-        if done.returncode == 0:
-            return json.loads(done.stdout)
-        if run < JUDGE_RUNS and done.returncode == -signal.SIGABRT and "terminate called" in done.stderr:
-            warnings.warn(f"librados aborted the judge's {step} (run {run}), which runs again: "
-                          f"{done.stderr.strip()[:300]}", stacklevel=1)
-            continue
-        LEDGER.fault(CLONES_FAULT, False)
-        # the first lines say why (librados' terminate message, or a traceback), the Python stacks where
-        pytest.fail(f"the judge's {step} {_ended(done.returncode)}: {done.stderr.strip()[:4000]}", pytrace=False)
-
-
-def _fault_client(scenario: str, flab, conf, steady, state: Path, *how: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "faulthandler", "-m", "tests.integration.fault_clients", scenario,
-                           str(flab.root), str(conf.path), str(steady.path), str(state), *how],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def _ended(code: int) -> str:
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with {code}"
 
 
 def test_osds_killed_during_a_flatten_then_the_rerun_completes(fault_lab, everything_back):

@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
-import uuid
 
 import pytest
 
 from virtrbd import Storage, errors
 from virtrbd.layering import GOLDEN_KEY
 
-from ..cli_helpers import assert_one_line_error, virtrbd
+from ..cli_helpers import virtrbd
+from .layering_kit import digest, golden, names, read_all, write
 
 MiB = 1 << 20
 
-
-@pytest.fixture
-def names(storage):
-    """Unique image names for one test; everything made under them is removed afterwards."""
-    prefix = f"l{uuid.uuid4().hex[:8]}"
-    made = []
-
-    def name(suffix: str) -> str:
-        made.append(f"{prefix}-{suffix}")
-        return made[-1]
-
-    yield name
-    # children before parents: flatten whatever still depends on something, then remove
-    for image in reversed(made):
-        if storage.image_exists(image):
-            storage.remove_image(image, with_snapshots=True, flatten_children=True)
-
-
-def write(storage, image: str, offset: int, data: bytes) -> None:
-    with storage.cluster.image("rbd", image) as img:
-        img.write(data, offset)
-
-
-def read_all(storage, spec: str) -> bytes:
-    image, _, snap = spec.partition("@")
-    with storage.cluster.image("rbd", image, snapshot=snap or None, read_only=True) as img:
-        return img.read(0, img.size())
-
-
-def digest(storage, spec: str) -> str:
-    return hashlib.sha256(read_all(storage, spec)).hexdigest()
-
-
-def golden(storage, names, size: int = 16 * MiB) -> str:
-    base = names("golden")
-    storage.create_image(base, size)
-    write(storage, base, 0, b"golden boot sector".ljust(512, b"\0"))
-    return str(storage.make_golden(base))
+__all__ = ["names"]          # a fixture the tests use by name
 
 
 # --- snapshots -------------------------------------------------------------------------
@@ -375,41 +337,6 @@ def test_images_made_by_the_shim_appear_in_the_libvirt_pool(lab, storage, names)
         pool = host.find_pool(lab.libvirt_pool)
         pool.refresh(0)
         assert pool.storageVolLookupByName(child).info()[1] == 32 * MiB
-
-
-# --- the CLI -----------------------------------------------------------------------------------
-
-def test_cli_golden_clone_children_info_rm(lab, names, storage):
-    base, child = names("cb"), names("cc")
-    env = lab.env
-    assert virtrbd("create", base, "--size", "4M", env=env).code == 0
-    assert virtrbd("golden", "create", base, env=env).code == 0
-    assert virtrbd("clone", f"{base}@golden", child, "--size", "8M", env=env).code == 0
-    children = virtrbd("children", f"{base}@golden", "--json", env=env)
-    assert children.code == 0 and f"rbd/{child}" in children.out
-    info = virtrbd("info", child, env=env)
-    assert f"parents    rbd/{base}@golden" in info.out
-    refused = virtrbd("rm", base, env=env)
-    assert_one_line_error(refused, 1, "has clones", f"rbd/{child}")
-    assert virtrbd("rm", base, "--with-snapshots", "--flatten-children", env=env).code == 0
-
-
-@pytest.mark.parametrize("args, code, words", [
-    (("snap", "create", "rbd/../x@s"), 2, ["invalid image spec"]),
-    (("snap", "create", "a@b@c"), 2, ["invalid image spec"]),
-    (("snap", "create", "img"), 2, ["a snapshot is needed"]),
-    (("clone", "img", "child"), 2, ["a snapshot is needed"]),
-    (("clone", "rbd/none@s", "rbd/x y"), 2, ["invalid image name"]),
-    (("rm", "nopool/x"), 1, ["pool nopool: does not exist"]),
-    (("snap", "rm", "rbd/never-existed@s"), 1, ["image rbd/never-existed: does not exist"]),
-    (("clone", "rbd/never-existed@s", "rbd/child-of-nothing"), 1, ["does not exist"]),
-    (("flatten", "rbd/never-existed"), 1, ["does not exist"]),
-    (("info", "rbd/img@snap"), 2, ["not a snapshot"]),
-])
-def test_cli_bad_input_is_one_line_and_changes_nothing(lab, storage, args, code, words):
-    before = storage.list_images()
-    assert_one_line_error(virtrbd(*args, env=lab.env), code, *words)
-    assert storage.list_images() == before
 
 
 def test_golden_metadata_names_the_image_it_was_made_for(storage, names):

@@ -20,8 +20,9 @@ from .. import __version__, crc32c, exits
 from ..ceph import Cluster
 from ..errors import BackupError, NotFoundError, UsageError
 from ..progress import Progress
+from .block_writer import Blocks, BlockWriter
 from .file_crc import ALGORITHM as FILE_ALGORITHM
-from .files import AtomicFile, Blocks, BlockWriter, fsync_directory, remove_stale_temps
+from .files import AtomicFile, fsync_directory, remove_stale_temps
 from .formats import FULL_FORMATS
 from .formats import manifest as manifests
 from .formats.checksum import ALGORITHM as CONTENT_ALGORITHM

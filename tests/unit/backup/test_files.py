@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from virtrbd.backup.files import TEMP_MARK, AtomicFile, BlockWriter, publish, remove_stale_temps, temp_name
+from virtrbd.backup.block_writer import BlockWriter
+from virtrbd.backup.files import TEMP_MARK, AtomicFile, publish, remove_stale_temps, temp_name
 from virtrbd.errors import BackupError
 
 
@@ -131,7 +132,7 @@ def test_direct_writer_sends_small_runs_through_the_page_cache_and_large_ones_di
     more go direct; every byte lands once, in its place, whatever the mix."""
     import random
 
-    from virtrbd.backup.files import SMALL_RUN
+    from virtrbd.backup.block_writer import SMALL_RUN
     folder = Path("/var/tmp") if os.path.isdir("/var/tmp") else tmp_path     # tmpfs refuses O_DIRECT
     path = folder / f"virtrbd-test-direct-{os.getpid()}"
     try:

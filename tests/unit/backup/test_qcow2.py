@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from virtrbd.backup.files import AtomicFile, BlockWriter
+from virtrbd.backup.block_writer import BlockWriter
+from virtrbd.backup.files import AtomicFile
 from virtrbd.backup.formats.qcow2 import Qcow2Writer
 from virtrbd.backup.formats.qcow2_reader import Qcow2Reader
 from virtrbd.backup.memory import MemorySource

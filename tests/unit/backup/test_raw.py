@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from virtrbd.backup.files import AtomicFile, BlockWriter
+from virtrbd.backup.block_writer import BlockWriter
+from virtrbd.backup.files import AtomicFile
 from virtrbd.backup.formats.raw import RawReader, RawWriter, data_extents
 from virtrbd.backup.memory import MemorySource
 from virtrbd.backup.stream import BLOCK, CHUNK

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ...errors import CorruptBackupError, UsageError
-from ..files import Blocks, BlockWriter, open_regular_stream, regular_size
+from ..block_writer import Blocks, BlockWriter
+from ..files import open_regular_stream, regular_size
 from ..sealing.plain import plain_stream
 from .manifest import DIFF_FORMAT, Manifest
 from .qcow2 import Qcow2Writer

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 
 from ...errors import UsageError
-from ..files import Blocks
+from ..block_writer import Blocks
 from ..granules import Granules
 
 MAGIC = b"QFI\xfb"

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Iterator
 
 from ...errors import CorruptBackupError
-from ..files import BlockWriter, open_regular
+from ..block_writer import BlockWriter
+from ..files import open_regular
 from ..granules import Granules
 from ..stream import BLOCK, CHUNK
 

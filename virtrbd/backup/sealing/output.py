@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from ..files import BlockWriter, buffered_twin
+from ..block_writer import BlockWriter, buffered_twin
 from ..stream import BLOCK, MiB
 
 #: the writeback of a cached output starts every this many bytes (the fsync would otherwise write it all)
