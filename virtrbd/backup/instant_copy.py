@@ -15,12 +15,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from ..ceph import Cluster
-from ..ceph.live_import import LiveImport
+from ..ceph.live_import import Claimed, LiveImport
 from ..errors import BusyError, CorruptBackupError, VirtrbdError
 from ..progress import Progress
 from ..spec import ImageSpec
@@ -45,7 +46,8 @@ class InstantResult:
     size: int
     seconds: float
     checked: str
-    empty_objects: int
+    written_objects: int        # a RAW file's objects virtrbd wrote itself (librbd's copy did the rest)
+    empty_objects: int          # and those it created empty (the file's holes)
 
 
 def copy(cluster: Cluster, spec: ImageSpec, *, progress: Progress | None = None) -> InstantResult:
@@ -62,11 +64,11 @@ def copy(cluster: Cluster, spec: ImageSpec, *, progress: Progress | None = None)
         record.clients = [*record.clients, me]
         if imports.status(spec.pool, spec.image) is None:      # committed by a copier killed right after
             instant.finish(cluster, spec, record)
-            return InstantResult(str(spec), record.file, record.format, record.size, 0.0, "ok", 0)
+            return InstantResult(str(spec), record.file, record.format, record.size, 0.0, "ok", 0, 0)
         record.host, record.pid, record.error = socket.gethostname(), os.getpid(), None
         instant.save(cluster, spec, record)
         try:
-            empty = _copy_and_check(cluster, imports, spec, record, progress)
+            claimed = _copy_and_check(cluster, imports, spec, record, progress)
         except CorruptBackupError as exc:
             _give_up(cluster, imports, spec, record, exc)
         except VirtrbdError as exc:
@@ -82,21 +84,23 @@ def copy(cluster: Cluster, spec: ImageSpec, *, progress: Progress | None = None)
     if progress:
         progress(record.size, record.size)
     return InstantResult(str(spec), record.file, record.format, record.size, time.monotonic() - started,
-                         "ok", empty)
+                         "ok", claimed.written, claimed.empty)
 
 
 def _copy_and_check(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
-                    progress: Progress | None) -> int:
-    """librbd's copy, with the file's checksums recomputed beside it; the number of holes claimed empty."""
+                    progress: Progress | None) -> Claimed:
+    """The copy (a RAW file's objects by virtrbd, the rest by librbd), with the file's checksums recomputed
+    beside it."""
     _check_unchanged(record, spec)
     check = _Check(record)
     check.start()
-    empty = 0
+    claimed = Claimed(0, 0)
     migration = imports.status(spec.pool, spec.image)
     if migration is None or migration.state != "executed":     # a copier killed after librbd's copy ended
-        empty = _claim_holes(cluster, imports, spec, record)
         with _Reporter(cluster, spec, record, progress) as reporter:
-            imports.execute(spec.pool, spec.image, on_progress=reporter.update)
+            done = _claim_objects(cluster, imports, spec, record, reporter)
+            claimed = done or claimed
+            imports.execute(spec.pool, spec.image, on_progress=None if done else reporter.update)
     check.join()
     _check_unchanged(record, spec)
     if check.error is not None:
@@ -104,7 +108,7 @@ def _copy_and_check(cluster: Cluster, imports: LiveImport, spec: ImageSpec, reco
             raise CorruptBackupError(str(check.error))
         raise check.error
     record.checked = "ok"
-    return empty
+    return claimed
 
 
 def _give_up(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
@@ -141,11 +145,20 @@ def _check_unchanged(record: instant.Record, spec: ImageSpec) -> None:
                                  f"not committed (virtrbd restore --abort {spec} removes the image)")
 
 
-def _claim_holes(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record) -> int:
-    """A RAW file's holes as empty objects, so the copy does not write them as zeros (see ``live_import``)."""
+def _claim_objects(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
+                   reporter: _Reporter) -> Claimed | None:
+    """A RAW file's objects written by virtrbd, only their data, holes empty (see ``live_import``); None
+    where librbd's copy does it all (a QCOW2 file, which tells librbd where its data is; another layout)."""
     if record.format != "raw":
-        return 0
-    return imports.claim_holes(spec.pool, spec.image, hole_objects(Path(record.file), _object_size(cluster, spec)))
+        return None
+    object_size = _object_size(cluster, spec)
+
+    def reported():
+        for number, pieces in file_objects(Path(record.file), object_size):
+            yield number, pieces
+            reporter.update(min((number + 1) * object_size, record.size), record.size)
+
+    return imports.claim_objects(spec.pool, spec.image, reported())
 
 
 def _object_size(cluster: Cluster, spec: ImageSpec) -> int:
@@ -153,20 +166,35 @@ def _object_size(cluster: Cluster, spec: ImageSpec) -> int:
         return int(image.stat()["obj_size"])
 
 
-def hole_objects(path: Path, object_size: int) -> list[int]:
-    """The numbers of the objects that lie wholly in holes of the sparse file ``path`` (none where the
-    filesystem cannot tell holes: ``data_extents`` then calls the whole file data)."""
-    fd = os.open(path, os.O_RDONLY)
+def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    """Every object of the sparse file ``path``: ``(number, pieces)``, its data regions as (offset in the
+    object, bytes), none for an object wholly in a hole (a filesystem that cannot tell holes: all data)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        holes: list[int] = []
-        offset = 0                              # where the hole before the next data region starts
-        for start, length in [*data_extents(fd, size), (size, 0)]:
-            holes.extend(range(-(-offset // object_size), start // object_size))
-            offset = start + length
-        return holes
+        regions = iter(data_extents(fd, size))
+        region = next(regions, None)
+        for number in range(-(-size // object_size)):
+            start, end = number * object_size, min((number + 1) * object_size, size)
+            pieces = []
+            while region is not None and region[0] < end:
+                offset, length = region
+                low, high = max(offset, start), min(offset + length, end)
+                if high > low:
+                    pieces.append((low - start, _read_exactly(fd, high - low, low)))
+                if offset + length > end:
+                    break                       # the region goes on into the next object
+                region = next(regions, None)
+            yield number, pieces
     finally:
         os.close(fd)
+
+
+def _read_exactly(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise CorruptBackupError(f"the backup file ended at {offset + len(data)} while being copied")
+    return data
 
 
 class _Check(threading.Thread):

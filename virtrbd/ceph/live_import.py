@@ -4,12 +4,13 @@
 a file by whichever librbd client opens it; ``migration_execute`` copies the
 rest (run by the image's exclusive-lock owner: when a running QEMU holds the
 lock, librbd hands the work to that QEMU); ``migration_commit`` cuts the image
-loose from the file.  A RAW source is read as all data: objects that are holes
-in the file would be written as 4 MiB of zeros, so ``claim_holes`` creates them
-empty first, with an exclusive create that fails on an object a client already
-wrote (RADOS orders the two), and the object map is rebuilt so the copy sees
-them.
-"""
+loose from the file.  A RAW source is read as all data: librbd's copy would
+write every object whole, holes as 4 MiB of zeros and a partly written object
+with its zeros too.  So ``claim_objects`` writes them first: each object in one
+exclusive create that carries only its data (none for a hole), which fails on
+an object a client already wrote (RADOS orders the two; librbd's copy-up of an
+existing object is a no-op), and the object map is rebuilt so the copy skips
+them.  Until then a client reads those objects from the file, as before."""
 
 from __future__ import annotations
 
@@ -25,13 +26,51 @@ from .translate import errno_error, translated
 
 #: librbd's migration states (cls::rbd::MigrationState), as ``rbd migration`` names them
 STATES = {0: "error", 1: "preparing", 2: "prepared", 3: "executing", 4: "executed", 5: "aborting"}
+#: object writes in flight, and their bytes (the bytes bound the client's memory)
 _IN_FLIGHT = 64
+_IN_FLIGHT_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
 class MigrationStatus:
     state: str
     description: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    written: int                # objects created with their data
+    empty: int                  # objects created empty: holes of the file
+
+
+class _Window:
+    """At most ``_IN_FLIGHT`` writes and ``_IN_FLIGHT_BYTES`` in flight (a larger write goes alone)."""
+
+    def __init__(self) -> None:
+        self.ops = self.bytes = 0
+        self.results: list[tuple[int, bool]] = []       # (librados' return value, whether it carried data)
+        self._changed = threading.Condition()
+
+    def enter(self, size: int) -> None:
+        with self._changed:
+            while self.ops >= _IN_FLIGHT or (self.ops and self.bytes + size > _IN_FLIGHT_BYTES):
+                self._changed.wait()
+            self.ops += 1
+            self.bytes += size
+
+    def leaver(self, size: int, data: bool) -> Callable[[object], None]:
+        def left(completion) -> None:
+            with self._changed:
+                self.results.append((completion.get_return_value(), data))
+                self.ops -= 1
+                self.bytes -= size
+                self._changed.notify_all()
+        return left
+
+    def drain(self) -> None:
+        with self._changed:
+            while self.ops:
+                self._changed.wait()
 
 
 class LiveImport:
@@ -99,45 +138,46 @@ class LiveImport:
             self.cluster.blocklist(address)
         return len(evicted | watching)
 
-    def claim_holes(self, pool: str, name: str, objects: Iterable[int]) -> int:
-        """Create the image's objects numbered ``objects`` empty where none exists yet; return how many.
+    def claim_objects(self, pool: str, name: str, objects: Iterable[tuple[int, list[tuple[int, bytes]]]]
+                      ) -> Claimed | None:
+        """Create each object ``(number, pieces)`` that no client has written yet, with its ``pieces`` (offset
+        in the object, bytes; none: an empty object) in one atomic operation, then rebuild the object map.
 
         Only for a plain layout (no striping, no separate data pool): elsewhere the
-        object numbering differs, and the copy simply writes the zeros.
+        object numbering differs, ``objects`` is left unread and None returned, and
+        librbd's copy does it all.
         """
         with self.cluster.image(pool, name) as image, translated(f"image {pool}/{name}"):
             if image.stripe_count() != 1:
-                return 0
+                return None
             prefix = image.stat()["block_name_prefix"]
             data_pool = image.data_pool_id()
-        created = 0
+        what = f"image {pool}/{name}: writing objects"
         with self.cluster.ioctx(pool) as ioctx:
             if data_pool not in (-1, ioctx.get_pool_id()):
-                return 0
-            with translated(f"image {pool}/{name}: creating empty objects"):
-                slots = threading.Semaphore(_IN_FLIGHT)
-                results: list[int] = []
-
-                def finished(completion) -> None:
-                    results.append(completion.get_return_value())
-                    slots.release()
-
-                pending = []
-                for number in objects:
-                    slots.acquire()
-                    with self.cluster.rados.WriteOpCtx() as op:
-                        op.new(self.cluster.rados.LIBRADOS_CREATE_EXCLUSIVE)
-                        pending.append(ioctx.operate_aio_write_op(op, f"{prefix}.{number:016x}",
-                                                                  oncomplete=finished))
-                for completion in pending:
-                    completion.wait_for_complete()
-            failed = [r for r in results if r < 0 and r != -errno_codes.EEXIST]
-            if failed:
-                raise errno_error(failed[0], f"image {pool}/{name}: creating empty objects")
-            created = sum(1 for r in results if r == 0)
+                return None
+            window = _Window()
+            try:
+                with translated(what):
+                    for number, pieces in objects:
+                        size = sum(len(data) for _, data in pieces)
+                        window.enter(size)
+                        with self.cluster.rados.WriteOpCtx() as op:
+                            op.new(self.cluster.rados.LIBRADOS_CREATE_EXCLUSIVE)
+                            for offset, data in pieces:
+                                op.write(data, offset)
+                            ioctx.operate_aio_write_op(op, f"{prefix}.{number:016x}",
+                                                       oncomplete=window.leaver(size, bool(pieces)))
+            finally:
+                window.drain()              # never close the pool's context under writes in flight
+        failed = [r for r, _ in window.results if r < 0 and r != -errno_codes.EEXIST]
+        if failed:
+            raise errno_error(failed[0], what)
+        claimed = Claimed(written=sum(1 for r, data in window.results if r == 0 and data),
+                          empty=sum(1 for r, data in window.results if r == 0 and not data))
         with self.cluster.image(pool, name) as image, translated(f"image {pool}/{name}: rebuilding its object map"):
             image.rebuild_object_map()
-        return created
+        return claimed
 
     def sparsify(self, pool: str, name: str, granularity: int) -> None:
         """Drop objects that hold only zeros (empty ones included), as ``rbd sparsify`` does, online."""

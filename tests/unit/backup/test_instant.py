@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from virtrbd.backup import in_use, instant, instant_copy, pruning, reader_access
-from virtrbd.backup.instant_copy import hole_objects
+from virtrbd.backup.instant_copy import file_objects
 from virtrbd.backup.restore import plan_restore
 from virtrbd.backup.retention import Policy
-from virtrbd.ceph.live_import import MigrationStatus
+from virtrbd.ceph.live_import import Claimed, MigrationStatus
 from virtrbd.errors import AlreadyExistsError, BackupError, BusyError, CorruptBackupError, UsageError
 from virtrbd.spec import ImageSpec
 
@@ -27,6 +27,7 @@ from .conftest import scattered
 
 USER = "nobody"
 MiB = 1 << 20
+OBJECT = 4 * MiB
 
 
 # --- the ACL ---------------------------------------------------------------------------------------------
@@ -108,23 +109,34 @@ def test_a_file_the_user_cannot_open_even_with_an_acl_is_refused_and_nothing_sta
 
 # --- the file's holes --------------------------------------------------------------------------------------
 
-def test_hole_objects_are_those_wholly_in_holes(tmp_path):
+def test_file_objects_carry_only_the_data_and_holes_are_empty(tmp_path):
     path = tmp_path / "sparse.raw"
     with open(path, "wb") as f:
-        f.truncate(16 * MiB)
+        f.truncate(16 * MiB + 512)
         f.seek(5 * MiB)
         f.write(b"x" * 4096)                # object 1 (4-8 MiB)
         f.seek(12 * MiB - 1)
-        f.write(b"y")                       # object 2 (8-12 MiB), its last byte
-    assert hole_objects(path, 4 * MiB) == [0, 3]
+        f.write(b"y" * 4097)                # the last byte of object 2 (8-12 MiB), on into object 3
+        f.seek(16 * MiB)
+        f.write(b"z" * 512)                 # object 4, shorter than the others
+    objects = list(file_objects(path, 4 * MiB))
+    assert [n for n, _ in objects] == [0, 1, 2, 3, 4]
+    assert objects[0][1] == []
+    content = path.read_bytes()
+    for number, pieces in objects:          # whatever the filesystem's granularity, the pieces are the file
+        start = number * 4 * MiB
+        for offset, data in pieces:
+            assert data == content[start + offset:start + offset + len(data)]
+        covered = b"".join(data for _, data in pieces)
+        assert covered.strip(b"\0") == content[start:start + 4 * MiB].strip(b"\0")
     empty = tmp_path / "empty.raw"
     with open(empty, "wb") as f:
         f.truncate(8 * MiB)
-    assert hole_objects(empty, 4 * MiB) == [0, 1]
+    assert list(file_objects(empty, 4 * MiB)) == [(0, []), (1, [])]
 
 
-def test_a_filesystem_that_cannot_tell_holes_has_none(tmp_path, monkeypatch):
-    """Claiming an object empty that holds data would commit zeros in its place: no SEEK_DATA, no claims."""
+def test_a_filesystem_that_cannot_tell_holes_has_every_object_written_whole(tmp_path, monkeypatch):
+    """Claiming an object empty that holds data would commit zeros in its place: no SEEK_DATA, all data."""
     path = tmp_path / "sparse.raw"
     with open(path, "wb") as f:
         f.truncate(16 * MiB)
@@ -138,7 +150,9 @@ def test_a_filesystem_that_cannot_tell_holes_has_none(tmp_path, monkeypatch):
         return real_lseek(fd, offset, whence)
 
     monkeypatch.setattr(os, "lseek", no_seek_data)
-    assert hole_objects(path, 4 * MiB) == []
+    content = path.read_bytes()
+    assert list(file_objects(path, 4 * MiB)) == [(n, [(0, content[n * 4 * MiB:(n + 1) * 4 * MiB])])
+                                                 for n in range(4)]
 
 
 # --- markers, retention and rm -----------------------------------------------------------------------------
@@ -199,6 +213,7 @@ class FakeLiveImport:
 
     calls: list[tuple] = []
     busy = False
+    claimed: set[int] = set()
 
     def __init__(self, cluster: FakeCluster):
         self.cluster = cluster
@@ -215,10 +230,13 @@ class FakeLiveImport:
         return MigrationStatus("prepared", "") if state else None
 
     def execute(self, pool, name, on_progress=None):
+        """librbd's copy: every object the image does not have yet (claimed ones it has)."""
         image = self.cluster.pools[pool][name]
         if image.migrating["type"] == "raw":
             data = Path(image.migrating["stream"]["file_path"]).read_bytes()
-            image.data[:len(data)] = data
+            for start in range(0, len(data), OBJECT):
+                if start // OBJECT not in self.claimed:
+                    image.data[start:start + OBJECT] = data[start:start + OBJECT]
         if on_progress:
             on_progress(1, 1)
         self.calls.append(("execute", name))
@@ -241,8 +259,17 @@ class FakeLiveImport:
             self.calls.append(("evict", name, sorted(addresses)))
         return 0
 
-    def claim_holes(self, pool, name, objects):
-        return len(list(objects))
+    def claim_objects(self, pool, name, objects):
+        """Each object written with its pieces only: a wrong offset or a missed piece shows in the content."""
+        image = self.cluster.pools[pool][name]
+        written = empty = 0
+        for number, pieces in objects:
+            self.claimed.add(number)
+            for offset, data in pieces:
+                image.data[number * OBJECT + offset:number * OBJECT + offset + len(data)] = data
+            written, empty = written + bool(pieces), empty + (not pieces)
+        self.calls.append(("claim", name, written, empty))
+        return Claimed(written, empty)
 
     def sparsify(self, pool, name, granularity):
         self.calls.append(("sparsify", name))
@@ -252,9 +279,10 @@ class FakeLiveImport:
 def live(monkeypatch):
     FakeLiveImport.calls = []
     FakeLiveImport.busy = False
+    FakeLiveImport.claimed = set()
     monkeypatch.setattr(instant, "LiveImport", FakeLiveImport)
     monkeypatch.setattr(instant_copy, "LiveImport", FakeLiveImport)
-    monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: 4 * MiB)
+    monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: OBJECT)
     return FakeLiveImport
 
 
@@ -262,7 +290,10 @@ TARGET = ImageSpec("rbd", "back")
 
 
 def test_start_then_copy_commits_and_frees_the_file(reachable, make_full, live):
-    content, extents = scattered(4 * MiB, 2)
+    content, extents = scattered(24 * MiB, 2, count=12)
+    content = content[:8 * MiB] + bytes(4 * MiB) + content[12 * MiB:]             # one object a hole
+    extents = [(o, min(n, 8 * MiB - o)) if o < 8 * MiB else (o, n) for o, n in extents
+               if not 8 * MiB <= o < 12 * MiB]
     made = make_full(content, extents)
     cluster = FakeCluster()
     record = instant.start(cluster, plan_restore(made.path), TARGET, qemu_user=USER)
@@ -271,7 +302,8 @@ def test_start_then_copy_commits_and_frees_the_file(reachable, make_full, live):
     assert record.file == str(made.path.resolve())
     result = instant_copy.copy(cluster, TARGET)
     assert bytes(cluster.pools["rbd"]["back"].data) == content
-    assert [c[0] for c in live.calls] == ["prepare", "execute", "commit", "sparsify"]
+    assert [c[0] for c in live.calls] == ["prepare", "claim", "execute", "commit", "sparsify"]
+    assert (result.written_objects, result.empty_objects) == live.calls[1][2:] and result.empty_objects >= 1
     assert result.checked == "ok" and in_use.importers(made.path) == []
     assert instant.RECORD_KEY not in cluster.pools["rbd"]["back"].metadata
     assert instant.status(cluster, TARGET).state == "none"
