@@ -60,6 +60,16 @@ class References:
                 self.fail(f"{what} at {offset} uses cluster {cluster}, which is already in use")
             self.count[cluster] = 1
 
+    def use_each(self, offsets: list[int], what: str) -> None:
+        """``use(offset, 1, what)`` for each offset: checked all at once, one by one only to name a fault."""
+        clusters = [offset // self.cluster_size for offset in offsets]
+        if clusters and (max(clusters) >= len(self.count) or len(set(clusters)) != len(clusters)
+                         or any(self.count[c] for c in clusters)):
+            for offset in offsets:
+                self.use(offset, 1, what)
+        for cluster in clusters:
+            self.count[cluster] = 1
+
 
 def check_refcounts(reader, l2_offsets: list[tuple[int, int]], data_offsets: list[tuple[int, int]]) -> None:
     """Every cluster's stored refcount is the number of its users, and COPIED flags agree with them.
@@ -76,10 +86,8 @@ def check_refcounts(reader, l2_offsets: list[tuple[int, int]], data_offsets: lis
     for index, block in enumerate(table):
         if block:
             used.use(block, 1, f"refcount block {index}")
-    for _entry, host in l2_offsets:
-        used.use(host, 1, "an L2 table")
-    for _entry, host in data_offsets:
-        used.use(host, 1, "a data cluster")
+    used.use_each([host for _entry, host in l2_offsets], "an L2 table")
+    used.use_each([host for _entry, host in data_offsets], "a data cluster")
     per_block = cs // 2                                   # 16-bit refcounts (the reader refuses others)
     expected = bytearray(cs)
     for index in range(max(len(table), ceil_div(len(used.count), per_block))):
