@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from ..ceph import Cluster
 from ..ceph.live_import import Claimed, LiveImport
-from ..errors import BusyError, CorruptBackupError, VirtrbdError
+from ..errors import BackupError, BusyError, CorruptBackupError, VirtrbdError
 from ..progress import Progress
 from ..spec import ImageSpec
 from . import in_use, instant
@@ -169,7 +169,10 @@ def _object_size(cluster: Cluster, spec: ImageSpec) -> int:
 def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
     """Every object of the sparse file ``path``: ``(number, pieces)``, its data regions as (offset in the
     object, bytes), none for an object wholly in a hole (a filesystem that cannot tell holes: all data)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BackupError(f"{path}: cannot read the backup file ({(exc.strerror or str(exc)).lower()})") from None
     try:
         size = os.fstat(fd).st_size
         regions = iter(data_extents(fd, size))
@@ -191,7 +194,10 @@ def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple
 
 
 def _read_exactly(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise BackupError(f"reading the backup file at {offset}: {(exc.strerror or str(exc)).lower()}") from None
     if len(data) != length:
         raise CorruptBackupError(f"the backup file ended at {offset + len(data)} while being copied")
     return data

@@ -135,6 +135,12 @@ def test_file_objects_carry_only_the_data_and_holes_are_empty(tmp_path):
     assert list(file_objects(empty, 4 * MiB)) == [(0, []), (1, [])]
 
 
+def test_a_backup_file_that_cannot_be_read_is_one_virtrbd_error(tmp_path):
+    """Not an OSError with a traceback: the copier records it and the import waits for --resume."""
+    with pytest.raises(BackupError, match=r"gone.raw: cannot read the backup file \(no such file or directory\)"):
+        list(file_objects(tmp_path / "gone.raw", 4 * MiB))
+
+
 def test_a_filesystem_that_cannot_tell_holes_has_every_object_written_whole(tmp_path, monkeypatch):
     """Claiming an object empty that holds data would commit zeros in its place: no SEEK_DATA, all data."""
     path = tmp_path / "sparse.raw"
