@@ -19,8 +19,9 @@ import pytest
 import rbd
 
 from virtrbd import errors
+from virtrbd.backup import via_libvirt
 from virtrbd.libvirt import streams
-from virtrbd.libvirt.host import Host
+from virtrbd.libvirt.host import Host, system_daemon_run
 
 from ..cli_helpers import virtrbd
 from .libvirt_patches_kit import (
@@ -343,11 +344,13 @@ def test_lab_status_shows_the_backend_libvirtd_runs(lab, backends):
 
 # --- restore takes libvirt's upload where the daemon has it ---------------------------------------
 
-def _restore_path(lab, storage, tmp_path) -> tuple[str, list[str]]:
-    """Back up an image and restore it with the command; the restored bytes checked.  The path it took,
-    and the restored image's name and any temporary one as libvirt's volume list shows them then.
+def _restore_path(lab, storage, tmp_path) -> tuple[dict, list[str]]:
+    """Back up an image and restore it with the command; the restored bytes checked.  What the restore
+    said (--json: the path it took, its peak memory), and the restored image's name and any temporary one
+    as libvirt's volume list shows them then.
     Both images are removed afterwards, whatever happens."""
     name = f"virtrbd-up-{uuid.uuid4().hex[:6]}"
+    tmp_path.mkdir(exist_ok=True)
     try:
         storage.create_image(name, 9 << 20)
         with storage.cluster.image("rbd", name) as image:
@@ -363,7 +366,7 @@ def _restore_path(lab, storage, tmp_path) -> tuple[str, list[str]]:
             assert a.read(0, a.size()) == b.read(0, b.size())
         table = virsh("vol-list", "--pool", lab.libvirt_pool).stdout.splitlines()
         listed = [line.split()[0] for line in table[2:] if line.strip()]      # under the header and dashes
-        return json.loads(restored.out)["path"], [v for v in listed if v.startswith(f"{name}-r")]
+        return json.loads(restored.out), [v for v in listed if v.startswith(f"{name}-r")]
     finally:
         for image in (f"{name}-r", name):
             if storage.image_exists(image):
@@ -371,10 +374,26 @@ def _restore_path(lab, storage, tmp_path) -> tuple[str, list[str]]:
 
 
 def test_restore_uploads_through_a_patched_libvirt(lab, patched, storage, tmp_path):
-    path, listed = _restore_path(lab, storage, tmp_path)
-    assert path == "libvirt"
+    said, listed = _restore_path(lab, storage, tmp_path)
+    assert said["path"] == "libvirt"
     assert len(listed) == 1 and listed[0].endswith("-r"), listed     # libvirt knows it by its name, and only so
 
 
 def test_restore_falls_back_to_librbd_without_the_patches(lab, unpatched, storage, tmp_path):
-    assert _restore_path(lab, storage, tmp_path)[0] == "librbd"
+    assert _restore_path(lab, storage, tmp_path)[0]["path"] == "librbd"
+
+
+def test_the_daemons_no_is_remembered_until_it_restarts(lab, backends, storage, tmp_path):
+    """The next restores skip loading libvirt and asking (~16 MiB less at their peak); a restarted daemon,
+    which may run another backend, is asked again."""
+    backends.use(False)
+    via_libvirt.MEMO.unlink(missing_ok=True)          # this daemon's answer not known yet
+    asked = _restore_path(lab, storage, tmp_path / "a")[0]
+    run = system_daemon_run("qemu:///system")
+    assert asked["path"] == "librbd" and run is not None
+    assert json.loads(via_libvirt.MEMO.read_text())["qemu:///system"] == {"daemon": run, "upload": False}
+    known = _restore_path(lab, storage, tmp_path / "b")[0]
+    assert known["path"] == "librbd"
+    assert known["peak_rss_bytes"] <= asked["peak_rss_bytes"] - 8 * MiB, (asked, known)
+    backends.use(True)
+    assert _restore_path(lab, storage, tmp_path / "c")[0]["path"] == "libvirt"

@@ -164,7 +164,9 @@ def restore(storage, src: os.PathLike | str | RestorePlan, target: str | ImageSp
     spec = storage.spec(target, snapshot=False)
     # through libvirt's volume upload where the running daemon has it (virtrbd's patched rbd backend)
     from ..libvirt.host import nobody_listens
-    if nobody_listens(storage.config.libvirt.uri):
+    from .via_libvirt import known_unable
+    uri = storage.config.libvirt.uri
+    if nobody_listens(uri) or known_unable(uri):
         libvirt_side: AbstractContextManager = nullcontext(None)
     else:
         from ..libvirt.policy import upload_target

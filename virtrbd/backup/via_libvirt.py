@@ -12,10 +12,14 @@ the pool that libvirt's rbd pool stands for, with the default 4 MiB objects
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..libvirt.host import system_daemon_run
 from .stream import CHUNK, within, zeros
 
 if TYPE_CHECKING:        # the libvirt side (and lxml) load only when a restore goes through libvirt
@@ -24,12 +28,50 @@ if TYPE_CHECKING:        # the libvirt side (and lxml) load only when a restore 
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_SIZE = 4 << 20
+#: what each run of the local libvirtd answered when asked whether it can upload
+MEMO = Path("/run/virtrbd/libvirt-upload.json")
 
 
 def can_upload(target: LibvirtTarget) -> bool:
     """Whether the running libvirtd can upload into the pool's volumes (asked of it: ~1 ms, no data)."""
     from ..libvirt.streams import supports_volume_upload
-    return supports_volume_upload(target.host, target.pool)
+    answer = supports_volume_upload(target.host, target.pool)
+    _remember(target.host.uri, answer)
+    return answer
+
+
+def known_unable(uri: str) -> bool:
+    """Whether this run of the local libvirtd was asked already and cannot upload (Debian's rbd backend):
+    then a restore need not load libvirt's binding and connect only to hear it again, ~16 MiB of its
+    peak memory and 60 ms (docs/performance.md)."""
+    run = system_daemon_run(uri)
+    return run is not None and _memo().get(uri) == {"daemon": run, "upload": False}
+
+
+def _memo() -> dict:
+    try:
+        found = json.loads(MEMO.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _remember(uri: str, answer: bool) -> None:
+    """Kept by root only, in a 0700 folder of /run (emptied at boot).  The most a wrong entry could do is
+    send a restore through librbd, the path that always works."""
+    run = system_daemon_run(uri)
+    if run is None or os.geteuid() != 0:
+        return
+    memo = {**_memo(), uri: {"daemon": run, "upload": answer}}
+    try:
+        MEMO.parent.mkdir(mode=0o700, exist_ok=True)
+        temp = MEMO.with_name(f".{MEMO.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(memo, out)
+        os.replace(temp, MEMO)
+    except OSError as exc:
+        log.debug("cannot remember libvirt's answer in %s: %s", MEMO, exc)
 
 
 def create_volume(target: LibvirtTarget, name: str, size: int) -> None:

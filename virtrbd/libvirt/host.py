@@ -57,6 +57,30 @@ def nobody_listens(uri: str) -> bool:
     return not any(path.exists() for path in sockets)
 
 
+#: where the monolithic libvirtd writes its PID, and where a process's facts are (a root of its own in tests)
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
+PROC = Path("/proc")
+
+
+def system_daemon_run(uri: str) -> str | None:
+    """Which run of the local libvirtd answers ``uri``: "PID:START" (its start in clock ticks since boot),
+    read from its PID file and /proc without libvirt's binding.  A restarted daemon is another run, and
+    only a restart loads another storage backend.  None for any other URI (remote, another socket), the
+    modular daemons, or a PID file that names no libvirtd."""
+    parts = urlsplit(uri)
+    if parts.netloc or parts.scheme not in ("qemu", "qemu+unix") or parts.path != "/system" or parts.query:
+        return None
+    try:
+        pid = int(LIBVIRTD_PIDFILE.read_text().split()[0])
+        process = PROC / str(pid)
+        if (process / "comm").read_text().strip() != "libvirtd":
+            return None
+        start = (process / "stat").read_text().rsplit(")", 1)[1].split()[19]      # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{pid}:{start}"
+
+
 def _import_libvirt() -> ModuleType:
     try:
         import libvirt
