@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from ..allocator import one_arena
 from ..ceph import FADVISE_NOCACHE, errno_error, translated
 from ..spec import ImageSpec
 from .results import SourceFacts
@@ -46,7 +47,8 @@ def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048, keep: int 
     faulted in again by the next one: ``keep`` bytes of free heap stay mapped
     instead (most of a backup's system time went to those faults).  And one
     arena for every thread: a buffer librados frees in one thread is reused
-    by the next allocation in another, not kept aside in a per-thread heap.
+    by the next allocation in another, not kept aside in a per-thread heap
+    (it holds only if set before the program's first thread: ``allocator``).
     Process-wide, so the command calls it; a program using the library may
     too.  False where the C library is not glibc.  The figures:
     docs/performance.md.
@@ -56,9 +58,8 @@ def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048, keep: int 
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-    return (bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, keep))
-            and bool(mallopt(M_ARENA_MAX, 1)))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, keep)) and one_arena()
 
 
 class RbdSource:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from .. import __version__, exits
+from .. import __version__, allocator, exits
 from ..errors import UsageError, VirtrbdError
 from . import signals
 from .common import Parser, divert_native_stderr
@@ -84,6 +84,7 @@ def run() -> None:
     the Ceph connection is closed by then, and the standard streams are
     flushed at exit whatever the collector does.
     """
+    allocator.one_arena()           # before the signal watcher, the first thread (see allocator)
     signals.install()
     code = main()
     signals.said_last_line(code)
