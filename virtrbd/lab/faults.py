@@ -11,6 +11,7 @@ data in memory and loses it with the process.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 
@@ -18,6 +19,8 @@ from ..errors import LabError, UsageError
 from ..probe import listening
 from . import processes
 from .ceph_cluster import mon_command
+
+log = logging.getLogger(__name__)
 
 
 def _argv(conf: str, name: str) -> list[str]:
@@ -51,10 +54,36 @@ def stop(lab, name: str, *, kill: bool = False) -> None:
 
 
 def start(lab, *names: str, timeout: float = 60) -> None:
-    """Start stopped daemons again; wait until they serve (monitor listening, OSDs up, every PG active)."""
+    """Start stopped daemons again; wait until they serve (monitor listening, OSDs up, every PG active).
+
+    A daemon that exits at start-up is marked stopped again (so the next ``start`` tries it, as the
+    tests' clean-up does) and started once more, its last words logged: a bluestore OSD killed a moment
+    before was seen to exit once in a fresh clone's run, and to start on the next try.
+    """
+    for attempt in (1, 2):
+        with lab._locked():
+            launched = [found for found in (launch(lab, name) for name in names) if found is not None]
+        try:
+            wait_serving(launched, timeout=timeout)
+            return
+        except LabError as exc:
+            dead = [daemon.name for _, daemon in launched if not processes.alive(daemon.pid)]
+            if not dead:
+                raise
+            _mark_stopped(lab, dead)
+            if attempt == 2:
+                raise
+            log.warning("lab: %s; starting %s again", exc, ", ".join(dead))
+            names = tuple(dead)
+
+
+def _mark_stopped(lab, names: list[str]) -> None:
     with lab._locked():
-        launched = [found for found in (launch(lab, name) for name in names) if found is not None]
-    wait_serving(launched, timeout=timeout)
+        state = lab._read_state()
+        for record in state.get("daemons", []):
+            if record["name"] in names:
+                record["stopped"] = True
+        lab._write_state(state)
 
 
 def launch(lab, name: str):
@@ -76,7 +105,7 @@ def wait_serving(launched: list, *, timeout: float = 60) -> None:
     launched = sorted(launched, key=lambda item: not item[1].name.startswith("mon."))
     for cluster, daemon in launched:
         if daemon.name.startswith("mon."):
-            _wait_listening(cluster.spec.port, daemon, timeout)
+            _wait_listening(cluster, daemon, timeout)
     osds = [(cluster, daemon) for cluster, daemon in launched if daemon.name.startswith("osd.")]
     if osds:
         _wait_osds_up(osds[0][0], [daemon for _, daemon in osds], timeout)
@@ -86,12 +115,12 @@ def stopped(lab) -> list[str]:
     return [d["name"] for d in lab._read_state().get("daemons", []) if d.get("stopped")]
 
 
-def _wait_listening(port: int, daemon: processes.Daemon, timeout: float) -> None:
+def _wait_listening(cluster, daemon: processes.Daemon, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not processes.alive(daemon.pid):
-            raise LabError(f"{daemon.name} exited at start-up")
-        if listening("127.0.0.1", port, timeout=0.2):
+            raise LabError(f"{daemon.name} exited at start-up: {_last_words(cluster, daemon.name)}")
+        if listening("127.0.0.1", cluster.spec.port, timeout=0.2):
             return
         time.sleep(0.05)
     raise LabError(f"{daemon.name} did not listen within {timeout:g} s")
@@ -100,9 +129,22 @@ def _wait_listening(port: int, daemon: processes.Daemon, timeout: float) -> None
 def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> None:
     """Until the monitors see these OSDs up and every PG is active again."""
     def exited() -> str | None:
-        return next((f"{d.name} exited at start-up" for d in daemons if not processes.alive(d.pid)), None)
+        return next((f"{d.name} exited at start-up: {_last_words(cluster, d.name)}" for d in daemons
+                     if not processes.alive(d.pid)), None)
 
     _wait_osd_map(cluster, [daemon.name for daemon in daemons], up=True, timeout=timeout, failed=exited)
+
+
+def _last_words(cluster, name: str) -> str:
+    """Why a daemon ended: the last lines of its output, else of its log (the lab's folder goes with it)."""
+    for path in (cluster.logs / f"{name}.stdout", cluster.logs / f"ceph-{name}.log"):
+        try:
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            continue
+        if lines:
+            return " | ".join(lines[-3:])[-600:]
+    return f"nothing in its output or log ({cluster.logs})"
 
 
 def wait_marked_down(lab, *names: str, timeout: float = 60) -> None:
