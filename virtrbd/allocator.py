@@ -15,10 +15,15 @@ from __future__ import annotations
 M_ARENA_MAX = -8
 
 
-def one_arena() -> bool:
-    """Every thread allocates from the main arena; False where the C library is not glibc."""
+def mallopt(option: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where the C library is not glibc (or refuses the setting)."""
     try:
         import ctypes
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1))
+        return bool(ctypes.CDLL(None).mallopt(option, value))
     except (OSError, AttributeError):
         return False
+
+
+def one_arena() -> bool:
+    """Every thread allocates from the main arena; False where the C library is not glibc."""
+    return mallopt(M_ARENA_MAX, 1)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..allocator import one_arena
+from ..allocator import mallopt, one_arena
 from ..ceph import FADVISE_NOCACHE, errno_error, translated
 from ..spec import ImageSpec
 from .results import SourceFacts
@@ -53,13 +53,8 @@ def return_large_buffers_to_the_system(threshold: int = CHUNK + 2048, keep: int 
     too.  False where the C library is not glibc.  The figures:
     docs/performance.md.
     """
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, keep)) and one_arena()
+    return mallopt(M_MMAP_THRESHOLD, threshold) and mallopt(M_TRIM_THRESHOLD, keep) and one_arena()
 
 
 class RbdSource:

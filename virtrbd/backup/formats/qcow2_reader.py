@@ -197,16 +197,19 @@ class Qcow2Reader:
         in_use = list(filter(None, table))
         if not in_use:
             return True
-        allowed = OFFSET_MASK | COPIED | (ZERO_FLAG if self.header.version >= 3 else 0)
         hosts = [entry & OFFSET_MASK for entry in in_use]
         inside = -(-self.size // self.cluster_size) - (index << self.l2_bits)     # entries inside the image
-        return not (reduce(or_, in_use) & ~allowed or reduce(or_, hosts) % self.cluster_size
+        return not (reduce(or_, in_use) & ~self._allowed_flags() or reduce(or_, hosts) % self.cluster_size
                     or max(hosts) + self.cluster_size > self.file_size or any(table[max(inside, 0):]))
+
+    def _allowed_flags(self) -> int:
+        """The bits an L2 entry may set: the offset, COPIED, and (version 3) the zero flag."""
+        return OFFSET_MASK | COPIED | (ZERO_FLAG if self.header.version >= 3 else 0)
 
     def _check_entries(self, index: int, table: tuple[int, ...]) -> None:
         """Every entry of L2 table ``index`` in turn: the first fault is named."""
         first_guest = index << self.l2_bits
-        allowed = OFFSET_MASK | COPIED | (ZERO_FLAG if self.header.version >= 3 else 0)
+        allowed = self._allowed_flags()
         for k in compress(range(len(table)), table):          # the entries in use (most are not)
             entry = table[k]
             guest = (first_guest + k) << self.header.cluster_bits
