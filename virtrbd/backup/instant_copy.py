@@ -26,9 +26,13 @@ from ..errors import BackupError, BusyError, CorruptBackupError, VirtrbdError
 from ..progress import Progress
 from ..spec import ImageSpec
 from . import in_use, instant
-from .formats import check_checksum
+from .file_crc import FileCRC
+from .formats import check_checksum, check_file_checksum
 from .formats import manifest as manifests
+from .formats.checksum import BackgroundDigest
+from .formats.manifest import Manifest
 from .formats.raw import data_extents
+from .stream import CHUNK
 from .verify import file_digest
 
 #: how often the copier writes its progress into the image's metadata
@@ -90,25 +94,31 @@ def copy(cluster: Cluster, spec: ImageSpec, *, progress: Progress | None = None)
 def _copy_and_check(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
                     progress: Progress | None) -> Claimed:
     """The copy (a RAW file's objects by virtrbd, the rest by librbd), with the file's checksums recomputed
-    beside it."""
+    beside it: from the bytes the claims read where virtrbd writes the objects, else by reading the file
+    on a thread of its own while librbd copies."""
     _check_unchanged(record, spec)
-    check = _Check(record)
-    check.start()
-    claimed = Claimed(0, 0)
+    try:
+        m = manifests.resolve(record.file)
+    except VirtrbdError as exc:
+        raise CorruptBackupError(str(exc)) from None
     migration = imports.status(spec.pool, spec.image)
-    if migration is None or migration.state != "executed":     # a copier killed after librbd's copy ended
-        with _Reporter(cluster, spec, record, progress) as reporter:
-            done = _claim_objects(cluster, imports, spec, record, reporter)
-            claimed = done or claimed
-            imports.execute(spec.pool, spec.image, on_progress=None if done else reporter.update)
-    check.join()
+    copying = migration is None or migration.state != "executed"   # else a copier was killed after librbd's copy
+    claimed = None
+    with _Reporter(cluster, spec, record, progress) as reporter, _Recheck(m) as recheck:
+        if copying:
+            claimed = _claim_objects(cluster, imports, spec, record, reporter, recheck)
+        check = recheck if claimed is not None else _Check(m)
+        check.start()
+        if copying:
+            imports.execute(spec.pool, spec.image, on_progress=None if claimed else reporter.update)
+        error = check.result()
     _check_unchanged(record, spec)
-    if check.error is not None:
-        if isinstance(check.error, VirtrbdError):
-            raise CorruptBackupError(str(check.error))
-        raise check.error
+    if error is not None:
+        if isinstance(error, VirtrbdError):
+            raise CorruptBackupError(str(error))
+        raise error
     record.checked = "ok"
-    return claimed
+    return claimed or Claimed(0, 0)
 
 
 def _give_up(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
@@ -146,15 +156,18 @@ def _check_unchanged(record: instant.Record, spec: ImageSpec) -> None:
 
 
 def _claim_objects(cluster: Cluster, imports: LiveImport, spec: ImageSpec, record: instant.Record,
-                   reporter: _Reporter) -> Claimed | None:
-    """A RAW file's objects written by virtrbd, only their data, holes empty (see ``live_import``); None
-    where librbd's copy does it all (a QCOW2 file, which tells librbd where its data is; another layout)."""
+                   reporter: _Reporter, recheck: _Recheck) -> Claimed | None:
+    """A RAW file's objects written by virtrbd, only their data, holes empty (see ``live_import``), every
+    byte read also fed to ``recheck``; None where librbd's copy does it all (a QCOW2 file, which tells
+    librbd where its data is; another layout)."""
     if record.format != "raw":
         return None
     object_size = _object_size(cluster, spec)
 
     def reported():
         for number, pieces in file_objects(Path(record.file), object_size):
+            for offset, data in pieces:
+                recheck.add(number * object_size + offset, data)
             yield number, pieces
             reporter.update(min((number + 1) * object_size, record.size), record.size)
 
@@ -206,18 +219,74 @@ def _read_exactly(fd: int, length: int, offset: int) -> bytes:
 class _Check(threading.Thread):
     """The file's checksums against its manifest, on a thread of its own while librbd copies."""
 
-    def __init__(self, record: instant.Record):
+    def __init__(self, m: Manifest):
         super().__init__(name="instant-restore-check", daemon=True)
-        self.record = record
+        self.m = m
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            m = manifests.resolve(self.record.file)
-            value, _digests, _read = file_digest(m)
-            check_checksum(m, value)
+            value, _digests, _read = file_digest(self.m)
+            check_checksum(self.m, value)
         except BaseException as exc:            # reported by the copier, which decides
             self.error = exc
+
+    def result(self) -> BaseException | None:
+        self.join()
+        return self.error
+
+
+class _Recheck:
+    """A RAW file's two checksums (its bytes' CRC, its content's digest) from the bytes the claims read.
+
+    The file is then read once, not once for the objects and twice more for
+    the checks; the digest is of exactly the bytes written into Ceph.  Data
+    comes in file order, in pieces that may cross the content checksum's
+    chunks (objects need not be 4 MiB): each piece is cut at their edges.
+    """
+
+    def __init__(self, m: Manifest):
+        self.m = m
+        self.crc = FileCRC()
+        self.digest = BackgroundDigest(m.size, algorithm=m.checksum["algorithm"])
+        self._chunk = 0
+        self._parts: list[tuple[int, bytes | bytearray | memoryview]] = []
+
+    def add(self, offset: int, data: bytes) -> None:
+        self.crc.add(offset, data)
+        view = memoryview(data)
+        while view:
+            index = offset // CHUNK
+            if index != self._chunk:
+                self._flush()
+                self._chunk = index
+            take = min(len(view), (index + 1) * CHUNK - offset)
+            self._parts.append((offset - index * CHUNK, view[:take]))
+            offset, view = offset + take, view[take:]
+
+    def start(self) -> None:
+        """Nothing to start: the claims feed it."""
+
+    def result(self) -> BaseException | None:
+        try:
+            self._flush()
+            if self.m.file_checksum is not None:
+                check_file_checksum(self.m, self.crc.value(self.m.file_size))
+            check_checksum(self.m, self.digest.hexdigest())
+        except BaseException as exc:
+            return exc
+        return None
+
+    def __enter__(self) -> _Recheck:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.digest.close()
+
+    def _flush(self) -> None:
+        if self._parts:
+            self.digest.add_parts(self._chunk, self._parts)
+            self._parts = []
 
 
 class _Reporter:

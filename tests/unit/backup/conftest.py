@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from virtrbd.backup import instant, instant_copy
 from virtrbd.backup.make import write_full_backup, write_incremental_backup
 from virtrbd.backup.memory import MemorySource
 from virtrbd.backup.results import BackupPlan, SourceFacts
 from virtrbd.spec import ImageSpec
+
+from .live_import_fake import OBJECT, FakeLiveImport
 
 MiB = 1 << 20
 
@@ -118,3 +121,16 @@ def as_before_xxh3(manifest: Path, content: bytes, *, data_crc: bool = True) -> 
         data["checksum"]["data_crc32c"] = crc.hexdigest()
     data["seal"] = manifests.seal_of(data)
     manifest.write_text(manifests.dumps(data))
+
+
+@pytest.fixture
+def live(monkeypatch):
+    """The instant-restore job's librbd calls faked (``FakeLiveImport``), its objects ``OBJECT`` bytes."""
+    FakeLiveImport.calls = []
+    FakeLiveImport.busy = False
+    FakeLiveImport.claimed = set()
+    FakeLiveImport.object_size = OBJECT
+    monkeypatch.setattr(instant, "LiveImport", FakeLiveImport)
+    monkeypatch.setattr(instant_copy, "LiveImport", FakeLiveImport)
+    monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: FakeLiveImport.object_size)
+    return FakeLiveImport

@@ -18,6 +18,7 @@ class FakeLiveImport:
     calls: list[tuple] = []
     busy = False
     claimed: set[int] = set()
+    object_size = OBJECT
 
     def __init__(self, cluster: FakeCluster):
         self.cluster = cluster
@@ -37,10 +38,10 @@ class FakeLiveImport:
         """librbd's copy: every object the image does not have yet (claimed ones it has)."""
         image = self.cluster.pools[pool][name]
         if image.migrating["type"] == "raw":
-            data = Path(image.migrating["stream"]["file_path"]).read_bytes()
-            for start in range(0, len(data), OBJECT):
-                if start // OBJECT not in self.claimed:
-                    image.data[start:start + OBJECT] = data[start:start + OBJECT]
+            data, step = Path(image.migrating["stream"]["file_path"]).read_bytes(), self.object_size
+            for start in range(0, len(data), step):
+                if start // step not in self.claimed:
+                    image.data[start:start + step] = data[start:start + step]
         if on_progress:
             on_progress(1, 1)
         self.calls.append(("execute", name))
@@ -69,8 +70,9 @@ class FakeLiveImport:
         written = empty = 0
         for number, pieces in objects:
             self.claimed.add(number)
+            at = number * self.object_size
             for offset, data in pieces:
-                image.data[number * OBJECT + offset:number * OBJECT + offset + len(data)] = data
+                image.data[at + offset:at + offset + len(data)] = data
             written, empty = written + bool(pieces), empty + (not pieces)
         self.calls.append(("claim", name, written, empty))
         return Claimed(written, empty)

@@ -23,7 +23,6 @@ from virtrbd.spec import ImageSpec
 from ...cli_helpers import assert_one_line_error, virtrbd
 from ..fakes import FakeCluster
 from .conftest import scattered
-from .live_import_fake import OBJECT, FakeLiveImport
 
 USER = "nobody"
 MiB = 1 << 20
@@ -212,17 +211,6 @@ def test_only_gone_processes_of_this_host_count_as_dead(tmp_path):
 
 
 # --- the job, librbd's calls faked ------------------------------------------------------------------------
-
-@pytest.fixture
-def live(monkeypatch):
-    FakeLiveImport.calls = []
-    FakeLiveImport.busy = False
-    FakeLiveImport.claimed = set()
-    monkeypatch.setattr(instant, "LiveImport", FakeLiveImport)
-    monkeypatch.setattr(instant_copy, "LiveImport", FakeLiveImport)
-    monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: OBJECT)
-    return FakeLiveImport
-
 
 TARGET = ImageSpec("rbd", "back")
 
