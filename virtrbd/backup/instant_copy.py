@@ -27,6 +27,7 @@ from ..progress import Progress
 from ..spec import ImageSpec
 from . import in_use, instant
 from .file_crc import FileCRC
+from .files import without_read_ahead
 from .formats import check_checksum, check_file_checksum
 from .formats import manifest as manifests
 from .formats.checksum import BackgroundDigest
@@ -183,7 +184,7 @@ def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple
     """Every object of the sparse file ``path``: ``(number, pieces)``, its data regions as (offset in the
     object, bytes), none for an object wholly in a hole (a filesystem that cannot tell holes: all data)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = without_read_ahead(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
         raise BackupError(f"{path}: cannot read the backup file ({(exc.strerror or str(exc)).lower()})") from None
     try:

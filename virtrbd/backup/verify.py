@@ -20,7 +20,7 @@ from ..errors import BackupError, UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
 from .file_crc import FileCRC, of_file
-from .files import open_regular
+from .files import open_regular, without_read_ahead
 from .formats import (
     check_backup_file,
     check_checksum,
@@ -80,7 +80,7 @@ def _file_crc(m: Manifest) -> str:
     """CRC-32C of the file's bytes, or of an encrypted file's plaintext (what ``age -d`` gives back)."""
     identities = identities_of(m)
     if identities is None:
-        fd = open_regular(m.data_path)
+        fd = without_read_ahead(open_regular(m.data_path))
         try:
             return of_file(fd, m.file_size)
         finally:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from ...errors import CorruptBackupError
 from ..block_writer import BlockWriter
-from ..files import open_regular
+from ..files import open_regular, without_read_ahead
 from ..granules import Granules
 from ..stream import BLOCK, CHUNK
 
@@ -78,10 +78,7 @@ class RawReader:
             self.close()
             kind = "truncated" if self.size < expected_size else "longer than recorded"
             raise CorruptBackupError(f"{path}: {kind}: {self.size} bytes, the manifest says {expected_size}")
-        try:
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:
-            pass
+        without_read_ahead(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -99,9 +96,10 @@ class RawReader:
         ``(offset, bytes)``; the chunk's other bytes are holes (zeros), never read.
 
         A reader thread keeps up to ``ahead`` chunks read in advance (``pread``
-        lets the interpreter go while it waits): holes between data break the
-        kernel's sequential read-ahead, and reads would otherwise wait on the
-        disk one after the other while nothing else happens.
+        lets the interpreter go while it waits): the kernel's read-ahead is off
+        (it would read the holes too, see ``files.without_read_ahead``), and
+        reads would otherwise wait on the disk one after the other while
+        nothing else happens.
         """
         chunks: queue.Queue = queue.Queue(maxsize=ahead)
         stop = threading.Event()
