@@ -3,9 +3,10 @@
 Two checks, both needed: the file's bytes as written (``file_checksum``: the
 headers and tables a reader such as QEMU parses, not only the data), and the
 image's content read back through virtrbd's own reader.  Needs no cluster
-unless a snapshot is named; a full backup's file is read twice (once whole for
-its CRC-32C, which runs in hardware and skips holes, once through its format),
-an incremental's once.
+unless a snapshot is named.  A RAW file is the image as it is, so both come
+from one read of its data (holes are never read); a QCOW2 file is read twice
+(once whole for its CRC-32C, which runs in hardware and skips holes, once
+through its format); an incremental once.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def file_digest(m: Manifest, *, keep: bool = False,
                     progress(reader.position, plain_size(m))
         check_file_checksum(m, crc.value(plain_size(m)))
         return hashed.hexdigest(), [], plain_size(m)
-    if m.file_checksum is not None:
+    # a RAW file holds the image byte for byte: its CRC comes from the reads that feed the content's digest
+    raw_crc = FileCRC() if m.file_checksum is not None and m.format == "raw" and m.encryption is None else None
+    if m.file_checksum is not None and raw_crc is None:
         check_file_checksum(m, _file_crc(m))
     read = 0
     fmt = full_format(m)
@@ -69,10 +72,15 @@ def file_digest(m: Manifest, *, keep: bool = False,
                                                                 algorithm=m.checksum["algorithm"]) as digest:
         for offset, parts in fmt.chunks(reader):
             digest.add_parts(offset // CHUNK, [(at - offset, data) for at, data in parts])
-            read += sum(len(data) for _at, data in parts)
+            for at, data in parts:
+                read += len(data)
+                if raw_crc is not None:
+                    raw_crc.add(at, data)
             if progress:
                 progress(min(offset + CHUNK, m.size), m.size)
         value = digest.hexdigest()
+    if raw_crc is not None:
+        check_file_checksum(m, raw_crc.value(m.file_size))
     return value, digest.digests or [], read
 
 

@@ -82,3 +82,18 @@ def test_an_instant_restore_reads_only_the_data(scattered):
     pieces = [data for _, found in instant_copy.file_objects(scattered, 4 * MiB) for _, data in found]
     assert sum(len(data) for data in pieces) == DATA
     assert cached(scattered) <= DATA + MiB
+
+
+def test_verify_reads_a_raw_files_data_once_for_both_checksums(scattered, monkeypatch):
+    """The file's CRC and its content's digest from the same reads: a RAW file is the image as it is."""
+    read: list[int] = []
+    real_pread = os.pread
+
+    def counted(fd, length, offset):
+        data = real_pread(fd, length, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counted)
+    found = run_verify(manifests.resolve(scattered))
+    assert found.judged == "file and content" and sum(read) == DATA
