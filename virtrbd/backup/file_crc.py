@@ -117,8 +117,11 @@ class FileCRC:
         return f"{extend_zeros(crc, file_size - at):08x}"
 
 
-def of_file(fd: int, size: int, block: int = 4 << 20) -> str:
-    """The CRC-32C of an open file's first ``size`` bytes, reading only where it holds data."""
+def of_file(fd: int, size: int, block: int = 4 << 20, will_need=lambda fd, offset, length: None) -> str:
+    """The CRC-32C of an open file's first ``size`` bytes, reading only where it holds data.
+
+    ``will_need(fd, offset, length)`` is told of the next block of data before each read (a reader
+    without the kernel's read-ahead starts it: ``read_ahead.will_need``)."""
     crc, at = 0, 0
     while at < size:
         try:
@@ -131,7 +134,9 @@ def of_file(fd: int, size: int, block: int = 4 << 20) -> str:
         hole_at = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
         at = data_at
         while at < hole_at:
-            data = os.pread(fd, min(block, hole_at - at), at)
+            length = min(block, hole_at - at)
+            will_need(fd, at + length, min(block, hole_at - at - length))
+            data = os.pread(fd, length, at)
             if not data:
                 raise EOFError(f"the file ends at {at} bytes, {size} expected")
             crc = crc32c.extend(crc, data)

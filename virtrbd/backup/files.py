@@ -76,23 +76,6 @@ def open_regular(path: os.PathLike | str, what: str = "backup file") -> int:
     return fd
 
 
-def without_read_ahead(fd: int) -> int:
-    """``fd`` with the kernel's read-ahead off; returns it.
-
-    virtrbd reads each data region of a sparse backup file whole, in reads of
-    up to 4 MiB, from a thread that keeps reading ahead itself.  The kernel's
-    read-ahead only adds what lies past a region: the hole after it, which it
-    fills with zeros page by page (up to ``read_ahead_kb``, 8 MiB on some
-    machines, for every small region of a scattered image), or which a share
-    sends over the network.  docs/performance.md has the figures.
-    """
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    except OSError:                 # a filesystem without the advice reads as before
-        pass
-    return fd
-
-
 def open_regular_stream(path: os.PathLike | str, what: str = "backup file", buffering: int = 1 * MiB):
     """``open_regular`` as a buffered binary stream."""
     return os.fdopen(open_regular(path, what), "rb", buffering=buffering)

@@ -27,12 +27,12 @@ from ..progress import Progress
 from ..spec import ImageSpec
 from . import in_use, instant
 from .file_crc import FileCRC
-from .files import without_read_ahead
 from .formats import check_checksum, check_file_checksum
 from .formats import manifest as manifests
 from .formats.checksum import BackgroundDigest
 from .formats.manifest import Manifest
 from .formats.raw import data_extents
+from .read_ahead import will_need, without_read_ahead
 from .stream import CHUNK
 from .verify import file_digest
 
@@ -197,10 +197,12 @@ def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple
             while region is not None and region[0] < end:
                 offset, length = region
                 low, high = max(offset, start), min(offset + length, end)
+                if offset + length > end:       # the region goes on into the next object: start on it
+                    will_need(fd, end, min(offset + length, end + object_size) - end)
                 if high > low:
                     pieces.append((low - start, _read_exactly(fd, high - low, low)))
                 if offset + length > end:
-                    break                       # the region goes on into the next object
+                    break
                 region = next(regions, None)
             yield number, pieces
     finally:

@@ -21,7 +21,7 @@ from ..errors import BackupError, UsageError
 from ..progress import Progress
 from ..spec import ImageSpec
 from .file_crc import FileCRC, of_file
-from .files import open_regular, without_read_ahead
+from .files import open_regular
 from .formats import (
     check_backup_file,
     check_checksum,
@@ -37,6 +37,7 @@ from .formats.checksum import FILE_HASHES, BackgroundDigest, ContentDigest
 from .formats.manifest import DIFF_FORMAT, Manifest
 from .formats.rbddiff import DiffReader
 from .rbd_io import MAX_OPS, READ_BYTES, WINDOW_BYTES, RbdSource
+from .read_ahead import will_need, without_read_ahead
 from .results import VerifyResult
 from .sealing.plain import PlainFile
 from .stream import CHUNK, is_zero, split_at
@@ -90,7 +91,7 @@ def _file_crc(m: Manifest) -> str:
     if identities is None:
         fd = without_read_ahead(open_regular(m.data_path))
         try:
-            return of_file(fd, m.file_size)
+            return of_file(fd, m.file_size, will_need=will_need)
         finally:
             os.close(fd)
     crc, plain = FileCRC(), PlainFile(m.data_path, identities)

@@ -97,3 +97,37 @@ def test_verify_reads_a_raw_files_data_once_for_both_checksums(scattered, monkey
     monkeypatch.setattr(os, "pread", counted)
     found = run_verify(manifests.resolve(scattered))
     assert found.judged == "file and content" and sum(read) == DATA
+
+
+def test_the_readers_ask_ahead_for_data_and_never_for_a_hole(scattered, monkeypatch):
+    """With the kernel's read-ahead off, each reader starts the next piece of data itself: over the whole
+    file it asks for all the data but the first piece, and for no byte of a hole."""
+    from virtrbd.backup import file_crc, read_ahead
+    from virtrbd.backup.formats import raw
+
+    asked: list[tuple[int, int]] = []
+
+    def record(fd, offset, length):
+        asked.append((offset, offset + length))
+
+    def inside_data(start: int, end: int) -> bool:
+        return any(offset <= start and end <= offset + length for offset, length in REGIONS)
+
+    def covered() -> int:
+        return sum(end - start for start, end in sorted(set(asked)))
+
+    monkeypatch.setattr(raw, "will_need", record)
+    with RawReader(scattered) as reader:
+        list(reader.chunks())
+    assert asked and all(inside_data(*r) for r in asked) and covered() == DATA - 4 * MiB   # all but chunk 0
+    asked.clear()
+    fd = read_ahead.without_read_ahead(os.open(scattered, os.O_RDONLY))
+    try:
+        file_crc.of_file(fd, SIZE, will_need=record)
+    finally:
+        os.close(fd)
+    assert asked and all(inside_data(*r) for r in asked) and covered() == 12 * MiB   # the run's 2nd-4th blocks
+    asked.clear()
+    monkeypatch.setattr(instant_copy, "will_need", record)
+    list(instant_copy.file_objects(scattered, 4 * MiB))
+    assert asked and all(inside_data(*r) for r in asked) and covered() == 12 * MiB   # the run's 2nd-4th objects

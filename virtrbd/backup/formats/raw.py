@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 from ...errors import CorruptBackupError
 from ..block_writer import BlockWriter
-from ..files import open_regular, without_read_ahead
+from ..files import open_regular
 from ..granules import Granules
+from ..read_ahead import will_need, without_read_ahead
 from ..stream import BLOCK, CHUNK
 
 
@@ -96,17 +97,24 @@ class RawReader:
         ``(offset, bytes)``; the chunk's other bytes are holes (zeros), never read.
 
         A reader thread keeps up to ``ahead`` chunks read in advance (``pread``
-        lets the interpreter go while it waits): the kernel's read-ahead is off
-        (it would read the holes too, see ``files.without_read_ahead``), and
-        reads would otherwise wait on the disk one after the other while
-        nothing else happens.
+        lets the interpreter go while it waits), and asks the kernel for the
+        next chunk's data while it reads one (the kernel's own read-ahead is
+        off: it would read the holes too, see ``read_ahead``); reads would
+        otherwise wait on the disk one after the other while nothing else
+        happens.
         """
         chunks: queue.Queue = queue.Queue(maxsize=ahead)
         stop = threading.Event()
 
         def read_ahead() -> None:
             try:
-                for first, _chunk_end, inside in self._layout(chunk_size):
+                layout = self._layout(chunk_size)
+                following = next(layout, None)
+                while following is not None:
+                    first, _chunk_end, inside = following
+                    following = next(layout, None)
+                    for start, end in following[2] if following is not None else ():
+                        will_need(self.fd, start, end - start)
                     item = (first, [(start, self._read(start, end - start)) for start, end in inside])
                     while not stop.is_set():
                         try:
