@@ -134,3 +134,18 @@ def live(monkeypatch):
     monkeypatch.setattr(instant_copy, "LiveImport", FakeLiveImport)
     monkeypatch.setattr(instant_copy, "_object_size", lambda cluster, spec: FakeLiveImport.object_size)
     return FakeLiveImport
+
+
+@pytest.fixture
+def preads(monkeypatch) -> list[int]:
+    """The length of every ``os.pread`` from now on: how much a reader of backup files read."""
+    read: list[int] = []
+    real_pread = os.pread
+
+    def counted(fd, length, offset):
+        data = real_pread(fd, length, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counted)
+    return read

@@ -3,7 +3,6 @@ claims wrote, whatever the image's object size; librbd's calls faked (``live_imp
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -29,26 +28,17 @@ def flip(path, offset: int) -> None:
         f.write(bytes([byte ^ 1]))
 
 
-def test_a_raw_file_is_read_once_for_its_objects_and_both_checksums(reachable, make_full, live, monkeypatch):
+def test_a_raw_file_is_read_once_for_its_objects_and_both_checksums(reachable, make_full, live, preads):
     content, extents = scattered(20 * MiB, 11, count=16)
     made = make_full(content, extents)
     with open(made.path, "rb") as f:
         data_bytes = sum(length for _at, length in instant_copy.data_extents(f.fileno(), len(content)))
-    read: list[int] = []
-    real_pread = os.pread
-
-    def counted(fd, length, offset):
-        data = real_pread(fd, length, offset)
-        read.append(len(data))
-        return data
-
-    monkeypatch.setattr(os, "pread", counted)
     cluster = FakeCluster()
     instant.start(cluster, plan_restore(made.path), TARGET, qemu_user="nobody")
-    read.clear()
+    preads.clear()
     result = instant_copy.copy(cluster, TARGET)
     assert result.checked == "ok" and bytes(cluster.pools["rbd"]["back"].data) == content
-    assert sum(read) == data_bytes
+    assert sum(preads) == data_bytes
 
 
 def across_chunks(size: int = 24 * MiB) -> tuple[bytes, list[tuple[int, int]]]:

@@ -84,19 +84,10 @@ def test_an_instant_restore_reads_only_the_data(scattered):
     assert cached(scattered) <= DATA + MiB
 
 
-def test_verify_reads_a_raw_files_data_once_for_both_checksums(scattered, monkeypatch):
+def test_verify_reads_a_raw_files_data_once_for_both_checksums(scattered, preads):
     """The file's CRC and its content's digest from the same reads: a RAW file is the image as it is."""
-    read: list[int] = []
-    real_pread = os.pread
-
-    def counted(fd, length, offset):
-        data = real_pread(fd, length, offset)
-        read.append(len(data))
-        return data
-
-    monkeypatch.setattr(os, "pread", counted)
     found = run_verify(manifests.resolve(scattered))
-    assert found.judged == "file and content" and sum(read) == DATA
+    assert found.judged == "file and content" and sum(preads) == DATA
 
 
 def test_the_readers_ask_ahead_for_data_and_never_for_a_hole(scattered, monkeypatch):
