@@ -108,8 +108,10 @@ def _copy_and_check(cluster: Cluster, imports: LiveImport, spec: ImageSpec, reco
     with _Reporter(cluster, spec, record, progress) as reporter, _Recheck(m) as recheck:
         if copying:
             claimed = _claim_objects(cluster, imports, spec, record, reporter, recheck)
-        check = recheck if claimed is not None else _Check(m)
-        check.start()
+        check: _Check | _Recheck = recheck
+        if claimed is None:                 # the claims read nothing: read the file beside librbd's copy
+            check = _Check(m)
+            check.start()
         if copying:
             imports.execute(spec.pool, spec.image, on_progress=None if claimed else reporter.update)
         error = check.result()
@@ -197,11 +199,12 @@ def file_objects(path: Path, object_size: int) -> Iterator[tuple[int, list[tuple
             while region is not None and region[0] < end:
                 offset, length = region
                 low, high = max(offset, start), min(offset + length, end)
-                if offset + length > end:       # the region goes on into the next object: start on it
+                goes_on = offset + length > end     # into the next object: its reading starts now
+                if goes_on:
                     will_need(fd, end, min(offset + length, end + object_size) - end)
                 if high > low:
                     pieces.append((low - start, _read_exactly(fd, high - low, low)))
-                if offset + length > end:
+                if goes_on:
                     break
                 region = next(regions, None)
             yield number, pieces
@@ -266,9 +269,6 @@ class _Recheck:
             take = min(len(view), (index + 1) * CHUNK - offset)
             self._parts.append((offset - index * CHUNK, view[:take]))
             offset, view = offset + take, view[take:]
-
-    def start(self) -> None:
-        """Nothing to start: the claims feed it."""
 
     def result(self) -> BaseException | None:
         try:
