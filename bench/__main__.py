@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import (
     bench_backup,
+    bench_checksums,
     bench_clones,
     bench_encrypted,
     bench_freeze,
@@ -24,6 +25,7 @@ SUITES = [
     ("embedded lab (median of 3 runs)", lambda: bench_lab.measure(3)),
     ("clones from one golden snapshot (500, medians of 5 alternating rounds)", lambda: bench_clones.measure(500, 5)),
     ("backups and restores on every shape (medians of 3 alternating rounds)", lambda: bench_backup.measure(3)),
+    ("checksums in one thread (medians of 5 alternating rounds)", lambda: bench_checksums.measure(5)),
     ("synthetic fulls, 4 GiB + 10 diffs (medians of 3 alternating rounds)",
      lambda: bench_merge.measure(4 << 30, 3, Path("/var/tmp"))),
     ("volume lookup by name, pool of 1000 images (medians)", lambda: bench_xml_lookup.measure(1000)),

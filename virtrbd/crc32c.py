@@ -1,13 +1,24 @@
 """CRC-32C (Castagnoli, as iSCSI, ext4 and Ceph use it), computed by Intel's ISA-L (Debian's libisal2).
 
 Every backup file's bytes and every manifest pass through a CRC-32C, so it must
-run in hardware: ISA-L's ``crc32_iscsi`` uses the CPU's CRC32 and carry-less
-multiply instructions (about 45 GB/s here), and, called through ctypes, lets
-other threads run meanwhile.  The Python bindings Debian packages compute it in
-software only (0.5 s per GiB), and the one on PyPI is not in Debian, which a
-.deb can only depend on.
+run in hardware: ISA-L uses the CPU's CRC32 instruction (25 GiB/s here), and,
+called through ctypes, lets other threads run meanwhile.  The Python bindings
+Debian packages compute it in software only (0.5 s per GiB), and the one on
+PyPI is not in Debian, which a .deb can only depend on.
 
-``crc32_iscsi`` takes and returns the register without the usual inversions,
+Which of ISA-L's versions: not the one its dispatcher (``crc32_iscsi``) picks
+on a CPU with AVX-512.  That version (``crc32_iscsi_by16_10``, 34 GiB/s) uses
+the 512-bit registers and returns without ``vzeroupper``: the calling thread's
+upper register state stays dirty, and from then on every SSE instruction it
+runs without the VEX encoding waits on it.  XXH3 in Debian's libxxhash is such
+code: after one CRC it hashed at 4 GiB/s instead of 17 in the same thread, and a
+thread started afterwards inherits the state.  A backup hashes every byte it
+reads, so that cost four times what the faster CRC saved.  Where the CPU has
+SSE 4.2 and the library exports it, the SSE 4.2 version (``crc32_iscsi_00``,
+which leaves the state alone) is called; elsewhere (another architecture, an
+old CPU) the dispatcher's choice.  ``bench.bench_checksums`` measures both.
+
+ISA-L takes and returns the register without the usual inversions,
 so they are applied here: ``value(b"123456789") == 0xE3069283``, the check value
 of the standard.  Any buffer works (bytes, bytearray, memoryview, mmap): its
 address is taken through the buffer protocol, never by copying.
@@ -22,7 +33,26 @@ MASK = 0xFFFFFFFF
 _MOST = 1 << 30
 
 _lib = ctypes.CDLL("libisal.so.2")
-_crc = _lib.crc32_iscsi
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The first CPU's feature flags as the kernel lists them (empty where there is no such list)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isal_function_name(flags: set[str], exported: bool) -> str:
+    """The ISA-L entry point to call: the SSE 4.2 version where it can run (see the module's docstring)."""
+    return "crc32_iscsi_00" if exported and "sse4_2" in flags else "crc32_iscsi"
+
+
+_crc = getattr(_lib, isal_function_name(cpu_flags(), hasattr(_lib, "crc32_iscsi_00")))
 _crc.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
 _crc.restype = ctypes.c_uint32
 

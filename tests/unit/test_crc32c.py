@@ -46,3 +46,23 @@ def test_extending_is_the_crc_of_the_pieces_joined():
 def test_a_buffer_that_is_not_contiguous_is_refused():
     with pytest.raises((BufferError, ValueError, TypeError)):
         crc32c.value(memoryview(os.urandom(100))[::2])
+
+
+def test_the_flags_of_the_first_cpu_are_read_from_the_kernels_list(tmp_path):
+    listing = tmp_path / "cpuinfo"
+    listing.write_text("processor\t: 0\nflags\t\t: fpu sse2 sse4_2 avx512f\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert crc32c.cpu_flags(str(listing)) == {"fpu", "sse2", "sse4_2", "avx512f"}
+    assert crc32c.cpu_flags(str(tmp_path / "missing")) == set()
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd crc32\n")
+    assert crc32c.cpu_flags(str(tmp_path / "arm")) == set()
+
+
+def test_the_sse42_version_is_called_where_it_can_run_never_isals_avx512_pick():
+    """ISA-L's dispatcher picks, with AVX-512, a version that leaves the thread's SSE code slow
+    (bench.bench_checksums measures it); the SSE 4.2 one is used wherever the CPU and library have it."""
+    assert crc32c.isal_function_name({"sse4_2", "avx512f", "vpclmulqdq"}, True) == "crc32_iscsi_00"
+    assert crc32c.isal_function_name({"sse2"}, True) == "crc32_iscsi"              # an old CPU: ISA-L's choice
+    assert crc32c.isal_function_name({"sse4_2"}, False) == "crc32_iscsi"           # a build without it
+    here = crc32c.isal_function_name(crc32c.cpu_flags(), hasattr(crc32c._lib, "crc32_iscsi_00"))
+    assert crc32c._crc.__name__ == here
