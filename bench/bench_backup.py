@@ -296,6 +296,7 @@ class StoreBench:
 def measure(runs: int = 3, stores: list[str] | None = None, shape_names: list[str] | None = None,
             root: str = "/var/tmp") -> list[Row]:
     compile_virtrbd()
+    Path(root).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="virtrbd-bench-backup-", dir=root))
     rows: list[Row] = []
     try:

@@ -14,7 +14,7 @@ raise, or None to let it run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import libvirt
@@ -167,7 +167,8 @@ class FakeCluster:
 
     @contextmanager
     def image(self, pool: str, name: str | None = None, *, image_id: str | None = None,
-              snapshot: str | None = None, read_only: bool = False) -> Iterator[FakeImage]:
+              snapshot: str | None = None, read_only: bool = False,
+              settings: Mapping[str, str] | None = None) -> Iterator[FakeImage]:
         self._check("image", pool, name)
         assert name is not None, "the fake opens images by name"
         image = self._get(pool, name)

@@ -129,6 +129,28 @@ def test_failed_open_closes_the_ioctx_and_names_the_image(conf, fake_rados, fake
     assert fake_rados.Rados.return_value.open_ioctx.call_count == ioctx.close.call_count
 
 
+def test_settings_for_one_image_are_the_clients_only_while_it_opens(conf, fake_rados, fake_rbd):
+    """librbd copies the client's settings when it opens an image: set before, put back right after."""
+    handle = fake_rados.Rados.return_value
+    values = {"rbd_concurrent_management_ops": "4"}
+    handle.conf_get.side_effect = values.__getitem__
+    handle.conf_set.side_effect = values.__setitem__
+    seen_at_open = []
+    fake_rbd.Image.side_effect = lambda *a, **k: seen_at_open.append(dict(values)) or mock.DEFAULT
+    with make_cluster(conf, fake_rados, fake_rbd) as cluster:
+        with cluster.image("rbd", "vm1", settings={"rbd_concurrent_management_ops": "32"}) as image:
+            assert image is fake_rbd.Image.return_value
+            assert values["rbd_concurrent_management_ops"] == "4"
+        with cluster.image("rbd", "vm1"):
+            pass
+        fake_rbd.Image.side_effect = fake_rbd.ImageNotFound("x", errno=errno.ENOENT)
+        with pytest.raises(errors.NotFoundError):
+            with cluster.image("rbd", "vm1", settings={"rbd_concurrent_management_ops": "32"}):
+                pass
+    assert [s["rbd_concurrent_management_ops"] for s in seen_at_open] == ["32", "4"]
+    assert values["rbd_concurrent_management_ops"] == "4"          # a failed open puts them back too
+
+
 def test_missing_snapshot_of_an_existing_image_names_the_snapshot(conf, fake_rados, fake_rbd):
     image = fake_rbd.Image.return_value
     fake_rbd.Image.side_effect = [fake_rbd.ImageNotFound("x", errno=errno.ENOENT), image]

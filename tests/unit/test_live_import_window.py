@@ -56,3 +56,16 @@ def test_operations_in_flight_stay_within_the_bound(monkeypatch):
     for _ in range(3):
         window.leaver(0, False)(Done(0))
     assert drained.wait(5)
+
+
+def test_the_work_on_every_object_opens_the_image_with_more_of_it_in_flight():
+    """The object map's rebuild and the sparsify run on the OSDs, bound by their latency, with no data in
+    the client: their image is opened with PER_OBJECT_SETTINGS, not the copier's 4 operations."""
+    from unittest import mock
+
+    from virtrbd.ceph import Cluster
+    cluster = mock.create_autospec(Cluster, instance=True)
+    image = cluster.image.return_value.__enter__.return_value
+    live_import.LiveImport(cluster).sparsify("rbd", "vm", 4096)
+    cluster.image.assert_called_once_with("rbd", "vm", settings=live_import.PER_OBJECT_SETTINGS)
+    image.sparsify.assert_called_once_with(4096)

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
@@ -71,6 +71,7 @@ class Cluster:
         self._stale = False
         self._retired: list = []
         self._lock = threading.Lock()
+        self._settings_lock = threading.Lock()
 
     # --- connection ---------------------------------------------------------
 
@@ -203,19 +204,22 @@ class Cluster:
 
     @contextmanager
     def image(self, pool: str, name: str | None = None, *, image_id: str | None = None,
-              snapshot: str | None = None, read_only: bool = False) -> Iterator[RbdImage]:
+              snapshot: str | None = None, read_only: bool = False,
+              settings: Mapping[str, str] | None = None) -> Iterator[RbdImage]:
         """An open image, by name or by id (one in the trash has only its id), closed on every path.
 
         A missing image raises ``NotFoundError`` with ``missing`` ``"image"``, a
         missing snapshot of an image that exists ``"snapshot"``, a missing pool
-        ``"pool"``.
+        ``"pool"``.  ``settings`` are librbd settings for this open image alone
+        (``_open_with``).
         """
         what = f"image {pool}/{name or image_id}" + (f"@{snapshot}" if snapshot else "")
         with self.ioctx(pool) as ioctx:
             try:
                 by_id = {"image_id": image_id} if image_id is not None else {}
                 with translated(what, timeout=self.config.ceph.rados_osd_op_timeout, missing="image"):
-                    image = self.rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only, **by_id)
+                    image = self._open_with(settings or {}, lambda: self.rbd.Image(
+                        ioctx, name, snapshot=snapshot, read_only=read_only, **by_id))
             except errors.NotFoundError:
                 if snapshot is None:
                     raise
@@ -229,6 +233,31 @@ class Cluster:
             finally:
                 with translated(f"closing {what}"):
                     image.close()
+
+    def _open_with(self, settings: Mapping[str, str], open_image: Callable[[], RbdImage]) -> RbdImage:
+        """``open_image()`` with ``settings`` in force for it alone.
+
+        librbd copies the client's settings into an image when it opens it, and
+        the open image keeps them: so they are this connection's for the moment
+        of the open, then back as they were (a lock keeps two such opens apart).
+        Image metadata (``rbd config image set``) would reach every client that
+        opens the image, a running QEMU too.
+        """
+        if not settings:
+            return open_image()
+        with self._settings_lock:
+            handle = self.handle
+            with translated("reading the Ceph client's settings"):
+                before = {key: handle.conf_get(key) for key in settings}
+            try:
+                with translated("changing the Ceph client's settings"):
+                    for key, value in settings.items():
+                        handle.conf_set(key, value)
+                return open_image()
+            finally:
+                with translated("restoring the Ceph client's settings"):
+                    for key, value in before.items():
+                        handle.conf_set(key, value)
 
     def exists(self, pool: str, name: str) -> bool:
         """Whether ``pool`` holds an image ``name``; a missing pool is an error, not a no."""
