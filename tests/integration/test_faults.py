@@ -216,7 +216,7 @@ def test_one_sigterm_ends_a_backup_and_a_restore_blocked_on_dead_osds_within_a_s
     restore = subprocess.Popen([sys.executable, "-m", "virtrbd", "--config", str(conf.path), "restore",
                                 str(next(full.glob("*.raw"))), f"t{tag}-r"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)                                           # writing by now: 300 MiB take longer
+    _wait_for_temp_image(steady, restore)
     restore_seconds, restore_err = _sigterm_when_blocked(restore, flab)
     start_all_osds(flab)
     with Storage(steady) as storage:
@@ -240,16 +240,31 @@ def test_one_sigterm_ends_a_backup_and_a_restore_blocked_on_dead_osds_within_a_s
 
 
 def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the backup has started writing (its temporary file is there)."""
+    """Until the backup has started (its temporary file is there: it reads from now on).
+
+    No longer: a backup of a few hundred MiB may be over in half a second, before the OSDs could die.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(dest.iterdir()):
-            time.sleep(0.2)
             return
         if process.poll() is not None:
             raise AssertionError(f"backup ended before writing: {process.stderr.read()}")
         time.sleep(0.02)
     raise AssertionError("the backup never started writing")
+
+
+def _wait_for_temp_image(conf, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the restore has made its temporary image (it writes from now on); no longer, as for a backup."""
+    deadline = time.monotonic() + timeout
+    with Storage(conf) as storage:
+        while time.monotonic() < deadline:
+            if any(leftovers.is_temp_image(name) for name in storage.list_images()):
+                return
+            if process.poll() is not None:
+                raise AssertionError(f"restore ended before it made its image: {process.communicate()}")
+            time.sleep(0.02)
+    raise AssertionError("the restore never made its image")
 
 
 @pytest.mark.parametrize("client", ["lives", "dies"])
