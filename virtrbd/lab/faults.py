@@ -135,15 +135,25 @@ def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> N
     _wait_osd_map(cluster, [daemon.name for daemon in daemons], up=True, timeout=timeout, failed=exited)
 
 
+#: what the line that says why a Ceph daemon died holds, most telling first: a crash ends with a backtrace,
+#: whose last lines (``_start()``) say nothing
+_CAUSES = ("FAILED ceph_assert", "Caught signal", "terminate called", " failed", " error", "ERROR")
+
+
 def _last_words(cluster, name: str) -> str:
-    """Why a daemon ended: the last lines of its output, else of its log (the lab's folder goes with it)."""
+    """Why a daemon ended: the line of its output (else of its log) that names a cause, and its last lines
+    (the lab's folder goes with it)."""
     for path in (cluster.logs / f"{name}.stdout", cluster.logs / f"ceph-{name}.log"):
         try:
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             continue
         if lines:
-            return " | ".join(lines[-3:])[-600:]
+            last = lines[-3:]
+            cause = next((line for marker in _CAUSES for line in lines if marker in line), None)
+            if cause is None or cause in last:
+                return " | ".join(last)[-600:]
+            return f"{cause[:300]} | … | {' | '.join(last)[-300:]}"
     return f"nothing in its output or log ({cluster.logs})"
 
 

@@ -18,6 +18,23 @@ def test_the_last_lines_of_its_output_or_else_its_log(tmp_path):
     assert faults._last_words(cluster, "osd.0") == "unable to bind to 127.0.0.1:6800"
 
 
+def test_a_crash_names_its_cause_ahead_of_the_backtrace(tmp_path):
+    cluster = SimpleNamespace(logs=tmp_path)
+    (tmp_path / "osd.0.stdout").write_text(
+        "starting osd.0\n"
+        "/build/ceph/src/os/bluestore/BlueFS.cc: 1234: FAILED ceph_assert(r == 0)\n"
+        " 1: (ceph::__ceph_assert_fail()+0x14f) [0x55d]\n"
+        "*** Caught signal (Aborted) **\n"
+        " 10: __libc_start_main()\n 11: _start()\n"
+        " NOTE: a copy of the executable, or `objdump -rdS <executable>` is needed to interpret this.\n")
+    words = faults._last_words(cluster, "osd.0")
+    assert words.startswith("/build/ceph/src/os/bluestore/BlueFS.cc: 1234: FAILED ceph_assert(r == 0) | … | ")
+    assert words.endswith("is needed to interpret this.")
+    (tmp_path / "osd.0.stdout").write_text("io_setup(2) failed with EAGAIN\n 10: __libc_start_main()\n"
+                                           " 11: _start()\n NOTE: objdump\n")
+    assert faults._last_words(cluster, "osd.0").startswith("io_setup(2) failed with EAGAIN | … | ")
+
+
 class Lab:
     """A lab's record of daemons, and its lock, as ``faults`` uses them."""
 
