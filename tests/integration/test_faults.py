@@ -240,13 +240,11 @@ def test_one_sigterm_ends_a_backup_and_a_restore_blocked_on_dead_osds_within_a_s
 
 
 def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the backup has started (its temporary file is there: it reads from now on).
-
-    No longer: a backup of a few hundred MiB may be over in half a second, before the OSDs could die.
-    """
+    """Until the backup has started writing (its temporary file is there)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(dest.iterdir()):
+            time.sleep(0.2)
             return
         if process.poll() is not None:
             raise AssertionError(f"backup ended before writing: {process.stderr.read()}")
@@ -255,11 +253,13 @@ def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -
 
 
 def _wait_for_temp_image(conf, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the restore has made its temporary image (it writes from now on); no longer, as for a backup."""
+    """Until the restore has made its temporary image and writes into it: a restore of a few hundred MiB may
+    be over within a second, so a fixed wait could miss it."""
     deadline = time.monotonic() + timeout
     with Storage(conf) as storage:
         while time.monotonic() < deadline:
             if any(leftovers.is_temp_image(name) for name in storage.list_images()):
+                time.sleep(0.2)
                 return
             if process.poll() is not None:
                 raise AssertionError(f"restore ended before it made its image: {process.communicate()}")
