@@ -222,6 +222,10 @@ bluestore_block_size = {spec.store_bytes}
 bluestore_block_create = true
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
+# small writes straight to the device, not deferred through the WAL: after a SIGKILL (the fault tests'),
+# Pacific's replay of deferred writes left OSD maps with bad checksums and the OSD unable to start
+# (fixed in later Ceph, ceph/ceph#60753); the lab's disk says it is rotational, where 64 KiB is the default
+bluestore_prefer_deferred_size_hdd = 0
 osd_memory_target = 1073741824
 """
 
