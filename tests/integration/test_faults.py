@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -239,32 +240,32 @@ def test_one_sigterm_ends_a_backup_and_a_restore_blocked_on_dead_osds_within_a_s
     assert rerun.code == 0 and after == [], (rerun.err, after)
 
 
-def _wait_for_file(dest: Path, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the backup has started writing (its temporary file is there)."""
+def _wait_until_writing(started: Callable[[], bool], process: subprocess.Popen, what: str,
+                        timeout: float = 30) -> None:
+    """Until ``started()`` says the command is at work, and 0.2 s more, so that a kill falls while it writes
+    (a restore of a few hundred MiB is over within a second: no fixed wait from its start); it must not
+    have ended before."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(dest.iterdir()):
+        if started():
             time.sleep(0.2)
             return
         if process.poll() is not None:
-            raise AssertionError(f"backup ended before writing: {process.stderr.read()}")
+            raise AssertionError(f"the {what} ended before it could be interrupted: {process.communicate()}")
         time.sleep(0.02)
-    raise AssertionError("the backup never started writing")
+    raise AssertionError(f"the {what} never started")
 
 
-def _wait_for_temp_image(conf, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the restore has made its temporary image and writes into it: a restore of a few hundred MiB may
-    be over within a second, so a fixed wait could miss it."""
-    deadline = time.monotonic() + timeout
+def _wait_for_file(dest: Path, process: subprocess.Popen) -> None:
+    """Until the backup has started writing (its temporary file is there)."""
+    _wait_until_writing(lambda: any(dest.iterdir()), process, "backup")
+
+
+def _wait_for_temp_image(conf, process: subprocess.Popen) -> None:
+    """Until the restore has made its temporary image and writes into it."""
     with Storage(conf) as storage:
-        while time.monotonic() < deadline:
-            if any(leftovers.is_temp_image(name) for name in storage.list_images()):
-                time.sleep(0.2)
-                return
-            if process.poll() is not None:
-                raise AssertionError(f"restore ended before it made its image: {process.communicate()}")
-            time.sleep(0.02)
-    raise AssertionError("the restore never made its image")
+        _wait_until_writing(lambda: any(leftovers.is_temp_image(name) for name in storage.list_images()),
+                            process, "restore")
 
 
 @pytest.mark.parametrize("client", ["lives", "dies"])
