@@ -136,8 +136,8 @@ def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> N
 
 
 #: what the line that says why a Ceph daemon died holds, most telling first: a crash ends with a backtrace,
-#: whose last lines (``_start()``) say nothing
-_CAUSES = ("FAILED ceph_assert", "Caught signal", "terminate called", " failed", " error", "ERROR")
+#: whose last lines (``_start()``) say nothing, and the signal it caught says only that it aborted
+_CAUSES = ("FAILED ceph_assert", "terminate called", " failed", " error", "ERROR", "Caught signal")
 
 
 def _last_words(cluster, name: str) -> str:
@@ -150,7 +150,8 @@ def _last_words(cluster, name: str) -> str:
             continue
         if lines:
             last = lines[-3:]
-            cause = next((line for marker in _CAUSES for line in lines if marker in line), None)
+            # from the end: the output file is appended to at every start, the newest run is last
+            cause = next((line for marker in _CAUSES for line in reversed(lines) if marker in line), None)
             if cause is None or cause in last:
                 return " | ".join(last)[-600:]
             return f"{cause[:300]} | … | {' | '.join(last)[-300:]}"

@@ -35,6 +35,18 @@ def test_a_crash_names_its_cause_ahead_of_the_backtrace(tmp_path):
     assert faults._last_words(cluster, "osd.0").startswith("io_setup(2) failed with EAGAIN | … | ")
 
 
+def test_the_cause_comes_from_the_newest_start_and_says_more_than_the_signal(tmp_path):
+    """The output file is appended to at every start; a crash's 'Caught signal' says only that it aborted."""
+    cluster = SimpleNamespace(logs=tmp_path)
+    (tmp_path / "osd.0.stdout").write_text(
+        "osd.0 0 unable to connect: connection failed, retrying\n"          # an earlier start's
+        "osd.0 0 failed to load OSD map for epoch 79, got 0 bytes\n"
+        "*** Caught signal (Aborted) **\n"
+        " 10: __libc_start_main()\n 11: _start()\n NOTE: objdump\n")
+    assert faults._last_words(cluster, "osd.0").startswith(
+        "osd.0 0 failed to load OSD map for epoch 79, got 0 bytes | … | ")
+
+
 class Lab:
     """A lab's record of daemons, and its lock, as ``faults`` uses them."""
 
