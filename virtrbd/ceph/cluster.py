@@ -239,7 +239,8 @@ class Cluster:
 
         librbd copies the client's settings into an image when it opens it, and
         the open image keeps them: so they are this connection's for the moment
-        of the open, then back as they were (a lock keeps two such opens apart).
+        of the open, then back as they were (a lock keeps two such opens apart;
+        an open without settings in another thread meanwhile gets them too).
         Image metadata (``rbd config image set``) would reach every client that
         opens the image, a running QEMU too.
         """
