@@ -38,6 +38,14 @@ def problems(lab, state: dict, client_error: str | None) -> list[str]:
     return found
 
 
+def dead_hypervisors(state: dict) -> list[dict]:
+    """The records of libvirtd and virtlogd (host a's or b's) that the lab started and that ended: they are
+    started again, where a dead Ceph daemon means a new lab (its store may be gone with it)."""
+    return [record for record in state.get("daemons", [])
+            if record["name"].split("@")[0] in ("libvirtd", "virtlogd") and not record.get("stopped")
+            and not processes.is_ours(processes.Daemon(record["name"], record["pid"], record["marker"]))]
+
+
 def client_error(conf_file: Path, timeout: int) -> str | None:
     """Why the lab's restricted client cannot list the pool within ``timeout``; None when it can."""
     import dataclasses

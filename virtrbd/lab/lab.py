@@ -126,6 +126,9 @@ class Lab:
                 from . import faults  # 'lab up' after 'lab kill osd.1' restarts it instead of rebuilding
                 faults.wait_serving([faults.launch(self, d["name"]) for d in state["daemons"] if d.get("stopped")])
                 state = self._read_state()
+            if dead := diagnosis.dead_hypervisors(state):
+                log.warning("%s ended: the lab keeps Ceph, libvirt starts again", ", ".join(d["name"] for d in dead))
+                state["daemons"] = [d for d in state["daemons"] if d not in dead]
             problems = self.problems(state)
             if not problems:
                 if state.get("spec") != dataclasses.asdict(spec):

@@ -82,3 +82,31 @@ def test_states_without_a_finished_lab(tmp_path):
     lab, _ = fake_lab(tmp_path)
     assert diagnosis.problems(lab, {}, None) == [f"no lab at {tmp_path}"]
     assert diagnosis.problems(lab, {"ready": False}, None) == [f"the lab at {tmp_path} never finished coming up"]
+
+
+def test_only_libvirts_daemons_that_ended_are_started_again(tmp_path):
+    state = {"ready": True, "daemons": [record("mon.a", os.getpid()), record("osd.0", GONE_PID),
+                                        record("libvirtd", GONE_PID), record("virtlogd", os.getpid()),
+                                        record("virtlogd@b", GONE_PID), record("libvirtd@b", GONE_PID, stopped=True)]}
+    assert [d["name"] for d in diagnosis.dead_hypervisors(state)] == ["libvirtd", "virtlogd@b"]
+
+
+def test_a_lab_whose_libvirtd_ended_keeps_its_ceph_and_starts_libvirt_again(tmp_path, mocker):
+    """A crashed libvirtd once made the next 'lab up' build a new Ceph: every test after it lost its images."""
+    import dataclasses
+
+    from virtrbd.lab import Lab, ports
+    from virtrbd.lab.lab import Lab as LabClass
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    lab._write_state({"spec": dataclasses.asdict(CephSpec()), "ready": True, "libvirt": {"pool": "virtrbd-lab"},
+                      "daemons": [record("mon.a", os.getpid()), record("osd.0", os.getpid()),
+                                  record("virtlogd", os.getpid()), record("libvirtd", GONE_PID)]})
+    mocker.patch.object(ports, "reserve")
+    mocker.patch.object(diagnosis, "client_error", return_value=None)
+    mocker.patch.object(LabClass, "_libvirt_healthy", return_value=False)
+    rebuilt = mocker.patch.object(LabClass, "_down_locked")
+    libvirt_up = mocker.patch.object(LabClass, "_libvirt_up")
+    assert lab.up(with_libvirt=True) is True
+    rebuilt.assert_not_called()
+    assert [d["name"] for d in libvirt_up.call_args.args[0]["daemons"]] == ["mon.a", "osd.0", "virtlogd"]
