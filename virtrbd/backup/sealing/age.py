@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
+from .cipher_thread import CipherThread
 from .keys import Identity, Recipient
 from .output import CachedOutput, DirectOutput
 
@@ -42,9 +43,9 @@ SEALED_CHUNK = CHUNK + TAG
 NONCE = 16
 X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_HEADER = 64 * 1024
-#: batches of sealed chunks queued for the writer thread (4 MiB)
-IN_FLIGHT = 4
-#: consecutive sealed chunks handed to the writer thread, and written by it, at once (1 MiB)
+#: batches of chunks queued for the sealing thread, and of sealed chunks for the writer thread (2 MiB each)
+IN_FLIGHT = 2
+#: consecutive chunks handed to the sealing thread, and from it to the writer thread, at once (1 MiB)
 BATCH = 16
 
 
@@ -177,16 +178,21 @@ class SealedFile:
         """``direct``: ``fd`` was opened with O_DIRECT (see ``output.DirectOutput``)."""
         self.fd = fd
         file_key, nonce = os.urandom(16), os.urandom(NONCE)
-        header = make_header(file_key, recipients)
-        self.payload = len(header) + NONCE
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        output = (DirectOutput if direct else CachedOutput)(fd, self.payload + SEALED_CHUNK)
-        output.write(0, [header + nonce])
-        self._writer = _Writer(output, self.payload, hashlib.sha256(header + nonce))
+        self._cipher = CipherThread("age-seal", IN_FLIGHT)     # the chunks are sealed there (cipher_thread)
+        try:
+            header = self._cipher.call(make_header, file_key, recipients)
+            self.payload = len(header) + NONCE
+            self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+            output = (DirectOutput if direct else CachedOutput)(fd, self.payload + SEALED_CHUNK)
+            output.write(0, [header + nonce])
+            self._writer = _Writer(output, self.payload, hashlib.sha256(header + nonce))
+        except BaseException:
+            self._cipher.close()
+            raise
         self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
         self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
         self._sealed: set[int] = set()
-        self._batch: list[tuple[int, bytes]] = []               # sealed, consecutive, not handed over yet
+        self._batch: list[tuple[int, bytes, bool]] = []         # consecutive, to seal, not handed over yet
         self.size = 0
 
     def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
@@ -219,9 +225,17 @@ class SealedFile:
     def _seal(self, index: int, plaintext: bytes, final: bool) -> None:
         self._sealed.add(index)
         if self._batch and (index != self._batch[-1][0] + 1 or len(self._batch) == BATCH):
-            self._writer.put(self._batch)
-            self._batch = []
-        self._batch.append((index, self._aead.encrypt(_nonce(index, final), plaintext, None)))
+            self._hand_over()
+        self._batch.append((index, plaintext, final))
+
+    def _hand_over(self) -> None:
+        batch, self._batch = self._batch, []
+        self._cipher.submit(self._seal_and_write, batch)
+
+    def _seal_and_write(self, batch: list[tuple[int, bytes, bool]]) -> None:
+        """On the sealing thread: seal ``batch`` and queue it for the writer thread."""
+        self._writer.put([(index, self._aead.encrypt(_nonce(index, final), plaintext, None))
+                          for index, plaintext, final in batch])
 
     def close(self) -> int:
         """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
@@ -237,13 +251,17 @@ class SealedFile:
             self._seal(index, plaintext, final=True)
         elif self.size == 0:
             self._seal(0, b"", final=True)             # an empty payload is one empty final chunk
-        self._writer.put(self._batch)
-        self._batch = []
+        self._hand_over()
+        try:
+            self._cipher.drain()
+        finally:
+            self._cipher.close()
         self._writer.finish()
         return self.size
 
     def abort(self) -> None:
-        """Stop the writer thread after a failure (a no-op after ``close``)."""
+        """Stop the sealing and writer threads after a failure (a no-op after ``close``)."""
+        self._cipher.close()
         self._writer.stop()
 
     def digests(self) -> dict[str, str | int]:
@@ -312,25 +330,31 @@ class _Writer(threading.Thread):
 
 
 class OpenedFile:
-    """An age file opened with an identity: its plaintext read at any offset, each chunk checked."""
+    """An age file opened with an identity: its plaintext read at any offset, each chunk checked on a
+    thread of its own (``cipher_thread``), which ``close`` ends."""
 
     def __init__(self, fd: int, identities: list[Identity], what: str):
         self.fd, self.what = fd, what
         header = read_header(fd, what)
-        file_key = unwrap(header, identities, what)
-        nonce = os.pread(fd, NONCE, header.length)
-        if len(nonce) != NONCE:
-            raise CorruptBackupError(f"{what}: cut short after its age header")
-        self.payload = header.length + NONCE
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        sealed_size = os.fstat(fd).st_size - self.payload
-        chunks = max(1, -(-sealed_size // SEALED_CHUNK))
-        self.size = sealed_size - chunks * TAG
-        if self.size < 0 or sealed_size - (chunks - 1) * SEALED_CHUNK <= TAG and chunks > 1:
-            raise CorruptBackupError(f"{what}: cut short (its last age chunk is incomplete)")
+        self._cipher = CipherThread("age-open")
+        try:
+            file_key = self._cipher.call(unwrap, header, identities, what)
+            nonce = os.pread(fd, NONCE, header.length)
+            if len(nonce) != NONCE:
+                raise CorruptBackupError(f"{what}: cut short after its age header")
+            self.payload = header.length + NONCE
+            self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+            sealed_size = os.fstat(fd).st_size - self.payload
+            chunks = max(1, -(-sealed_size // SEALED_CHUNK))
+            self.size = sealed_size - chunks * TAG
+            if self.size < 0 or sealed_size - (chunks - 1) * SEALED_CHUNK <= TAG and chunks > 1:
+                raise CorruptBackupError(f"{what}: cut short (its last age chunk is incomplete)")
+        except BaseException:
+            self._cipher.close()
+            raise
         self.last = chunks - 1
 
-    def chunk(self, index: int) -> bytes:
+    def _chunk(self, index: int) -> bytes:
         """The plaintext of chunk ``index``, authenticated (and the last one checked to be the last)."""
         sealed = os.pread(self.fd, SEALED_CHUNK, self.payload + index * SEALED_CHUNK)
         try:
@@ -339,13 +363,25 @@ class OpenedFile:
             raise CorruptBackupError(f"{self.what}: age chunk {index} fails its authentication (changed, "
                                      f"moved, cut short or appended to)") from None
 
+    def readinto(self, view: memoryview, offset: int) -> int:
+        """Plaintext at ``offset`` into ``view``, fewer bytes at the end; how many."""
+        return self._cipher.call(self._fill, view, offset)
+
     def pread(self, length: int, offset: int) -> bytes:
         """Up to ``length`` plaintext bytes at ``offset`` (fewer at the end), as ``os.pread`` gives them."""
-        out = bytearray()
-        end = min(offset + length, self.size)
-        while offset < end:
-            index, within = divmod(offset, CHUNK)
-            piece = self.chunk(index)[within:within + end - offset]
-            out += piece
-            offset += len(piece)
-        return bytes(out)
+        buffer = bytearray(max(0, min(length, self.size - offset)))
+        self.readinto(memoryview(buffer), offset)
+        return bytes(buffer)
+
+    def _fill(self, view: memoryview, offset: int) -> int:
+        end = min(offset + len(view), self.size)
+        at = offset
+        while at < end:
+            index, within = divmod(at, CHUNK)
+            piece = memoryview(self._chunk(index))[within:within + end - at]
+            view[at - offset:at - offset + len(piece)] = piece
+            at += len(piece)
+        return max(0, end - offset)
+
+    def close(self) -> None:
+        self._cipher.close()

@@ -43,13 +43,11 @@ class PlainFile:
         return self._opened.pread(length, offset) if self._opened else os.pread(self.fd, length, offset)
 
     def readinto(self, view: memoryview, offset: int) -> int:
-        if not self._opened:
-            return os.preadv(self.fd, [view], offset)
-        data = self._opened.pread(len(view), offset)
-        view[:len(data)] = data
-        return len(data)
+        return self._opened.readinto(view, offset) if self._opened else os.preadv(self.fd, [view], offset)
 
     def close(self) -> None:
+        if self._opened:
+            self._opened.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
