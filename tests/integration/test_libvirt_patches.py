@@ -255,6 +255,18 @@ def test_patched_vol_download_error_reaches_the_client(lab, patched, volumes, re
             in result.stderr)
 
 
+def test_patched_daemon_survives_failed_downloads_in_a_row(lab, patched, volumes, reader, tmp_path):
+    """Before patch 0006 each failed download made the daemon send error after error until the client
+    went away, and libvirtd aborted with a corrupted heap within 40 of them (4 tries of 4)."""
+    name = volumes.make(MiB, os.urandom(MiB))
+    assert virsh("pool-refresh", reader).returncode == 0
+    daemon = lab.lab.rbd_backend()["pid"]
+    for attempt in range(100):
+        result = virsh("vol-download", "--pool", reader, name, str(tmp_path / "out.raw"))
+        assert "Operation not permitted" in result.stderr, (attempt, result.stderr)
+    assert (lab.lab.rbd_backend() or {}).get("pid") == daemon, "libvirtd ended during the failed downloads"
+
+
 # --- virtrbd's own use of the new path --------------------------------------------------------------
 
 def test_patched_streams_are_detected(lab, patched):
