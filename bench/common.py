@@ -48,11 +48,13 @@ def compile_virtrbd() -> None:
 @contextmanager
 def lab_with_hook() -> Iterator:
     """The default lab with libvirt, and virtrbd's qemu hook installed in it; afterwards whatever was not
-    there before (the lab, the hook) goes again."""
+    there before (the lab, the hook) goes again.  A lab that ran without libvirt stays (with it): ``up``
+    says True for adding libvirt as for building a lab, so whether one ran is asked first."""
     from virtrbd import hook_install
     from virtrbd.lab import Lab
     lab = Lab()
-    started_lab = lab.up(with_libvirt=True)
+    started_lab = bool(lab.problems())
+    lab.up(with_libvirt=True)
     installed_before = hook_install.status().installed
     try:
         hook_install.install(lab.conf_file)
