@@ -257,7 +257,8 @@ def test_patched_vol_download_error_reaches_the_client(lab, patched, volumes, re
 
 def test_patched_daemon_survives_failed_downloads_in_a_row(lab, patched, volumes, reader, tmp_path):
     """Before patch 0006 each failed download made the daemon send error after error until the client
-    went away, and libvirtd aborted with a corrupted heap within 40 of them (4 tries of 4)."""
+    went away, and libvirtd died of a corrupted heap in each of four such loops (at the 38th and the 40th
+    where counted)."""
     name = volumes.make(MiB, os.urandom(MiB))
     assert virsh("pool-refresh", reader).returncode == 0
     daemon = lab.lab.rbd_backend()["pid"]
