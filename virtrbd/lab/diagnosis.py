@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import processes
+from . import libvirt_side, processes
 
 #: lines of a daemon's own log that tell why it ended
 _LAST_WORDS = ("abort", "assert", "caught signal", "terminate", "fatal", "error", "no space", "oom")
@@ -42,7 +42,7 @@ def dead_hypervisors(state: dict) -> list[dict]:
     """The records of libvirtd and virtlogd (host a's or b's) that the lab started and that ended: they are
     started again, where a dead Ceph daemon means a new lab (its store may be gone with it)."""
     return [record for record in state.get("daemons", [])
-            if record["name"].split("@")[0] in ("libvirtd", "virtlogd") and not record.get("stopped")
+            if libvirt_side.is_hypervisor_daemon(record["name"]) and not record.get("stopped")
             and not processes.is_ours(processes.Daemon(record["name"], record["pid"], record["marker"]))]
 
 

@@ -337,7 +337,7 @@ class Lab:
                 self.second_host(state).remove_objects(state["libvirt"], self.ceph_cluster(state).spec.port)
             libvirt_side.remove_objects(state["libvirt"], self.ceph_cluster(state).spec.port)
         # libvirtd and virtlogd (host a's and b's) get a graceful stop; the throwaway Ceph daemons do not need one.
-        hypervisor = [d for d in daemons if d.name.split("@")[0] in ("libvirtd", "virtlogd")]
+        hypervisor = [d for d in daemons if libvirt_side.is_hypervisor_daemon(d.name)]
         left = processes.stop(hypervisor, signal.SIGTERM, wait=10)
         left = processes.stop(left + [d for d in daemons if d not in hypervisor])
         if left:

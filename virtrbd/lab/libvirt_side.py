@@ -74,9 +74,18 @@ def make_kvm_usable() -> str:
     return "kvm"
 
 
+#: the hypervisor's daemons the lab starts, in the order it starts them (host b's are named "...@b")
+DAEMONS = ("virtlogd", "libvirtd")
+
+
+def is_hypervisor_daemon(name: str) -> bool:
+    """A record of libvirt's side (host a's or b's), not of Ceph's."""
+    return name.split("@")[0] in DAEMONS
+
+
 def start_daemons(log_dir: Path, record, env_extra: dict[str, str] | None = None) -> None:
     """Start virtlogd and libvirtd unless they already answer on their sockets."""
-    for name in ("virtlogd", "libvirtd"):
+    for name in DAEMONS:
         if _socket_answers(_SOCKETS[name]):
             log.info("%s already running; the lab uses it and will leave it running", name)
             continue
