@@ -24,6 +24,14 @@ Rules kept here: the hook never calls back into libvirt (libvirtd waits for
 it: a deadlock); it reads the key from the keyring named in virtrbd.conf; it
 imports nothing heavy until it knows it has work; a watchdog ends it with a
 clear message when ``[hook] timeout`` runs out, whatever it is blocked in.
+
+The Ceph work runs in a child process (``isolated``): librados has been seen
+to abort its process from one of its own threads ("terminate called after
+throwing ... std::system_error", docs/production.md), which no handler can
+catch, and libvirt then refuses the domain.  The hook itself never loads
+librados; when its worker ends by a signal it says so in its log and runs the
+work once more in a new one — the work is idempotent: a clone cut short is
+replaced, a release looks again at what is there.
 """
 
 from __future__ import annotations
@@ -36,12 +44,18 @@ WORK = {("prepare", "begin"): "prepare", ("release", "end"): "release"}
 MARKER = b"urn:x-virtrbd:domain:1"
 MAX_INPUT = 4 * 1024 * 1024
 
+#: worker processes tried for one call when librados ends one with a signal
+ATTEMPTS = 2
+
 #: image metadata on the clones the hook makes: {"domain": UUID, "ephemeral": bool}, one key, one round trip
 OWNER_KEY = "virtrbd.owner"
 
 
-def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=None) -> int:
-    """Handle one hook call; ``argv`` is ``[GUEST, OP, SUBOP, EXTRA]``.  Returns the exit code."""
+def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=None, isolated: bool = True) -> int:
+    """Handle one hook call; ``argv`` is ``[GUEST, OP, SUBOP, EXTRA]``.  Returns the exit code.
+
+    ``isolated``: the Ceph work in a child process, tried again if a signal ends it (see above); tests of
+    the decisions against in-process fakes turn it off."""
     stderr = stderr or sys.stderr
     action = WORK.get((argv[1], argv[2])) if len(argv) >= 3 else None
     if action is None:
@@ -54,27 +68,39 @@ def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=N
         if len(data) > MAX_INPUT:
             from .errors import InvalidXMLError
             raise InvalidXMLError(f"domain XML on stdin is larger than {MAX_INPUT // 1024} KiB")
-        return _work(action, argv[0], data, config_path, stderr)
+        return _work(action, argv[0], data, config_path, stderr, isolated)
     except Exception as exc:  # every failure becomes one line; libvirt shows it verbatim
-        from .errors import VirtrbdError
-        text = str(exc) if isinstance(exc, VirtrbdError) else f"internal error: {type(exc).__name__}: {exc}"
-        print(f"virtrbd: {argv[0]}: {action}: {' '.join(text.split())}", file=stderr, flush=True)
+        print(_one_line(exc, argv[0], action), file=stderr, flush=True)
         return failure_code
 
 
-def _work(action: str, guest: str, data: bytes, config_path: str | None, stderr) -> int:
+def _one_line(exc: Exception, guest: str, action: str) -> str:
+    from .errors import VirtrbdError
+    text = str(exc) if isinstance(exc, VirtrbdError) else f"internal error: {type(exc).__name__}: {exc}"
+    return f"virtrbd: {guest}: {action}: {' '.join(text.split())}"
+
+
+def _work(action: str, guest: str, data: bytes, config_path: str | None, stderr, isolated: bool) -> int:
     from . import config as config_module
 
     config = config_module.load(config_path)
     log = _logger(config.hook.log, guest)
-    watchdog = _watchdog(config.hook.timeout, guest, action, stderr)
+    workers: list[int] = []
+    watchdog = _watchdog(config.hook.timeout, guest, action, stderr, workers)
     try:
-        return _do(action, guest, data, config, log, stderr)
+        work = _do(action, guest, data, config, log, stderr)
+        if work is None:
+            return 0
+        if not isolated:
+            work()
+            return 0
+        return _in_worker(work, guest, action, log, stderr, workers)
     finally:
         watchdog.cancel()
 
 
-def _do(action: str, guest: str, data: bytes, config, log, stderr) -> int:
+def _do(action: str, guest: str, data: bytes, config, log, stderr):
+    """What the call asks of Ceph, as a function of no arguments; None when there is nothing to do."""
     from .errors import ConfigError, InvalidXMLError
     from .xml import clone_markup, safe
 
@@ -92,20 +118,65 @@ def _do(action: str, guest: str, data: bytes, config, log, stderr) -> int:
             raise InvalidXMLError(f"virtrbd markup names disk {disk.target}, which is not an rbd disk of {guest}")
         work.append((disk, images[disk.target]))
     if not work:
-        return 0
+        return None
     if config.ceph.keyring is None:
         raise ConfigError(f"{config.path}: [ceph] keyring: the hook needs it (it must not ask libvirt for the key)")
 
-    from .ceph import Cluster
-    from .layering import Layering
-    with Cluster(config) as cluster:
-        layering = Layering(cluster, max_clone_depth=config.layering.max_clone_depth)
-        for disk, image in work:
-            if action == "prepare":
-                _prepare(layering, disk, image, uuid, log)
-            elif disk.ephemeral:
-                _release(layering, image, uuid, log, stderr, guest)
-    return 0
+    def in_ceph() -> None:
+        from .ceph import Cluster
+        from .layering import Layering
+        with Cluster(config) as cluster:
+            layering = Layering(cluster, max_clone_depth=config.layering.max_clone_depth)
+            for disk, image in work:
+                if action == "prepare":
+                    _prepare(layering, disk, image, uuid, log)
+                elif disk.ephemeral:
+                    _release(layering, image, uuid, log, stderr, guest)
+    return in_ceph
+
+
+def _in_worker(work, guest: str, action: str, log, stderr, workers: list[int]) -> int:
+    """``work()`` in a child process, once more if a signal ends it; the exit code the call gives.
+
+    The child's one-line failure comes back through a pipe and is said here,
+    where ``stderr`` is (libvirt reads it); a worker that ends by a signal said
+    nothing, so the next one starts from what the cluster holds.
+    """
+    import os
+    import signal
+
+    from .errors import CephError
+
+    for attempt in range(1, ATTEMPTS + 1):
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                    # the worker: never returns into the caller's code
+            os.close(reader)
+            code = 1
+            try:
+                work()
+                code = 0
+            except Exception as exc:
+                os.write(writer, _one_line(exc, guest, action).encode())
+                code = 1 if action == "prepare" else 0
+            finally:
+                os._exit(code)
+        os.close(writer)
+        workers.append(pid)
+        try:
+            with os.fdopen(reader, "rb") as said:
+                line = said.read().decode(errors="replace")
+            _, status = os.waitpid(pid, 0)
+        finally:
+            workers.remove(pid)
+        if line:
+            print(line, file=stderr, flush=True)
+        if not os.WIFSIGNALED(status):
+            return os.waitstatus_to_exitcode(status)
+        ended = signal.Signals(os.WTERMSIG(status)).name
+        log.warning("the hook's worker process ended by %s (librados aborts so, docs/production.md)%s", ended,
+                    "; trying again" if attempt < ATTEMPTS else "")
+    raise CephError(f"its worker process ended by {ended}, {ATTEMPTS} times (librados aborted; see the hook's log)")
 
 
 def _prepare(layering, disk, image, uuid: str, log) -> None:
@@ -213,12 +284,19 @@ def _owner(image) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _watchdog(timeout: int, guest: str, action: str, stderr):
-    """End the process with a clear message once ``timeout`` seconds are gone, even mid-librados call."""
+def _watchdog(timeout: int, guest: str, action: str, stderr, workers: list[int]):
+    """End the process with a clear message once ``timeout`` seconds are gone, even mid-librados call; its
+    worker first (libvirt would wait for a process that still holds its pipes)."""
     import os
+    import signal
     import threading
 
     def expire() -> None:
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         print(f"virtrbd: {guest}: {action}: gave up after {timeout} s ([hook] timeout)", file=stderr, flush=True)
         os._exit(1 if action == "prepare" else 0)
 

@@ -25,9 +25,10 @@ def domain(clone_of="rbd/gold@golden", ephemeral="yes", target="vda", image="rbd
 <host name='127.0.0.1' port='3300'/></source><target dev='vda' bus='virtio'/></disk>{extra}</devices></domain>""".encode()
 
 
-def call(args, data: bytes, config_path=None):
+def call(args, data: bytes, config_path=None, isolated=False):
+    """The hook in this process (its fakes' calls are seen here), unless ``isolated``."""
     err = io.StringIO()
-    code = hook.run(["vm1", *args], config_path=config_path, stdin=io.BytesIO(data), stderr=err)
+    code = hook.run(["vm1", *args], config_path=config_path, stdin=io.BytesIO(data), stderr=err, isolated=isolated)
     return code, err.getvalue()
 
 
@@ -220,6 +221,68 @@ def test_release_after_a_failed_start_finds_nothing_to_do(cluster_fakes, conf):
     fake_rbd, _image = cluster_fakes
     fake_rbd.Image.side_effect = fake_rbd.ImageNotFound("x", errno=errno.ENOENT)
     assert call(["release", "end", "-"], domain(), config_path=str(conf.path)) == (0, "")
+
+
+# --- the worker process: librados may abort it -----------------------------------------------------------
+
+@pytest.fixture
+def worker_steps(mocker, tmp_path, conf):
+    """The hook's Ceph work replaced by steps, one per worker process started: "abort" ends it as librados
+    does (SIGABRT, no core), "fail" raises, "ok" returns; each worker appends what it did to a file (a
+    child's memory is not the test's)."""
+    conf.path.write_text(conf.path.read_text() + "[hook]\nlog = stderr\n")
+    trail = tmp_path / "trail"
+    trail.write_text("")
+
+    def use(*steps):
+        def work() -> None:
+            import os
+            import resource
+            step = steps[len(trail.read_text().split())]
+            with trail.open("a") as out:
+                out.write(f"{step}:{os.getpid()} ")
+            if step == "abort":
+                import faulthandler
+                faulthandler.disable()                  # pytest's: it would print the child's stack
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+                os.abort()
+            if step == "fail":
+                from virtrbd.errors import NotFoundError
+                raise NotFoundError("image rbd/gold@golden: not found")
+        mocker.patch.object(hook, "_do", return_value=work)
+        return trail
+    return use
+
+
+def test_a_worker_that_librados_aborts_is_replaced_and_the_call_succeeds(worker_steps, conf, caplog):
+    import os
+    trail = worker_steps("abort", "ok")
+    code, err = call(["prepare", "begin", "-"], domain(), config_path=str(conf.path), isolated=True)
+    steps = trail.read_text().split()
+    assert code == 0 and err == "" and [s.split(":")[0] for s in steps] == ["abort", "ok"]
+    assert str(os.getpid()) not in {s.split(":")[1] for s in steps}      # never in the hook's own process
+    assert "worker process ended by SIGABRT" in caplog.text and "trying again" in caplog.text
+
+
+def test_a_worker_aborted_every_time_stops_prepare_with_one_line(worker_steps, conf):
+    trail = worker_steps("abort", "abort", "ok")
+    code, err = call(["prepare", "begin", "-"], domain(), config_path=str(conf.path), isolated=True)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("virtrbd: vm1: prepare: its worker process ended by SIGABRT, 2 times")
+    assert len(trail.read_text().split()) == 2
+    trail.write_text("")
+    code, err = call(["release", "end", "-"], domain(), config_path=str(conf.path), isolated=True)
+    assert code == 0 and "ended by SIGABRT" in err           # release cannot stop anything: said, exit 0
+
+
+def test_a_workers_failure_comes_back_as_the_hooks_one_line_and_is_not_tried_again(worker_steps, conf):
+    trail = worker_steps("fail", "ok")
+    code, err = call(["prepare", "begin", "-"], domain(), config_path=str(conf.path), isolated=True)
+    assert (code, err) == (1, "virtrbd: vm1: prepare: image rbd/gold@golden: not found\n")
+    assert len(trail.read_text().split()) == 1
+    trail.write_text("")
+    assert call(["release", "end", "-"], domain(), config_path=str(conf.path), isolated=True) == \
+        (0, "virtrbd: vm1: release: image rbd/gold@golden: not found\n")
 
 
 def test_importing_the_hook_module_imports_nothing_heavy():
