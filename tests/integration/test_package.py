@@ -12,7 +12,7 @@ from virtrbd import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_DEPENDENCIES = ("python3-rados", "python3-rbd", "python3-libvirt", "python3-lxml", "python3-xxhash",
-                       "python3-cryptography", "libisal2")
+                       "python3-cryptography", "libisal2", "libssl3")
 
 
 @pytest.fixture(scope="module")

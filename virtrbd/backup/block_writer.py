@@ -61,16 +61,19 @@ class BlockWriter:
     With ``direct``, runs shorter than ``SMALL_RUN`` go through a second,
     buffered descriptor (the page cache takes them; the file's fsync writes
     them out together, in order) instead of one disk write each.
-    ``crc`` sees every byte written, for the manifest's ``file_checksum``.
+    ``crc`` sees every byte written, for the manifest's ``file_checksum`` (unless ``checksum`` is False:
+    an encrypted file's checksum is of its plaintext).
     """
 
-    def __init__(self, fd: int, *, direct: bool, buffer_size: int = 4 * MiB, buffers: int = 2, threads: int = 1):
+    def __init__(self, fd: int, *, direct: bool, buffer_size: int = 4 * MiB, buffers: int = 2, threads: int = 1,
+                 checksum: bool = True):
         self.fd = fd
         self.direct = direct
         self._buffered_fd = buffered_twin(fd) if direct else None
         self.buffer_size = buffer_size
         self.bytes_written = 0
         self.crc = FileCRC()
+        self._checksum = checksum
         self._count_lock = threading.Lock()
         self._free: queue.Queue = queue.Queue()
         for _ in range(buffers):
@@ -92,7 +95,8 @@ class BlockWriter:
             raise ValueError(f"unaligned direct write at {offset} of {end - start} bytes")
         view = memoryview(data)
         whole = start == 0 and end == len(data) and isinstance(data, bytes)
-        self.crc.add(offset, data if whole else view[start:end])
+        if self._checksum:
+            self.crc.add(offset, data if whole else view[start:end])
         while start < end:
             self._check()
             if self._current is None or self._current_len == self.buffer_size:

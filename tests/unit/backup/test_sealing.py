@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from virtrbd import bech32
-from virtrbd.backup.sealing.age import CHUNK, SEALED_CHUNK, OpenedFile, SealedFile, read_header
+from virtrbd.backup.sealing.age import CHUNK, SEALED_CHUNK, SealedFile, read_header
 from virtrbd.backup.sealing.keys import Identity, parse_recipient, read_identities, write_identity
+from virtrbd.backup.sealing.opened import OpenedFile
 from virtrbd.errors import CorruptBackupError, UsageError, VirtrbdError
 
 AGE = shutil.which("age") or "age"          # Debian's age, installed by make setup: the judge of our files
@@ -246,17 +247,23 @@ def test_a_write_that_fails_in_the_writer_thread_comes_back_to_the_caller(tmp_pa
 
 def test_the_cipher_runs_only_on_threads_that_do_nothing_else(tmp_path, monkeypatch):
     """OpenSSL's ChaCha20-Poly1305 slows every later SSE instruction of its thread (XXH3 4.5x here): the
-    header's stanzas, the sealing and the opening run on the age threads, never where hashing runs."""
+    header's stanzas, the sealing and the opening (and the payload cipher's key setup) run on the age
+    threads, never where hashing runs."""
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    seen = []
-    for name in ("encrypt", "decrypt"):
-        original = getattr(ChaCha20Poly1305, name)
+    from virtrbd.backup.sealing.evp import ChunkCipher
 
-        def spy(self, *args, _original=original, _name=name):
-            seen.append((_name, threading.current_thread().name))
+    seen = []
+    for cls, name, kind in ((ChaCha20Poly1305, "encrypt", "encrypt"), (ChaCha20Poly1305, "decrypt", "decrypt"),
+                            (ChunkCipher, "seal_into", "encrypt"), (ChunkCipher, "open_into", "decrypt"),
+                            (ChunkCipher, "__init__", "setup")):
+        original = getattr(cls, name)
+
+        def spy(self, *args, _original=original, _kind=kind):
+            seen.append((_kind if _kind != "setup" else ("encrypt" if args[1] else "decrypt"),
+                         threading.current_thread().name))
             return _original(self, *args)
-        monkeypatch.setattr(ChaCha20Poly1305, name, spy)
+        monkeypatch.setattr(cls, name, spy)
     ours = Identity.generate()
     plaintext = os.urandom(20 * CHUNK + 7)
     path, _ = sealed(tmp_path, plaintext, [ours.recipient, Identity.generate().recipient])

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
 from .cipher_thread import CipherThread
+from .evp import ChunkCipher
 from .keys import Identity, Recipient
 from .output import CachedOutput, DirectOutput
 
@@ -84,11 +85,11 @@ def _unb64(text: str, what: str) -> bytes:
     return data
 
 
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
-def _nonce(index: int, final: bool) -> bytes:
+def chunk_nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
 
@@ -98,7 +99,7 @@ def wrap(file_key: bytes, recipient: Recipient) -> Stanza:
     ephemeral = X25519PrivateKey.generate()
     share = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     shared = ephemeral.exchange(recipient.key())
-    wrap_key = _hkdf(shared, share + recipient.public, X25519_INFO)
+    wrap_key = hkdf(shared, share + recipient.public, X25519_INFO)
     return Stanza(("X25519", _b64(share)), ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None))
 
 
@@ -106,7 +107,7 @@ def make_header(file_key: bytes, recipients: list[Recipient]) -> bytes:
     if not recipients:
         raise UsageError("an encrypted backup needs at least one recipient")
     signed = VERSION_LINE + b"".join(wrap(file_key, r).render() for r in recipients) + b"---"
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), signed, hashlib.sha256).digest()
+    mac = hmac.new(hkdf(file_key, b"", b"header"), signed, hashlib.sha256).digest()
     return signed + b" " + _b64(mac).encode() + b"\n"
 
 
@@ -155,12 +156,12 @@ def unwrap(header: Header, identities: list[Identity], what: str) -> bytes:
             shared = identity.exchange(share)
             if not any(shared):
                 raise CorruptBackupError(f"{what}: its age header has a degenerate X25519 share")
-            wrap_key = _hkdf(shared, share + identity.recipient.public, X25519_INFO)
+            wrap_key = hkdf(shared, share + identity.recipient.public, X25519_INFO)
             try:
                 file_key = ChaCha20Poly1305(wrap_key).decrypt(bytes(12), stanza.body, None)
             except InvalidTag:
                 continue
-            mac = hmac.new(_hkdf(file_key, b"", b"header"), header.signed, hashlib.sha256).digest()
+            mac = hmac.new(hkdf(file_key, b"", b"header"), header.signed, hashlib.sha256).digest()
             if not hmac.compare_digest(mac, header.mac):
                 raise CorruptBackupError(f"{what}: its age header was changed (its MAC does not match)")
             return file_key
@@ -182,9 +183,9 @@ class SealedFile:
         try:
             header = self._cipher.call(make_header, file_key, recipients)
             self.payload = len(header) + NONCE
-            self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+            self._chunks = self._cipher.call(ChunkCipher, hkdf(file_key, nonce, b"payload"), True)
             output = (DirectOutput if direct else CachedOutput)(fd, self.payload + SEALED_CHUNK)
-            output.write(0, [header + nonce])
+            output.write(0, header + nonce)
             self._writer = _Writer(output, self.payload, hashlib.sha256(header + nonce))
         except BaseException:
             self._cipher.close()
@@ -233,9 +234,12 @@ class SealedFile:
         self._cipher.submit(self._seal_and_write, batch)
 
     def _seal_and_write(self, batch: list[tuple[int, bytes, bool]]) -> None:
-        """On the sealing thread: seal ``batch`` and queue it for the writer thread."""
-        self._writer.put([(index, self._aead.encrypt(_nonce(index, final), plaintext, None))
-                          for index, plaintext, final in batch])
+        """On the sealing thread: seal ``batch`` into one buffer and queue it for the writer thread."""
+        out = bytearray(sum(len(plaintext) + TAG for _, plaintext, _ in batch))
+        at = 0
+        for index, plaintext, final in batch:
+            at += self._chunks.seal_into(chunk_nonce(index, final), plaintext, out, at)
+        self._writer.put(batch[0][0], out)
 
     def close(self) -> int:
         """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
@@ -287,26 +291,27 @@ class _Writer(threading.Thread):
         while (batch := self.queue.get()) is not None:
             if self.error is None:                    # after an error, drain what comes: nothing blocks
                 try:
-                    self._write(batch)
+                    self._write(*batch)
                 except BaseException as exc:
                     self.error = exc
 
-    def _write(self, batch: list[tuple[int, bytes]]) -> None:
-        self.output.write(self.payload + batch[0][0] * SEALED_CHUNK, [sealed for _, sealed in batch])
-        for index, sealed in batch:
-            if index == 0:
-                self.head.update(sealed)
-            elif index == self.next_rest:
-                self.rest.update(sealed)
-                self.next_rest += 1
-            else:
-                raise VirtrbdError(f"internal error: chunk {index} of an encrypted file sealed out of order")
+    def _write(self, first: int, sealed: bytearray) -> None:
+        self.output.write(self.payload + first * SEALED_CHUNK, sealed)
+        view = memoryview(sealed)
+        if first == 0:
+            self.head.update(view[:SEALED_CHUNK])
+            view, first = view[SEALED_CHUNK:], 1
+        if view:
+            if first != self.next_rest:
+                raise VirtrbdError(f"internal error: chunk {first} of an encrypted file sealed out of order")
+            self.rest.update(view)
+            self.next_rest = first + -(-len(view) // SEALED_CHUNK)
 
-    def put(self, batch: list[tuple[int, bytes]]) -> None:
-        """Consecutive sealed chunks, ``(index, sealed)``, to write with one call."""
+    def put(self, first: int, sealed: bytearray) -> None:
+        """Consecutive sealed chunks from chunk ``first`` on, in one buffer, to write with one call."""
         if self.error is not None:
             raise self.error
-        self.queue.put(batch)
+        self.queue.put((first, sealed))
 
     def finish(self) -> None:
         """Write what is queued and what the output still gathers; raise the first error."""
@@ -327,61 +332,3 @@ class _Writer(threading.Thread):
         if self.is_alive():
             self.queue.put(None)
             self.join()
-
-
-class OpenedFile:
-    """An age file opened with an identity: its plaintext read at any offset, each chunk checked on a
-    thread of its own (``cipher_thread``), which ``close`` ends."""
-
-    def __init__(self, fd: int, identities: list[Identity], what: str):
-        self.fd, self.what = fd, what
-        header = read_header(fd, what)
-        self._cipher = CipherThread("age-open")
-        try:
-            file_key = self._cipher.call(unwrap, header, identities, what)
-            nonce = os.pread(fd, NONCE, header.length)
-            if len(nonce) != NONCE:
-                raise CorruptBackupError(f"{what}: cut short after its age header")
-            self.payload = header.length + NONCE
-            self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-            sealed_size = os.fstat(fd).st_size - self.payload
-            chunks = max(1, -(-sealed_size // SEALED_CHUNK))
-            self.size = sealed_size - chunks * TAG
-            if self.size < 0 or sealed_size - (chunks - 1) * SEALED_CHUNK <= TAG and chunks > 1:
-                raise CorruptBackupError(f"{what}: cut short (its last age chunk is incomplete)")
-        except BaseException:
-            self._cipher.close()
-            raise
-        self.last = chunks - 1
-
-    def _chunk(self, index: int) -> bytes:
-        """The plaintext of chunk ``index``, authenticated (and the last one checked to be the last)."""
-        sealed = os.pread(self.fd, SEALED_CHUNK, self.payload + index * SEALED_CHUNK)
-        try:
-            return self._aead.decrypt(_nonce(index, index == self.last), sealed, None)
-        except InvalidTag:
-            raise CorruptBackupError(f"{self.what}: age chunk {index} fails its authentication (changed, "
-                                     f"moved, cut short or appended to)") from None
-
-    def readinto(self, view: memoryview, offset: int) -> int:
-        """Plaintext at ``offset`` into ``view``, fewer bytes at the end; how many."""
-        return self._cipher.call(self._fill, view, offset)
-
-    def pread(self, length: int, offset: int) -> bytes:
-        """Up to ``length`` plaintext bytes at ``offset`` (fewer at the end), as ``os.pread`` gives them."""
-        buffer = bytearray(max(0, min(length, self.size - offset)))
-        self.readinto(memoryview(buffer), offset)
-        return bytes(buffer)
-
-    def _fill(self, view: memoryview, offset: int) -> int:
-        end = min(offset + len(view), self.size)
-        at = offset
-        while at < end:
-            index, within = divmod(at, CHUNK)
-            piece = memoryview(self._chunk(index))[within:within + end - at]
-            view[at - offset:at - offset + len(piece)] = piece
-            at += len(piece)
-        return max(0, end - offset)
-
-    def close(self) -> None:
-        self._cipher.close()

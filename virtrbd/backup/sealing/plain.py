@@ -17,8 +17,8 @@ from ..file_crc import FileCRC
 from ..files import open_regular
 
 if TYPE_CHECKING:
-    from .age import OpenedFile
     from .keys import Identity, Recipient
+    from .opened import OpenedFile
 
 FORMAT = "age-encryption.org/v1"
 
@@ -32,7 +32,7 @@ class PlainFile:
         try:
             self._opened: OpenedFile | None = None
             if identities is not None:
-                from .age import OpenedFile
+                from .opened import OpenedFile
                 self._opened = OpenedFile(self.fd, identities, str(path))
             self.size = self._opened.size if self._opened else os.fstat(self.fd).st_size
         except BaseException:
