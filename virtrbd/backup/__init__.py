@@ -100,7 +100,7 @@ def plan_backup(storage, spec: str | ImageSpec, dest_dir: os.PathLike | str, *, 
 
 
 def parse_recipients(texts: Sequence[str]) -> tuple:
-    """Parsed recipients, each once, in the order given (the cryptography loaded only for some)."""
+    """Parsed recipients, each once, in the order given (the key code loaded only for some)."""
     if not texts:
         return ()
     from .sealing.keys import parse_recipient

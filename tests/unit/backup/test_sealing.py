@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import random
@@ -270,3 +271,35 @@ def test_the_cipher_runs_only_on_threads_that_do_nothing_else(tmp_path, monkeypa
     assert opened(path, [ours]) == plaintext
     assert {kind for kind, _ in seen} == {"encrypt", "decrypt"} and len(seen) > 40
     assert all(thread.startswith("age-seal" if kind == "encrypt" else "age-open") for kind, thread in seen), seen
+
+
+def test_x25519_is_rfc_7748s_and_refuses_a_share_that_gives_no_secret():
+    from virtrbd.backup.sealing.evp import x25519, x25519_public
+
+    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    assert x25519_public(alice).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert x25519_public(bob).hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    assert x25519(alice, x25519_public(bob)).hex() == shared == x25519(bob, x25519_public(alice)).hex()
+    for share in (bytes(32), b"\x01" + bytes(31), b"short"):      # small order (no secret), or not a key
+        with pytest.raises(ValueError):
+            x25519(alice, share)
+
+
+def test_a_header_share_of_small_order_is_refused_in_one_line(tmp_path):
+    ours = Identity.generate()
+    path, _ = sealed(tmp_path, b"data", [ours.recipient])
+    data = bytearray(path.read_bytes())
+    share = read_header(os.open(path, os.O_RDONLY), "x").stanzas[0].args[1].encode()
+    at = bytes(data).index(share)
+    data[at:at + len(share)] = base64.b64encode(bytes(32)).rstrip(b"=")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptBackupError, match="degenerate X25519 share"):
+        opened(path, [ours])
+
+
+def test_a_recipient_of_small_order_is_refused_before_anything_is_written(tmp_path):
+    from virtrbd.backup.sealing.keys import Recipient
+    with pytest.raises(UsageError, match="not a usable X25519 public key"):
+        sealed(tmp_path, b"data", [Recipient(bytes(32))])

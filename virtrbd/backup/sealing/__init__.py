@@ -1,6 +1,9 @@
 """Backups encrypted to public recipients in age's format: a hypervisor can write them, never read them.
 
 ``keys`` holds age's X25519 recipients and identities (``bech32`` their
-encoding), ``age`` the file format itself.  The cryptography is OpenSSL's,
-through the ``cryptography`` package (Debian's python3-cryptography).
+encoding), ``age`` the file format itself, ``opened`` the reading of one.
+The cryptography is OpenSSL's libcrypto: ChaCha20-Poly1305 and X25519 through
+its EVP interface (``evp``), HKDF and HMAC from the standard library, the
+manifests' Ed25519 signatures through the ``cryptography`` package (Debian's
+python3-cryptography, ``signing``).
 """

@@ -25,15 +25,9 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
 from .cipher_thread import CipherThread
-from .evp import ChunkCipher
+from .evp import ChunkCipher, x25519, x25519_public
 from .keys import Identity, Recipient
 from .output import CachedOutput, DirectOutput
 
@@ -86,7 +80,30 @@ def _unb64(text: str, what: str) -> bytes:
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA-256 (RFC 5869) of 32 bytes, age's only length: one block of the expansion."""
+    key = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    return hmac.new(key, info + b"\x01", hashlib.sha256).digest()
+
+
+def _seal_once(key: bytes, plaintext: bytes) -> bytes:
+    """ChaCha20-Poly1305 under a key used for this one message (nonce zero), as age's stanzas are."""
+    cipher = ChunkCipher(key, True)
+    try:
+        out = bytearray(len(plaintext) + TAG)
+        cipher.seal_into(bytes(12), plaintext, out, 0)
+        return bytes(out)
+    finally:
+        cipher.close()
+
+
+def _open_once(key: bytes, sealed: bytes) -> bytes | None:
+    """The plaintext of a message sealed by ``_seal_once``; None when it does not authenticate."""
+    cipher = ChunkCipher(key, False)
+    try:
+        out = bytearray(max(0, len(sealed) - TAG))
+        return bytes(out) if cipher.open_into(bytes(12), sealed, len(sealed), out, 0) else None
+    finally:
+        cipher.close()
 
 
 def chunk_nonce(index: int, final: bool) -> bytes:
@@ -96,11 +113,14 @@ def chunk_nonce(index: int, final: bool) -> bytes:
 # --- the header ---------------------------------------------------------------------------------------
 
 def wrap(file_key: bytes, recipient: Recipient) -> Stanza:
-    ephemeral = X25519PrivateKey.generate()
-    share = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    shared = ephemeral.exchange(recipient.key())
+    ephemeral = os.urandom(32)
+    share = x25519_public(ephemeral)
+    try:
+        shared = x25519(ephemeral, recipient.public)
+    except ValueError:
+        raise UsageError(f"backup recipient {recipient}: not a usable X25519 public key") from None
     wrap_key = hkdf(shared, share + recipient.public, X25519_INFO)
-    return Stanza(("X25519", _b64(share)), ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None))
+    return Stanza(("X25519", _b64(share)), _seal_once(wrap_key, file_key))
 
 
 def make_header(file_key: bytes, recipients: list[Recipient]) -> bytes:
@@ -153,13 +173,13 @@ def unwrap(header: Header, identities: list[Identity], what: str) -> bytes:
         if len(share) != 32:
             raise CorruptBackupError(f"{what}: its age header has a malformed X25519 stanza")
         for identity in identities:
-            shared = identity.exchange(share)
-            if not any(shared):
-                raise CorruptBackupError(f"{what}: its age header has a degenerate X25519 share")
-            wrap_key = hkdf(shared, share + identity.recipient.public, X25519_INFO)
             try:
-                file_key = ChaCha20Poly1305(wrap_key).decrypt(bytes(12), stanza.body, None)
-            except InvalidTag:
+                shared = identity.exchange(share)
+            except ValueError:
+                raise CorruptBackupError(f"{what}: its age header has a degenerate X25519 share") from None
+            wrap_key = hkdf(shared, share + identity.recipient.public, X25519_INFO)
+            file_key = _open_once(wrap_key, stanza.body)
+            if file_key is None:
                 continue
             mac = hmac.new(hkdf(file_key, b"", b"header"), header.signed, hashlib.sha256).digest()
             if not hmac.compare_digest(mac, header.mac):

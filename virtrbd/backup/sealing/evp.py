@@ -1,4 +1,5 @@
-"""ChaCha20-Poly1305 for an age payload through libcrypto's EVP interface: one context per file, in place.
+"""age's two primitives through libcrypto's EVP interface: ChaCha20-Poly1305, one context per file, in
+place; and X25519.
 
 ``cryptography``'s AEAD sets up a new OpenSSL context for every message and
 returns new ``bytes``: for an age payload, one message per 64 KiB chunk, that
@@ -6,9 +7,12 @@ is some ten calls into C per chunk, each letting go of the GIL and taking it
 back, and two more copies of every byte.  A ``ChunkCipher`` keeps one context
 for the file's key, changes only the nonce per chunk, and seals into or opens
 into a buffer the caller gives (the batch being handed to the writer, the
-restore's own buffer).  It is the same libcrypto (OpenSSL 3) ``cryptography``
-and librados use; the header's X25519, HKDF and HMAC stay with
-``cryptography`` and ``hmac``.  The figures: docs/performance.md.
+restore's own buffer).  X25519 (the header's key agreement, the identities'
+public keys) comes from the same library: ``cryptography`` would bring its
+OpenSSL bindings for it, 8 MiB of a process that moves data in a bounded
+memory.  It is the same libcrypto (OpenSSL 3) that ``cryptography`` and
+librados load; HKDF and HMAC are the standard library's.  The figures:
+docs/performance.md.
 
 A ``ChunkCipher`` belongs to one thread at a time (the ``CipherThread``).
 """
@@ -16,7 +20,7 @@ A ``ChunkCipher`` belongs to one thread at a time (the ``CipherThread``).
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, byref, c_char, c_int, c_void_p
+from ctypes import POINTER, byref, c_char, c_char_p, c_int, c_size_t, c_void_p
 
 from ...errors import VirtrbdError
 
@@ -24,6 +28,8 @@ KEY = 32
 NONCE = 12
 TAG = 16
 _GET_TAG, _SET_TAG = 0x10, 0x11
+_NID_X25519 = 1034
+X25519_BYTES = 32
 
 
 def _libcrypto() -> ctypes.CDLL:
@@ -39,6 +45,19 @@ def _libcrypto() -> ctypes.CDLL:
     lib.EVP_CipherUpdate.argtypes = [c_void_p, c_void_p, POINTER(c_int), c_void_p, c_int]
     lib.EVP_CipherFinal_ex.argtypes = [c_void_p, c_void_p, POINTER(c_int)]
     lib.EVP_CIPHER_CTX_ctrl.argtypes = [c_void_p, c_int, c_int, c_void_p]
+    for name in ("EVP_PKEY_new_raw_private_key", "EVP_PKEY_new_raw_public_key"):
+        getattr(lib, name).restype = c_void_p
+        getattr(lib, name).argtypes = [c_int, c_void_p, c_char_p, c_size_t]
+    lib.EVP_PKEY_get_raw_public_key.argtypes = [c_void_p, c_void_p, POINTER(c_size_t)]
+    lib.EVP_PKEY_free.restype = None
+    lib.EVP_PKEY_free.argtypes = [c_void_p]
+    lib.EVP_PKEY_CTX_new.restype = c_void_p
+    lib.EVP_PKEY_CTX_new.argtypes = [c_void_p, c_void_p]
+    lib.EVP_PKEY_CTX_free.restype = None
+    lib.EVP_PKEY_CTX_free.argtypes = [c_void_p]
+    lib.EVP_PKEY_derive_init.argtypes = [c_void_p]
+    lib.EVP_PKEY_derive_set_peer.argtypes = [c_void_p, c_void_p]
+    lib.EVP_PKEY_derive.argtypes = [c_void_p, c_void_p, POINTER(c_size_t)]
     return lib
 
 
@@ -113,3 +132,39 @@ class ChunkCipher:
 
     def __del__(self) -> None:
         self.close()
+
+
+# --- X25519 --------------------------------------------------------------------------------------------
+
+def x25519_public(private: bytes) -> bytes:
+    """The public key of the X25519 private key ``private`` (32 bytes each)."""
+    lib = _lib()
+    key = lib.EVP_PKEY_new_raw_private_key(_NID_X25519, None, private, len(private))
+    try:
+        out, length = ctypes.create_string_buffer(X25519_BYTES), c_size_t(X25519_BYTES)
+        if not key or lib.EVP_PKEY_get_raw_public_key(key, out, byref(length)) != 1 or length.value != X25519_BYTES:
+            raise ValueError("not an X25519 private key")
+        return out.raw
+    finally:
+        lib.EVP_PKEY_free(key)
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """The X25519 shared secret of ``private`` and the peer's ``public``; ValueError for a public key that
+    does not parse or gives the all-zero secret (a point of small order: no secret at all)."""
+    lib = _lib()
+    mine = lib.EVP_PKEY_new_raw_private_key(_NID_X25519, None, private, len(private))
+    peer = lib.EVP_PKEY_new_raw_public_key(_NID_X25519, None, public, len(public))
+    context = lib.EVP_PKEY_CTX_new(mine, None) if mine and peer else None
+    try:
+        out, length = ctypes.create_string_buffer(X25519_BYTES), c_size_t(X25519_BYTES)
+        if not (context and lib.EVP_PKEY_derive_init(context) == 1
+                and lib.EVP_PKEY_derive_set_peer(context, peer) == 1
+                and lib.EVP_PKEY_derive(context, out, byref(length)) == 1
+                and length.value == X25519_BYTES and any(out.raw)):
+            raise ValueError("no X25519 secret with that public key")
+        return out.raw
+    finally:
+        lib.EVP_PKEY_CTX_free(context)
+        lib.EVP_PKEY_free(peer)
+        lib.EVP_PKEY_free(mine)

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
 from ... import bech32
 from ...config import age_recipient
 from ...errors import UsageError
+from .evp import x25519, x25519_public
 
 RECIPIENT_HRP = "age"
 IDENTITY_HRP = "age-secret-key-"
@@ -50,29 +48,24 @@ class Recipient(PublicKey):
 
     HRP = RECIPIENT_HRP
 
-    def key(self) -> X25519PublicKey:
-        return X25519PublicKey.from_public_bytes(self.public)
-
 
 class Identity:
     """A private key that unwraps the files encrypted to its recipient (its bytes never printed)."""
 
     def __init__(self, secret: bytes):
-        self._key = X25519PrivateKey.from_private_bytes(secret)
-        self.recipient = Recipient(self._key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                                       serialization.PublicFormat.Raw))
+        self._secret = secret
+        self.recipient = Recipient(x25519_public(secret))
 
     @classmethod
     def generate(cls) -> Identity:
         return cls(os.urandom(32))
 
     def exchange(self, share: bytes) -> bytes:
-        return self._key.exchange(X25519PublicKey.from_public_bytes(share))
+        """The X25519 secret shared with ``share``; ValueError for a share that gives none."""
+        return x25519(self._secret, share)
 
     def encode(self) -> str:
-        secret = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                         serialization.NoEncryption())
-        return bech32.encode(IDENTITY_HRP, secret, upper=True)
+        return bech32.encode(IDENTITY_HRP, self._secret, upper=True)
 
     def __repr__(self) -> str:                   # never the key itself
         return f"Identity(recipient={self.recipient})"
