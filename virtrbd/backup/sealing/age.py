@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
 from .cipher_thread import CipherThread
-from .evp import ChunkCipher, x25519, x25519_public
+from .evp import ChunkCipher, pin, x25519, x25519_public
 from .keys import Identity, Recipient
 from .output import CachedOutput, DirectOutput
 
@@ -256,9 +256,11 @@ class SealedFile:
     def _seal_and_write(self, batch: list[tuple[int, bytes, bool]]) -> None:
         """On the sealing thread: seal ``batch`` into one buffer and queue it for the writer thread."""
         out = bytearray(sum(len(plaintext) + TAG for _, plaintext, _ in batch))
+        out_at, pinned = pin(out)
         at = 0
         for index, plaintext, final in batch:
-            at += self._chunks.seal_into(chunk_nonce(index, final), plaintext, out, at)
+            at += self._chunks.seal_into(chunk_nonce(index, final), plaintext, out_at, at)
+        del pinned
         self._writer.put(batch[0][0], out)
 
     def close(self) -> int:

@@ -72,11 +72,21 @@ def _lib() -> ctypes.CDLL:
 
 
 def _address(buffer, at: int, length: int):
-    """A ctypes view of ``buffer[at:at + length]``: ``bytes`` read in place (as ``c_char_p`` is), or any
-    writable buffer (``bytearray``, a writable ``memoryview``)."""
+    """A ctypes view of ``buffer[at:at + length]``: ``bytes`` read in place (as ``c_char_p`` is), any
+    writable buffer (``bytearray``, a writable ``memoryview``), or an address from ``pin``."""
+    if isinstance(buffer, int):
+        return buffer + at
     if isinstance(buffer, bytes):
         return (ctypes.cast(ctypes.c_char_p(buffer), c_void_p).value or 0) + at
     return (c_char * length).from_buffer(buffer, at)
+
+
+def pin(buffer) -> tuple[int, object]:
+    """The address of a writable buffer, and what keeps it there: while the second lives, the buffer can
+    be neither resized nor freed.  For a loop over many chunks of one buffer, where a ctypes view of each
+    would cost more than the call it is for."""
+    view = (c_char * len(buffer)).from_buffer(buffer)
+    return ctypes.addressof(view), view
 
 
 def _plus(address, offset: int):

@@ -11,12 +11,13 @@ unchecked byte reaches the caller.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 from ...errors import CorruptBackupError
 from .age import CHUNK, NONCE, SEALED_CHUNK, TAG, chunk_nonce, hkdf, read_header, unwrap
 from .cipher_thread import CipherThread
-from .evp import ChunkCipher
+from .evp import ChunkCipher, pin
 from .keys import Identity
 
 #: sealed chunks read from the file with one call (1 MiB)
@@ -49,18 +50,20 @@ class OpenedFile:
         self.last = chunks - 1
         self._sealed = bytearray(READ * SEALED_CHUNK)  # chunks as read from the file
         self._plain = bytearray(CHUNK)                 # a chunk only part of which was asked for
+        (self._sealed_at, self._pinned_sealed), (self._plain_at, self._pinned_plain) = \
+            pin(self._sealed), pin(self._plain)
 
     def _length(self, index: int) -> int:
         """The plaintext bytes of chunk ``index``."""
         return CHUNK if index < self.last else self.size - self.last * CHUNK
 
-    def _open(self, index: int, sealed: memoryview, out, at: int) -> None:
-        """Chunk ``index``, read into ``sealed`` (which may be cut short), authenticated (the last one checked
-        to be the last) and opened into ``out[at:]``."""
+    def _open(self, index: int, sealed_at: int, available: int, out_at: int) -> None:
+        """Chunk ``index``, of which ``available`` bytes were read to ``sealed_at``, authenticated (the last
+        one checked to be the last) and opened to ``out_at`` (addresses: ``evp.pin``)."""
         length = self._length(index)
-        if len(sealed) < length + TAG or not self._chunks.open_into(chunk_nonce(index, index == self.last),
-                                                                    sealed, length + TAG, out, at):
-            out[at:at + length] = bytes(length)
+        if available < length + TAG or not self._chunks.open_into(chunk_nonce(index, index == self.last),
+                                                                   sealed_at, length + TAG, out_at, 0):
+            ctypes.memset(out_at, 0, length)
             raise CorruptBackupError(f"{self.what}: age chunk {index} fails its authentication (changed, "
                                      f"moved, cut short or appended to)")
 
@@ -76,23 +79,29 @@ class OpenedFile:
 
     def _fill(self, view: memoryview, offset: int) -> int:
         end = min(offset + len(view), self.size)
+        if end <= offset:
+            return 0
+        view_at, pinned = pin(view)
         at = offset
-        while at < end:
-            first = at // CHUNK
-            count = min(READ, (end - 1) // CHUNK - first + 1)
-            read = memoryview(self._sealed)[:count * SEALED_CHUNK]
-            read = read[:os.preadv(self.fd, [read], self.payload + first * SEALED_CHUNK)]
-            for index in range(first, first + count):
-                within = at - index * CHUNK
-                take = min(self._length(index) - within, end - at)
-                sealed = read[(index - first) * SEALED_CHUNK:(index - first + 1) * SEALED_CHUNK]
-                if within == 0 and take == self._length(index):
-                    self._open(index, sealed, view, at - offset)
-                else:
-                    self._open(index, sealed, self._plain, 0)
-                    view[at - offset:at - offset + take] = self._plain[within:within + take]
-                at += take
-        return max(0, end - offset)
+        try:
+            while at < end:
+                first = at // CHUNK
+                count = min(READ, (end - 1) // CHUNK - first + 1)
+                got = os.preadv(self.fd, [memoryview(self._sealed)[:count * SEALED_CHUNK]],
+                                self.payload + first * SEALED_CHUNK)
+                for index in range(first, first + count):
+                    within = at - index * CHUNK
+                    take = min(self._length(index) - within, end - at)
+                    skip = (index - first) * SEALED_CHUNK
+                    if within == 0 and take == self._length(index):
+                        self._open(index, self._sealed_at + skip, got - skip, view_at + at - offset)
+                    else:
+                        self._open(index, self._sealed_at + skip, got - skip, self._plain_at)
+                        view[at - offset:at - offset + take] = self._plain[within:within + take]
+                    at += take
+        finally:
+            del pinned
+        return end - offset
 
     def close(self) -> None:
         self._cipher.close()
