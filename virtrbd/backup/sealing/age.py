@@ -211,72 +211,87 @@ class SealedFile:
             self._cipher.close()
             raise
         self._partial: dict[int, tuple[bytearray, int]] = {}    # chunk -> (its bytes, how many written)
-        self._held: tuple[int, bytes] | None = None             # the highest chunk so far, not sealed yet
+        #: the highest chunk so far, not sealed yet: (index, a buffer nobody changes, where in it, length)
+        self._held: tuple[int, object, int, int] | None = None
         self._sealed: set[int] = set()
-        self._batch: list[tuple[int, bytes, bool]] = []         # consecutive, to seal, not handed over yet
+        #: consecutive chunks copied into ``_slots`` (one per SEALED_CHUNK), to seal: (index, length, final)
+        self._batch: list[tuple[int, int, bool]] = []
+        self._slots: bytearray | None = None
         self.size = 0
 
     def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
-        view = memoryview(data)[start:len(data) if end is None else end]
-        self.size = max(self.size, offset + len(view))
-        while view:
+        """``data[start:end]`` at ``offset``.  Each byte is copied once, into the batch it is sealed in
+        (a ``bytes`` object cannot change meanwhile; any other buffer is copied if it must wait)."""
+        end = len(data) if end is None else end
+        view = memoryview(data)
+        self.size = max(self.size, offset + end - start)
+        while start < end:
             index, within = divmod(offset, CHUNK)
-            take = min(CHUNK - within, len(view))
+            take = min(CHUNK - within, end - start)
             if within == 0 and take == CHUNK and index not in self._partial:
-                self._complete(index, bytes(view[:CHUNK]))
+                self._complete(index, data, start, CHUNK, fixed=isinstance(data, bytes))
             else:
                 buffer, filled = self._partial.get(index, (bytearray(CHUNK), 0))
-                buffer[within:within + take] = view[:take]
+                buffer[within:within + take] = view[start:start + take]
                 self._partial[index] = (buffer, filled + take)
                 if filled + take == CHUNK:
                     del self._partial[index]
-                    self._complete(index, bytes(buffer))
-            offset, view = offset + take, view[take:]
+                    self._complete(index, buffer, 0, CHUNK, fixed=True)
+            offset, start = offset + take, start + take
 
-    def _complete(self, index: int, plaintext: bytes) -> None:
+    def _complete(self, index: int, source, start: int, length: int, *, fixed: bool) -> None:
+        """Chunk ``index`` is ``source[start:start + length]``; ``fixed``: ``source`` will not change."""
         if index in self._sealed or (self._held is not None and index == self._held[0]):
             raise VirtrbdError(f"internal error: chunk {index} of an encrypted file written twice")
         if self._held is None or index > self._held[0]:
-            held, self._held = self._held, (index, plaintext)
+            if not fixed:                               # it waits: keep what it is now
+                source, start = bytes(memoryview(source)[start:start + length]), 0
+            held, self._held = self._held, (index, source, start, length)
             if held is not None:
                 self._seal(*held, final=False)
         else:
-            self._seal(index, plaintext, final=False)
+            self._seal(index, source, start, length, final=False)
 
-    def _seal(self, index: int, plaintext: bytes, final: bool) -> None:
+    def _seal(self, index: int, source, start: int, length: int, final: bool) -> None:
+        """Copy the chunk into its batch's next slot; a batch goes to the sealing thread when it is full or
+        the next chunk does not follow it."""
         self._sealed.add(index)
         if self._batch and (index != self._batch[-1][0] + 1 or len(self._batch) == BATCH):
             self._hand_over()
-        self._batch.append((index, plaintext, final))
+        if self._slots is None:
+            self._slots = self._writer.spare()
+        slot = len(self._batch) * SEALED_CHUNK
+        self._slots[slot:slot + length] = memoryview(source)[start:start + length]
+        self._batch.append((index, length, final))
 
     def _hand_over(self) -> None:
-        batch, self._batch = self._batch, []
-        self._cipher.submit(self._seal_and_write, batch)
+        if self._batch:
+            batch, slots, self._batch, self._slots = self._batch, self._slots, [], None
+            self._cipher.submit(self._seal_and_write, batch, slots)
 
-    def _seal_and_write(self, batch: list[tuple[int, bytes, bool]]) -> None:
-        """On the sealing thread: seal ``batch`` into one buffer and queue it for the writer thread."""
-        out = bytearray(sum(len(plaintext) + TAG for _, plaintext, _ in batch))
-        out_at, pinned = pin(out)
-        at = 0
-        for index, plaintext, final in batch:
-            at += self._chunks.seal_into(chunk_nonce(index, final), plaintext, out_at, at)
+    def _seal_and_write(self, batch: list[tuple[int, int, bool]], slots: bytearray) -> None:
+        """On the sealing thread: seal each chunk where it lies (its tag right after it: the sealed chunks
+        follow each other as in the file) and queue the batch for the writer thread."""
+        base, pinned = pin(slots)
+        for slot, (index, length, final) in enumerate(batch):
+            at = slot * SEALED_CHUNK
+            self._chunks.seal_into(chunk_nonce(index, final), base + at, base, at, length)
         del pinned
-        self._writer.put(batch[0][0], out)
+        self._writer.put(batch[0][0], slots, (len(batch) - 1) * SEALED_CHUNK + batch[-1][1] + TAG)
 
     def close(self) -> int:
         """Seal what is held as the last chunk; the plaintext's size.  Every chunk before it must be whole."""
         last = -(-self.size // CHUNK) - 1
         tail = self._partial.pop(last, None)
         if tail is not None:
-            self._complete(last, bytes(tail[0][:self.size - last * CHUNK]))
+            self._complete(last, tail[0], 0, self.size - last * CHUNK, fixed=True)
         if self._partial or len(self._sealed) + (self._held is not None) != last + 1:
             raise VirtrbdError("internal error: an encrypted file was left with chunks never written")
         if self._held is not None:
-            index, plaintext = self._held
-            self._held = None
-            self._seal(index, plaintext, final=True)
+            held, self._held = self._held, None
+            self._seal(*held, final=True)
         elif self.size == 0:
-            self._seal(0, b"", final=True)             # an empty payload is one empty final chunk
+            self._seal(0, b"", 0, 0, final=True)       # an empty payload is one empty final chunk
         self._hand_over()
         try:
             self._cipher.drain()
@@ -298,14 +313,16 @@ class SealedFile:
 
 class _Writer(threading.Thread):
     """Writes and hashes the sealed chunks beside the thread that seals them: writing and SHA-256 release
-    the GIL, sealing does not, so the two overlap.  The first chunk goes into the digest of the head,
-    the others into that of the rest, which must come in order."""
+    the GIL, so the two overlap.  The first chunk goes into the digest of the head, the others into that
+    of the rest, which must come in order.  A batch's buffer, once written, waits in ``spares`` for the
+    next batch: the buffers are made once, not one per MiB."""
 
     def __init__(self, output, payload: int, head):
         super().__init__(name="age-writer", daemon=True)
         self.output, self.payload = output, payload
         self.head, self.rest, self.next_rest = head, hashlib.sha256(), 1
         self.queue: queue.Queue = queue.Queue(maxsize=IN_FLIGHT)
+        self.spares: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.start()
 
@@ -317,9 +334,9 @@ class _Writer(threading.Thread):
                 except BaseException as exc:
                     self.error = exc
 
-    def _write(self, first: int, sealed: bytearray) -> None:
-        self.output.write(self.payload + first * SEALED_CHUNK, sealed)
-        view = memoryview(sealed)
+    def _write(self, first: int, slots: bytearray, used: int) -> None:
+        view = memoryview(slots)[:used]
+        self.output.write(self.payload + first * SEALED_CHUNK, view)
         if first == 0:
             self.head.update(view[:SEALED_CHUNK])
             view, first = view[SEALED_CHUNK:], 1
@@ -328,12 +345,22 @@ class _Writer(threading.Thread):
                 raise VirtrbdError(f"internal error: chunk {first} of an encrypted file sealed out of order")
             self.rest.update(view)
             self.next_rest = first + -(-len(view) // SEALED_CHUNK)
+        view.release()
+        self.spares.put(slots)
 
-    def put(self, first: int, sealed: bytearray) -> None:
-        """Consecutive sealed chunks from chunk ``first`` on, in one buffer, to write with one call."""
+    def spare(self) -> bytearray:
+        """A buffer for a batch: one the writer is done with, or a new one."""
+        try:
+            return self.spares.get_nowait()
+        except queue.Empty:
+            return bytearray(BATCH * SEALED_CHUNK)
+
+    def put(self, first: int, slots: bytearray, used: int) -> None:
+        """Consecutive sealed chunks from chunk ``first`` on, the first ``used`` bytes of ``slots``, to
+        write with one call."""
         if self.error is not None:
             raise self.error
-        self.queue.put((first, sealed))
+        self.queue.put((first, slots, used))
 
     def finish(self) -> None:
         """Write what is queued and what the output still gathers; raise the first error."""

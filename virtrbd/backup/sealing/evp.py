@@ -109,9 +109,10 @@ class ChunkCipher:
             self.close()
             raise VirtrbdError("internal error: libcrypto refused a ChaCha20-Poly1305 context")
 
-    def seal_into(self, nonce: bytes, plaintext, out, at: int) -> int:
-        """``plaintext`` sealed into ``out[at:]`` (ciphertext, then the 16-byte tag); the bytes written."""
-        size = len(plaintext)
+    def seal_into(self, nonce: bytes, plaintext, out, at: int, length: int | None = None) -> int:
+        """``plaintext`` (its first ``length`` bytes) sealed into ``out[at:]``: the ciphertext, then the
+        16-byte tag; the bytes written.  ``plaintext`` may be where the ciphertext goes (in place)."""
+        size = len(plaintext) if length is None else length
         lib, ctx, count = self._lib, self._ctx, self._count
         target = _address(out, at, size + TAG)
         ok = (lib.EVP_CipherInit_ex(ctx, None, None, None, nonce, 1) == 1
