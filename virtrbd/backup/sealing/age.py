@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 from ...errors import CorruptBackupError, UsageError, VirtrbdError
 from .cipher_thread import CipherThread
-from .evp import ChunkCipher, pin, x25519, x25519_public
+from .evp import TAG, ChunkCipher, pin
 from .keys import Identity, Recipient
 from .output import CachedOutput, DirectOutput
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024
-TAG = 16
 SEALED_CHUNK = CHUNK + TAG
 NONCE = 16
 X25519_INFO = b"age-encryption.org/v1/X25519"
@@ -113,10 +112,10 @@ def chunk_nonce(index: int, final: bool) -> bytes:
 # --- the header ---------------------------------------------------------------------------------------
 
 def wrap(file_key: bytes, recipient: Recipient) -> Stanza:
-    ephemeral = os.urandom(32)
-    share = x25519_public(ephemeral)
+    ephemeral = Identity.generate()
+    share = ephemeral.recipient.public
     try:
-        shared = x25519(ephemeral, recipient.public)
+        shared = ephemeral.exchange(recipient.public)
     except ValueError:
         raise UsageError(f"backup recipient {recipient}: not a usable X25519 public key") from None
     wrap_key = hkdf(shared, share + recipient.public, X25519_INFO)

@@ -25,7 +25,6 @@ from ctypes import POINTER, byref, c_char, c_char_p, c_int, c_size_t, c_void_p
 from ...errors import VirtrbdError
 
 KEY = 32
-NONCE = 12
 TAG = 16
 _GET_TAG, _SET_TAG = 0x10, 0x11
 _NID_X25519 = 1034
@@ -101,11 +100,10 @@ class ChunkCipher:
         if len(key) != KEY:
             raise ValueError("ChaCha20-Poly1305 takes a 32-byte key")
         self._lib = lib = _lib()
-        self._encrypt = 1 if encrypt else 0
         self._ctx = lib.EVP_CIPHER_CTX_new()
         self._count = c_int()
         if not self._ctx or lib.EVP_CipherInit_ex(self._ctx, lib.EVP_chacha20_poly1305(), None, key, None,
-                                                   self._encrypt) != 1:
+                                                   1 if encrypt else 0) != 1:
             self.close()
             raise VirtrbdError("internal error: libcrypto refused a ChaCha20-Poly1305 context")
 

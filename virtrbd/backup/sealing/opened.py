@@ -90,10 +90,10 @@ class OpenedFile:
                 got = os.preadv(self.fd, [memoryview(self._sealed)[:count * SEALED_CHUNK]],
                                 self.payload + first * SEALED_CHUNK)
                 for index in range(first, first + count):
-                    within = at - index * CHUNK
-                    take = min(self._length(index) - within, end - at)
+                    within, length = at - index * CHUNK, self._length(index)
+                    take = min(length - within, end - at)
                     skip = (index - first) * SEALED_CHUNK
-                    if within == 0 and take == self._length(index):
+                    if within == 0 and take == length:
                         self._open(index, self._sealed_at + skip, got - skip, view_at + at - offset)
                     else:
                         self._open(index, self._sealed_at + skip, got - skip, self._plain_at)
