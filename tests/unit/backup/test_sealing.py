@@ -303,3 +303,4 @@ def test_a_recipient_of_small_order_is_refused_before_anything_is_written(tmp_pa
     from virtrbd.backup.sealing.keys import Recipient
     with pytest.raises(UsageError, match="not a usable X25519 public key"):
         sealed(tmp_path, b"data", [Recipient(bytes(32))])
+    assert (tmp_path / "file.age").stat().st_size == 0
