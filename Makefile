@@ -7,6 +7,7 @@ VENV        := .venv
 VPY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
+# python3-cryptography, age, qemu-utils and python3-crc32c are the tests' independent judges, not virtrbd's
 DEB_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd python3-xxhash xxhash \
                 libvirt-daemon-system libvirt-daemon-driver-storage-rbd libvirt-clients python3-libvirt \
                 qemu-system-x86 qemu-block-extra qemu-utils \

@@ -5,8 +5,8 @@ it names, which catches an edit but not a forgery) and says so; once it knows
 one (``[backup] signers``, ``--signer``, or its own ``signing_key``), it
 refuses a manifest that is unsigned or signed by any other key, so a forged
 backup, or a real one stripped of its signature, is never restored.
-The Ed25519 code (``sealing.signing``, the cryptography bindings: some 15 MiB
-of a process) is loaded only where there is a signer or a signature to check.
+The Ed25519 code (``sealing.signing``, libcrypto through ctypes) is loaded
+only where there is a signer or a signature to check.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from virtrbd.backup.formats import manifest as manifests
 from virtrbd.backup.memory import MemorySink
 from virtrbd.backup.restore import plan_restore, restore_chain
 from virtrbd.backup.sealing.age import SEALED_CHUNK
+from virtrbd.backup.sealing.evp import ed25519_public, ed25519_sign, ed25519_verify
 from virtrbd.backup.sealing.keys import Identity, write_identity
 from virtrbd.backup.sealing.signing import SigningKey, parse_signer, read_signing_key, write_signing_key
 from virtrbd.backup.trust import Trust
@@ -34,6 +35,40 @@ def key() -> SigningKey:
 @pytest.fixture
 def identity() -> Identity:
     return Identity.generate()
+
+
+# RFC 8032, section 7.1: TEST 1 (the empty message) and TEST 2 (one byte)
+RFC_8032 = [
+    ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    ("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+     "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+]
+
+
+@pytest.mark.parametrize(("secret", "public", "message", "signature"), RFC_8032)
+def test_ed25519_is_rfc_8032s(secret, public, message, signature):
+    secret, public, message, signature = map(bytes.fromhex, (secret, public, message, signature))
+    assert ed25519_public(secret) == public
+    assert ed25519_sign(secret, message) == signature
+    assert ed25519_verify(public, message, signature)
+    assert not ed25519_verify(public, message + b"!", signature)
+    assert not ed25519_verify(public, message, signature[:-1] + bytes([signature[-1] ^ 1]))
+    assert not ed25519_verify(public, message, signature[:63])              # too short: no parse, no error
+    assert not ed25519_verify(public[:31], message, signature)
+
+
+def test_signatures_check_out_with_an_independent_ed25519():
+    """The ``cryptography`` package (a test's judge, not the product's dependency) agrees both ways."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    secret, message = os.urandom(32), os.urandom(100)
+    theirs = Ed25519PrivateKey.from_private_bytes(secret)
+    assert ed25519_public(secret) == theirs.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    Ed25519PublicKey.from_public_bytes(ed25519_public(secret)).verify(ed25519_sign(secret, message), message)
+    assert ed25519_verify(ed25519_public(secret), message, theirs.sign(message))
 
 
 def test_signing_keys_are_written_0600_never_over_a_file_and_read_back(tmp_path):

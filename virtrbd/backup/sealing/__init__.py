@@ -2,8 +2,7 @@
 
 ``keys`` holds age's X25519 recipients and identities (``bech32`` their
 encoding), ``age`` the file format itself, ``opened`` the reading of one.
-The cryptography is OpenSSL's libcrypto: ChaCha20-Poly1305 and X25519 through
-its EVP interface (``evp``), HKDF and HMAC from the standard library, the
-manifests' Ed25519 signatures through the ``cryptography`` package (Debian's
-python3-cryptography, ``signing``).
+The cryptography is OpenSSL's libcrypto: ChaCha20-Poly1305, X25519 and the
+manifests' Ed25519 signatures (``signing``) through its EVP interface
+(``evp``), HKDF and HMAC from the standard library.
 """

@@ -1,5 +1,5 @@
-"""age's two primitives through libcrypto's EVP interface: ChaCha20-Poly1305, one context per file, in
-place; and X25519.
+"""The primitives of encrypted backups through libcrypto's EVP interface: age's ChaCha20-Poly1305, one
+context per file, in place, and its X25519; the manifests' Ed25519 signatures.
 
 ``cryptography``'s AEAD sets up a new OpenSSL context for every message and
 returns new ``bytes``: for an age payload, one message per 64 KiB chunk, that
@@ -8,11 +8,11 @@ back, and two more copies of every byte.  A ``ChunkCipher`` keeps one context
 for the file's key, changes only the nonce per chunk, and seals into or opens
 into a buffer the caller gives (the batch being handed to the writer, the
 restore's own buffer).  X25519 (the header's key agreement, the identities'
-public keys) comes from the same library: ``cryptography`` would bring its
-OpenSSL bindings for it, 8 MiB of a process that moves data in a bounded
-memory.  It is the same libcrypto (OpenSSL 3) that ``cryptography`` and
-librados load; HKDF and HMAC are the standard library's.  The figures:
-docs/performance.md.
+public keys) and Ed25519 come from the same library: ``cryptography`` would
+bring its OpenSSL bindings for them, 8 MiB of a process that moves data in a
+bounded memory, and one more package on every hypervisor.  It is the same
+libcrypto (OpenSSL 3) that librados loads; HKDF and HMAC are the standard
+library's.  The figures: docs/performance.md.
 
 A ``ChunkCipher`` belongs to one thread at a time (the ``CipherThread``).
 """
@@ -28,7 +28,10 @@ KEY = 32
 TAG = 16
 _GET_TAG, _SET_TAG = 0x10, 0x11
 _NID_X25519 = 1034
-X25519_BYTES = 32
+_NID_ED25519 = 1087
+#: a raw X25519 or Ed25519 key (private or public), and an X25519 shared secret
+CURVE_KEY = 32
+SIGNATURE_BYTES = 64
 
 
 def _libcrypto() -> ctypes.CDLL:
@@ -57,6 +60,16 @@ def _libcrypto() -> ctypes.CDLL:
     lib.EVP_PKEY_derive_init.argtypes = [c_void_p]
     lib.EVP_PKEY_derive_set_peer.argtypes = [c_void_p, c_void_p]
     lib.EVP_PKEY_derive.argtypes = [c_void_p, c_void_p, POINTER(c_size_t)]
+    lib.EVP_MD_CTX_new.restype = c_void_p
+    lib.EVP_MD_CTX_new.argtypes = []
+    lib.EVP_MD_CTX_free.restype = None
+    lib.EVP_MD_CTX_free.argtypes = [c_void_p]
+    for name in ("EVP_DigestSignInit", "EVP_DigestVerifyInit"):
+        getattr(lib, name).argtypes = [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p]
+    lib.EVP_DigestSign.argtypes = [c_void_p, c_void_p, POINTER(c_size_t), c_char_p, c_size_t]
+    lib.EVP_DigestVerify.argtypes = [c_void_p, c_char_p, c_size_t, c_char_p, c_size_t]
+    lib.ERR_clear_error.restype = None
+    lib.ERR_clear_error.argtypes = []
     return lib
 
 
@@ -145,17 +158,23 @@ class ChunkCipher:
 
 # --- X25519 --------------------------------------------------------------------------------------------
 
-def x25519_public(private: bytes) -> bytes:
-    """The public key of the X25519 private key ``private`` (32 bytes each)."""
+def _public_of(nid: int, private: bytes, what: str) -> bytes:
+    """The 32-byte public key of the raw private key ``private`` of algorithm ``nid``."""
     lib = _lib()
-    key = lib.EVP_PKEY_new_raw_private_key(_NID_X25519, None, private, len(private))
+    key = lib.EVP_PKEY_new_raw_private_key(nid, None, private, len(private))
     try:
-        out, length = ctypes.create_string_buffer(X25519_BYTES), c_size_t(X25519_BYTES)
-        if not key or lib.EVP_PKEY_get_raw_public_key(key, out, byref(length)) != 1 or length.value != X25519_BYTES:
-            raise ValueError("not an X25519 private key")
+        out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
+        if not key or lib.EVP_PKEY_get_raw_public_key(key, out, byref(length)) != 1 or length.value != CURVE_KEY:
+            lib.ERR_clear_error()
+            raise ValueError(f"not an {what} private key")
         return out.raw
     finally:
         lib.EVP_PKEY_free(key)
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The public key of the X25519 private key ``private`` (32 bytes each)."""
+    return _public_of(_NID_X25519, private, "X25519")
 
 
 def x25519(private: bytes, public: bytes) -> bytes:
@@ -166,14 +185,58 @@ def x25519(private: bytes, public: bytes) -> bytes:
     peer = lib.EVP_PKEY_new_raw_public_key(_NID_X25519, None, public, len(public))
     context = lib.EVP_PKEY_CTX_new(mine, None) if mine and peer else None
     try:
-        out, length = ctypes.create_string_buffer(X25519_BYTES), c_size_t(X25519_BYTES)
+        out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
         if not (context and lib.EVP_PKEY_derive_init(context) == 1
                 and lib.EVP_PKEY_derive_set_peer(context, peer) == 1
                 and lib.EVP_PKEY_derive(context, out, byref(length)) == 1
-                and length.value == X25519_BYTES and any(out.raw)):
+                and length.value == CURVE_KEY and any(out.raw)):
+            lib.ERR_clear_error()
             raise ValueError("no X25519 secret with that public key")
         return out.raw
     finally:
         lib.EVP_PKEY_CTX_free(context)
         lib.EVP_PKEY_free(peer)
         lib.EVP_PKEY_free(mine)
+
+
+# --- Ed25519 (the manifests' signatures) ----------------------------------------------------------------
+
+def ed25519_public(private: bytes) -> bytes:
+    """The public key of the Ed25519 private key ``private`` (32 bytes each, RFC 8032)."""
+    return _public_of(_NID_ED25519, private, "Ed25519")
+
+
+def ed25519_sign(private: bytes, message: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of ``message`` under ``private`` (deterministic, RFC 8032)."""
+    lib = _lib()
+    key = lib.EVP_PKEY_new_raw_private_key(_NID_ED25519, None, private, len(private))
+    context = lib.EVP_MD_CTX_new() if key else None
+    try:
+        out, length = ctypes.create_string_buffer(SIGNATURE_BYTES), c_size_t(SIGNATURE_BYTES)
+        if not (context and lib.EVP_DigestSignInit(context, None, None, None, key) == 1
+                and lib.EVP_DigestSign(context, out, byref(length), message, len(message)) == 1
+                and length.value == SIGNATURE_BYTES):
+            lib.ERR_clear_error()
+            raise VirtrbdError("internal error: libcrypto failed to make an Ed25519 signature")
+        return out.raw
+    finally:
+        lib.EVP_MD_CTX_free(context)
+        lib.EVP_PKEY_free(key)
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public``'s Ed25519 signature of ``message``; False for a key or a
+    signature that does not parse."""
+    lib = _lib()
+    key = lib.EVP_PKEY_new_raw_public_key(_NID_ED25519, None, public, len(public))
+    context = lib.EVP_MD_CTX_new() if key else None
+    try:
+        good = bool(context and len(signature) == SIGNATURE_BYTES
+                    and lib.EVP_DigestVerifyInit(context, None, None, None, key) == 1
+                    and lib.EVP_DigestVerify(context, signature, len(signature), message, len(message)) == 1)
+        if not good:
+            lib.ERR_clear_error()
+        return good
+    finally:
+        lib.EVP_MD_CTX_free(context)
+        lib.EVP_PKEY_free(key)

@@ -19,13 +19,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from ... import bech32
 from ...config import SIGNER_HRP, virtrbd_signer
 from ...errors import UsageError
+from .evp import ed25519_public, ed25519_sign, ed25519_verify
 from .keys import PublicKey, read_private, write_private
 
 SIGNING_KEY_HRP = "virtrbd-signing-key-"
@@ -40,28 +37,21 @@ class Signer(PublicKey):
     HRP = SIGNER_HRP
 
     def verifies(self, message: bytes, signature: bytes) -> bool:
-        try:
-            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, CONTEXT + message)
-        except InvalidSignature:
-            return False
-        return True
+        return ed25519_verify(self.public, CONTEXT + message, signature)
 
 
 class SigningKey:
     """The private half, held by a hypervisor to sign the manifests it writes (its bytes never printed)."""
 
     def __init__(self, secret: bytes):
-        self._key = Ed25519PrivateKey.from_private_bytes(secret)
-        self.signer = Signer(self._key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                                 serialization.PublicFormat.Raw))
+        self._secret = secret
+        self.signer = Signer(ed25519_public(secret))
 
     def sign(self, message: bytes) -> bytes:
-        return self._key.sign(CONTEXT + message)
+        return ed25519_sign(self._secret, CONTEXT + message)
 
     def encode(self) -> str:
-        secret = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                         serialization.NoEncryption())
-        return bech32.encode(SIGNING_KEY_HRP, secret, upper=True)
+        return bech32.encode(SIGNING_KEY_HRP, self._secret, upper=True)
 
     def __repr__(self) -> str:                   # never the key itself
         return f"SigningKey(signer={self.signer})"
