@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -58,6 +59,7 @@ def test_ed25519_is_rfc_8032s(secret, public, message, signature):
     assert not ed25519_verify(public, message, signature[:-1] + bytes([signature[-1] ^ 1]))
     assert not ed25519_verify(public, message, signature[:63])              # too short: no parse, no error
     assert not ed25519_verify(public[:31], message, signature)
+    assert ctypes.CDLL("libcrypto.so.3").ERR_peek_error() == 0        # no failure left for the next caller
 
 
 def test_signatures_check_out_with_an_independent_ed25519():

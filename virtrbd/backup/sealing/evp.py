@@ -20,6 +20,8 @@ A ``ChunkCipher`` belongs to one thread at a time (the ``CipherThread``).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 from ctypes import POINTER, byref, c_char, c_char_p, c_int, c_size_t, c_void_p
 
 from ...errors import VirtrbdError
@@ -158,18 +160,33 @@ class ChunkCipher:
 
 # --- X25519 --------------------------------------------------------------------------------------------
 
+@contextmanager
+def _raw_key(nid: int, raw: bytes, *, private: bool) -> Iterator[int | None]:
+    """An ``EVP_PKEY`` of algorithm ``nid`` from its raw bytes (None when they do not parse), freed after."""
+    lib = _lib()
+    make = lib.EVP_PKEY_new_raw_private_key if private else lib.EVP_PKEY_new_raw_public_key
+    key = make(nid, None, raw, len(raw))
+    try:
+        yield key
+    finally:
+        lib.EVP_PKEY_free(key)
+
+
+def _forget_errors() -> None:
+    """Empty libcrypto's error queue after a failed call: a later caller of libcrypto in this thread
+    (Python's ssl or hashlib among them) must not find our failure there."""
+    _lib().ERR_clear_error()
+
+
 def _public_of(nid: int, private: bytes, what: str) -> bytes:
     """The 32-byte public key of the raw private key ``private`` of algorithm ``nid``."""
     lib = _lib()
-    key = lib.EVP_PKEY_new_raw_private_key(nid, None, private, len(private))
-    try:
-        out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
+    out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
+    with _raw_key(nid, private, private=True) as key:
         if not key or lib.EVP_PKEY_get_raw_public_key(key, out, byref(length)) != 1 or length.value != CURVE_KEY:
-            lib.ERR_clear_error()
+            _forget_errors()
             raise ValueError(f"not an {what} private key")
-        return out.raw
-    finally:
-        lib.EVP_PKEY_free(key)
+    return out.raw
 
 
 def x25519_public(private: bytes) -> bytes:
@@ -181,25 +198,33 @@ def x25519(private: bytes, public: bytes) -> bytes:
     """The X25519 shared secret of ``private`` and the peer's ``public``; ValueError for a public key that
     does not parse or gives the all-zero secret (a point of small order: no secret at all)."""
     lib = _lib()
-    mine = lib.EVP_PKEY_new_raw_private_key(_NID_X25519, None, private, len(private))
-    peer = lib.EVP_PKEY_new_raw_public_key(_NID_X25519, None, public, len(public))
-    context = lib.EVP_PKEY_CTX_new(mine, None) if mine and peer else None
-    try:
-        out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
-        if not (context and lib.EVP_PKEY_derive_init(context) == 1
-                and lib.EVP_PKEY_derive_set_peer(context, peer) == 1
-                and lib.EVP_PKEY_derive(context, out, byref(length)) == 1
-                and length.value == CURVE_KEY and any(out.raw)):
-            lib.ERR_clear_error()
-            raise ValueError("no X25519 secret with that public key")
-        return out.raw
-    finally:
-        lib.EVP_PKEY_CTX_free(context)
-        lib.EVP_PKEY_free(peer)
-        lib.EVP_PKEY_free(mine)
+    out, length = ctypes.create_string_buffer(CURVE_KEY), c_size_t(CURVE_KEY)
+    with _raw_key(_NID_X25519, private, private=True) as mine, _raw_key(_NID_X25519, public, private=False) as peer:
+        context = lib.EVP_PKEY_CTX_new(mine, None) if mine and peer else None
+        try:
+            if not (context and lib.EVP_PKEY_derive_init(context) == 1
+                    and lib.EVP_PKEY_derive_set_peer(context, peer) == 1
+                    and lib.EVP_PKEY_derive(context, out, byref(length)) == 1
+                    and length.value == CURVE_KEY and any(out.raw)):
+                _forget_errors()
+                raise ValueError("no X25519 secret with that public key")
+        finally:
+            lib.EVP_PKEY_CTX_free(context)
+    return out.raw
 
 
 # --- Ed25519 (the manifests' signatures) ----------------------------------------------------------------
+
+@contextmanager
+def _digest_context(key: int | None) -> Iterator[int | None]:
+    """An ``EVP_MD_CTX`` to sign or verify with ``key`` (None without a key), freed after."""
+    lib = _lib()
+    context = lib.EVP_MD_CTX_new() if key else None
+    try:
+        yield context
+    finally:
+        lib.EVP_MD_CTX_free(context)
+
 
 def ed25519_public(private: bytes) -> bytes:
     """The public key of the Ed25519 private key ``private`` (32 bytes each, RFC 8032)."""
@@ -209,34 +234,24 @@ def ed25519_public(private: bytes) -> bytes:
 def ed25519_sign(private: bytes, message: bytes) -> bytes:
     """The 64-byte Ed25519 signature of ``message`` under ``private`` (deterministic, RFC 8032)."""
     lib = _lib()
-    key = lib.EVP_PKEY_new_raw_private_key(_NID_ED25519, None, private, len(private))
-    context = lib.EVP_MD_CTX_new() if key else None
-    try:
-        out, length = ctypes.create_string_buffer(SIGNATURE_BYTES), c_size_t(SIGNATURE_BYTES)
+    out, length = ctypes.create_string_buffer(SIGNATURE_BYTES), c_size_t(SIGNATURE_BYTES)
+    with _raw_key(_NID_ED25519, private, private=True) as key, _digest_context(key) as context:
         if not (context and lib.EVP_DigestSignInit(context, None, None, None, key) == 1
                 and lib.EVP_DigestSign(context, out, byref(length), message, len(message)) == 1
                 and length.value == SIGNATURE_BYTES):
-            lib.ERR_clear_error()
+            _forget_errors()
             raise VirtrbdError("internal error: libcrypto failed to make an Ed25519 signature")
-        return out.raw
-    finally:
-        lib.EVP_MD_CTX_free(context)
-        lib.EVP_PKEY_free(key)
+    return out.raw
 
 
 def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` is ``public``'s Ed25519 signature of ``message``; False for a key or a
     signature that does not parse."""
     lib = _lib()
-    key = lib.EVP_PKEY_new_raw_public_key(_NID_ED25519, None, public, len(public))
-    context = lib.EVP_MD_CTX_new() if key else None
-    try:
+    with _raw_key(_NID_ED25519, public, private=False) as key, _digest_context(key) as context:
         good = bool(context and len(signature) == SIGNATURE_BYTES
                     and lib.EVP_DigestVerifyInit(context, None, None, None, key) == 1
                     and lib.EVP_DigestVerify(context, signature, len(signature), message, len(message)) == 1)
-        if not good:
-            lib.ERR_clear_error()
-        return good
-    finally:
-        lib.EVP_MD_CTX_free(context)
-        lib.EVP_PKEY_free(key)
+    if not good:
+        _forget_errors()
+    return good
