@@ -9,12 +9,39 @@ the monitor's health report through an admin connection with short timeouts.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import libvirt_side, processes
 
-#: lines of a daemon's own log that tell why it ended
-_LAST_WORDS = ("abort", "assert", "caught signal", "terminate", "fatal", "error", "no space", "oom")
+#: what the line that says why a Ceph daemon died holds, most telling first: a crash ends with a backtrace,
+#: whose last lines (``_start()``) say nothing, and the signal it caught says only that it aborted
+CAUSES = ("FAILED ceph_assert", "terminate called", "No space left", " failed", " error", "ERROR", "fatal",
+          "Caught signal")
+
+
+@dataclass(frozen=True)
+class LastWords:
+    """What a daemon wrote before it ended: in which file, the line that names a cause (if one does), and
+    the last lines."""
+
+    source: Path
+    cause: str | None
+    last: list[str]
+
+
+def last_words(logs: Path, name: str) -> LastWords | None:
+    """From the daemon's output, else its Ceph log (the newest lines count: the output file is appended to
+    at every start); None when neither holds a line."""
+    for path in (logs / f"{name}.stdout", logs / f"ceph-{name}.log"):
+        try:
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines()[-1000:] if line.strip()]
+        except OSError:
+            continue
+        if lines:
+            cause = next((line for marker in CAUSES for line in reversed(lines) if marker in line), None)
+            return LastWords(path, cause, lines[-3:])
+    return None
 
 
 def problems(lab, state: dict, client_error: str | None) -> list[str]:
@@ -30,7 +57,7 @@ def problems(lab, state: dict, client_error: str | None) -> list[str]:
         if record.get("stopped"):
             found.append(f"{daemon.name} was stopped on purpose ('virtrbd lab start {daemon.name}')")
         elif not processes.is_ours(daemon):
-            found.append(f"{daemon.name} (pid {daemon.pid}) is gone{_last_words(cluster.logs, daemon.name)}")
+            found.append(f"{daemon.name} (pid {daemon.pid}) is gone{_why_gone(cluster.logs, daemon.name)}")
     if client_error is not None:
         found.append(f"client.{cluster.spec.client_id} cannot list pool {cluster.spec.pool}: {client_error}")
         if not found[:-1]:
@@ -67,17 +94,11 @@ def client_error(conf_file: Path, timeout: int) -> str | None:
         return str(exc)
 
 
-def _last_words(logs: Path, name: str) -> str:
-    """What a daemon wrote last that looks like a reason for ending, from its stdout or its Ceph log."""
-    for path in (logs / f"{name}.stdout", logs / f"ceph-{name}.log"):
-        try:
-            lines = path.read_text(errors="replace").splitlines()[-400:]
-        except OSError:
-            continue
-        telling = [line.strip() for line in lines if any(word in line.lower() for word in _LAST_WORDS)]
-        if telling:
-            return f"; {path.name} ends with: {telling[-1][:300]}"
-    return "; its logs give no reason (killed from outside? the kernel's OOM killer?)"
+def _why_gone(logs: Path, name: str) -> str:
+    words = last_words(logs, name)
+    if words is None or words.cause is None:
+        return "; its logs give no reason (killed from outside? the kernel's OOM killer?)"
+    return f"; {words.source.name} ends with: {words.cause[:300]}"
 
 
 def ceph_health(cluster, timeout: float = 5) -> list[str]:

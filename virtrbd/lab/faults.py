@@ -19,6 +19,7 @@ from ..errors import LabError, UsageError
 from ..probe import listening
 from . import processes
 from .ceph_cluster import mon_command
+from .diagnosis import last_words
 
 log = logging.getLogger(__name__)
 
@@ -135,27 +136,16 @@ def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> N
     _wait_osd_map(cluster, [daemon.name for daemon in daemons], up=True, timeout=timeout, failed=exited)
 
 
-#: what the line that says why a Ceph daemon died holds, most telling first: a crash ends with a backtrace,
-#: whose last lines (``_start()``) say nothing, and the signal it caught says only that it aborted
-_CAUSES = ("FAILED ceph_assert", "terminate called", " failed", " error", "ERROR", "Caught signal")
-
-
 def _last_words(cluster, name: str) -> str:
     """Why a daemon ended: the line of its output (else of its log) that names a cause, and its last lines
     (the lab's folder goes with it)."""
-    for path in (cluster.logs / f"{name}.stdout", cluster.logs / f"ceph-{name}.log"):
-        try:
-            lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
-            continue
-        if lines:
-            last = lines[-3:]
-            # from the end: the output file is appended to at every start, the newest run is last
-            cause = next((line for marker in _CAUSES for line in reversed(lines) if marker in line), None)
-            if cause is None or cause in last:
-                return " | ".join(last)[-600:]
-            return f"{cause[:300]} | … | {' | '.join(last)[-300:]}"
-    return f"nothing in its output or log ({cluster.logs})"
+    words = last_words(cluster.logs, name)
+    if words is None:
+        return f"nothing in its output or log ({cluster.logs})"
+    last = " | ".join(words.last)
+    if words.cause is None or words.cause in words.last:
+        return last[-600:]
+    return f"{words.cause[:300]} | … | {last[-300:]}"
 
 
 def wait_marked_down(lab, *names: str, timeout: float = 60) -> None:
