@@ -143,6 +143,25 @@ def test_pieces_of_chunks_written_out_of_order_make_the_same_plaintext(tmp_path)
     assert opened(path, [ours]) == plaintext
 
 
+def test_a_chunk_waits_by_reference_when_nobody_can_change_it_and_as_a_copy_otherwise(tmp_path):
+    """The highest chunk waits unsealed until the next one comes (is it the last?): ``bytes``, or a view
+    of them as the backup formats hand over, wait as they are; a buffer its owner may reuse is copied."""
+    ours = Identity.generate()
+    plaintext = os.urandom(3 * CHUNK)
+    path = tmp_path / "f.age"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    writer = SealedFile(fd, [ours.recipient])
+    writer.pwrite(0, memoryview(plaintext)[:CHUNK])
+    assert memoryview(writer._held[1]).obj is plaintext                 # held, not copied
+    reused = bytearray(plaintext[CHUNK:2 * CHUNK])
+    writer.pwrite(CHUNK, reused)
+    reused[:] = bytes(CHUNK)                                            # its owner fills it again
+    writer.pwrite(2 * CHUNK, memoryview(bytearray(plaintext[2 * CHUNK:])))
+    writer.close()
+    os.close(fd)
+    assert opened(path, [ours]) == plaintext
+
+
 def test_a_chunk_written_twice_is_refused_before_a_nonce_is_reused(tmp_path):
     fd = os.open(tmp_path / "f.age", os.O_RDWR | os.O_CREAT, 0o600)
     writer = SealedFile(fd, [Identity.generate().recipient])

@@ -220,15 +220,16 @@ class SealedFile:
 
     def pwrite(self, offset: int, data, start: int = 0, end: int | None = None) -> None:
         """``data[start:end]`` at ``offset``.  Each byte is copied once, into the batch it is sealed in
-        (a ``bytes`` object cannot change meanwhile; any other buffer is copied if it must wait)."""
+        (``bytes``, or a view of them, cannot change meanwhile; any other buffer is copied if it must wait)."""
         end = len(data) if end is None else end
         view = memoryview(data)
+        fixed = isinstance(view.obj, bytes)
         self.size = max(self.size, offset + end - start)
         while start < end:
             index, within = divmod(offset, CHUNK)
             take = min(CHUNK - within, end - start)
             if within == 0 and take == CHUNK and index not in self._partial:
-                self._complete(index, data, start, CHUNK, fixed=isinstance(data, bytes))
+                self._complete(index, data, start, CHUNK, fixed=fixed)
             else:
                 buffer, filled = self._partial.get(index, (bytearray(CHUNK), 0))
                 buffer[within:within + take] = view[start:start + take]
