@@ -52,7 +52,8 @@ class Granules:
             if self._pending_at is None:
                 self._pending_at = granule_at
             take = min(length, granule_at + g - offset)
-            self._pending[offset - granule_at:offset - granule_at + take] = memoryview(data)[start:start + take]
+            at = offset - granule_at
+            memoryview(self._pending)[at:at + take] = memoryview(data)[start:start + take]
             offset, start, length = offset + take, start + take, length - take
             if offset % g == 0:
                 self._finish_pending()
@@ -68,7 +69,7 @@ class Granules:
         # the tail: the start of a granule, pending until the next write or finish()
         if length:
             self._pending_at = offset
-            self._pending[:length] = memoryview(data)[start:start + length]
+            memoryview(self._pending)[:length] = memoryview(data)[start:start + length]
 
     def finish(self) -> None:
         """Emit the pending granule, if it holds a non-zero byte."""

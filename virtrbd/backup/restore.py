@@ -115,8 +115,9 @@ def _restore_full(m: Manifest, sink, done: int, total: int, progress: Progress |
 def _assembled(offset: int, parts: list, length: int) -> bytearray:
     """A chunk's full content from its parts (zeros between): the data CRC of older backups needs it."""
     chunk = bytearray(length)
-    for at, data in parts:
-        chunk[at - offset:at - offset + len(data)] = data
+    with memoryview(chunk) as view:          # a bytearray's own slice assignment copies the data twice
+        for at, data in parts:
+            view[at - offset:at - offset + len(data)] = data
     return chunk
 
 

@@ -186,8 +186,10 @@ def assemble(job: Job) -> Chunk:
         chunk.data = job.results[0]
         return chunk
     buf = bytearray(chunk.length)
+    view = memoryview(buf)                  # a bytearray's own slice assignment copies the data twice
     for (offset, length), data in zip(job.ranges, job.results, strict=False):
-        buf[offset - chunk.offset:offset - chunk.offset + length] = data
+        view[offset - chunk.offset:offset - chunk.offset + length] = data
+    view.release()
     chunk.data = buf
     return chunk
 

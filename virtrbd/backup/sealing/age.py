@@ -232,7 +232,7 @@ class SealedFile:
                 self._complete(index, data, start, CHUNK, fixed=fixed)
             else:
                 buffer, filled = self._partial.get(index, (bytearray(CHUNK), 0))
-                buffer[within:within + take] = view[start:start + take]
+                memoryview(buffer)[within:within + take] = view[start:start + take]
                 self._partial[index] = (buffer, filled + take)
                 if filled + take == CHUNK:
                     del self._partial[index]
@@ -261,7 +261,7 @@ class SealedFile:
         if self._slots is None:
             self._slots = self._writer.spare()
         slot = len(self._batch) * SEALED_CHUNK
-        self._slots[slot:slot + length] = memoryview(source)[start:start + length]
+        memoryview(self._slots)[slot:slot + length] = memoryview(source)[start:start + length]
         self._batch.append((index, length, final))
 
     def _hand_over(self) -> None:
