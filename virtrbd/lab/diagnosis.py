@@ -30,9 +30,10 @@ class LastWords:
     last: list[str]
 
 
-def last_words(logs: Path, name: str) -> LastWords | None:
-    """From the daemon's output, else its Ceph log (the newest lines count: the output file is appended to
-    at every start); None when neither holds a line."""
+def last_words(logs: Path, name: str) -> list[LastWords]:
+    """What the daemon's output, then its Ceph log, hold at their end (the newest lines count: the output
+    file is appended to at every start); a file without a line is left out."""
+    found = []
     for path in (logs / f"{name}.stdout", logs / f"ceph-{name}.log"):
         try:
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines()[-1000:] if line.strip()]
@@ -40,8 +41,8 @@ def last_words(logs: Path, name: str) -> LastWords | None:
             continue
         if lines:
             cause = next((line for marker in CAUSES for line in reversed(lines) if marker in line), None)
-            return LastWords(path, cause, lines[-3:])
-    return None
+            found.append(LastWords(path, cause, lines[-3:]))
+    return found
 
 
 def problems(lab, state: dict, client_error: str | None) -> list[str]:
@@ -95,10 +96,11 @@ def client_error(conf_file: Path, timeout: int) -> str | None:
 
 
 def _why_gone(logs: Path, name: str) -> str:
-    words = last_words(logs, name)
-    if words is None or words.cause is None:
-        return "; its logs give no reason (killed from outside? the kernel's OOM killer?)"
-    return f"; {words.source.name} ends with: {words.cause[:300]}"
+    """The first of its files that names a cause: a daemon that ran a while may have said why only in its log."""
+    for words in last_words(logs, name):
+        if words.cause is not None:
+            return f"; {words.source.name} ends with: {words.cause[:300]}"
+    return "; its logs give no reason (killed from outside? the kernel's OOM killer?)"
 
 
 def ceph_health(cluster, timeout: float = 5) -> list[str]:

@@ -139,9 +139,10 @@ def _wait_osds_up(cluster, daemons: list[processes.Daemon], timeout: float) -> N
 def _last_words(cluster, name: str) -> str:
     """Why a daemon ended: the line of its output (else of its log) that names a cause, and its last lines
     (the lab's folder goes with it)."""
-    words = last_words(cluster.logs, name)
-    if words is None:
+    found = last_words(cluster.logs, name)
+    if not found:
         return f"nothing in its output or log ({cluster.logs})"
+    words = found[0]                        # its output first: a start that failed said why there
     last = " | ".join(words.last)
     if words.cause is None or words.cause in words.last:
         return last[-600:]

@@ -40,6 +40,15 @@ def test_a_dead_daemon_is_named_with_the_last_telling_line_of_its_log(tmp_path):
     assert found[1:] == ["client.virt cannot list pool rbd: listing pool rbd: timed out"]
 
 
+def test_a_cause_only_its_log_holds_is_found_behind_a_quiet_output(tmp_path):
+    lab, logs = fake_lab(tmp_path)
+    (logs / "osd.0.stdout").write_text("starting osd.0 at - osd_data /x\n")
+    (logs / "ceph-osd.0.log").write_text("tick\n./src/osd/OSD.cc: 9: FAILED ceph_assert(p)\ntick\n")
+    state = {"ready": True, "daemons": [record("osd.0", GONE_PID)]}
+    assert diagnosis.problems(lab, state, None) == [
+        f"osd.0 (pid {GONE_PID}) is gone; ceph-osd.0.log ends with: ./src/osd/OSD.cc: 9: FAILED ceph_assert(p)"]
+
+
 def test_a_daemon_gone_without_a_word_points_outside(tmp_path):
     lab, logs = fake_lab(tmp_path)
     (logs / "osd.0.stdout").write_text("starting osd.0 at - osd_data /x\n")
