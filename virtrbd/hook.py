@@ -63,7 +63,6 @@ def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=N
     data = (stdin or sys.stdin.buffer).read(MAX_INPUT + 1)
     if MARKER not in data and len(data) <= MAX_INPUT:
         return 0
-    failure_code = 1 if action == "prepare" else 0
     try:
         if len(data) > MAX_INPUT:
             from .errors import InvalidXMLError
@@ -71,7 +70,13 @@ def run(argv: list[str], *, config_path: str | None = None, stdin=None, stderr=N
         return _work(action, argv[0], data, config_path, stderr, isolated)
     except Exception as exc:  # every failure becomes one line; libvirt shows it verbatim
         print(_one_line(exc, argv[0], action), file=stderr, flush=True)
-        return failure_code
+        return _failure_code(action)
+
+
+def _failure_code(action: str) -> int:
+    """The exit code of a failed call: a failed prepare stops the domain's start (libvirt refuses it); a
+    failed release must not stop libvirt's own cleanup, so it exits 0 after saying why."""
+    return 1 if action == "prepare" else 0
 
 
 def _one_line(exc: Exception, guest: str, action: str) -> str:
@@ -158,7 +163,7 @@ def _in_worker(work, guest: str, action: str, log, stderr, workers: list[int]) -
                 code = 0
             except Exception as exc:
                 os.write(writer, _one_line(exc, guest, action).encode())
-                code = 1 if action == "prepare" else 0
+                code = _failure_code(action)
             finally:
                 os._exit(code)
         os.close(writer)
@@ -298,7 +303,7 @@ def _watchdog(timeout: int, guest: str, action: str, stderr, workers: list[int])
             except ProcessLookupError:
                 pass
         print(f"virtrbd: {guest}: {action}: gave up after {timeout} s ([hook] timeout)", file=stderr, flush=True)
-        os._exit(1 if action == "prepare" else 0)
+        os._exit(_failure_code(action))
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
