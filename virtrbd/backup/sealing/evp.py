@@ -85,6 +85,12 @@ def _lib() -> ctypes.CDLL:
     return _LIB
 
 
+def _forget_errors() -> None:
+    """Empty libcrypto's error queue after a failed call: a later caller of libcrypto in this thread
+    (Python's ssl or hashlib among them) must not find our failure there."""
+    _lib().ERR_clear_error()
+
+
 def _address(buffer, at: int, length: int):
     """A ctypes view of ``buffer[at:at + length]``: ``bytes`` read in place (as ``c_char_p`` is), any
     writable buffer (``bytearray``, a writable ``memoryview``), or an address from ``pin``."""
@@ -120,6 +126,7 @@ class ChunkCipher:
         if not self._ctx or lib.EVP_CipherInit_ex(self._ctx, lib.EVP_chacha20_poly1305(), None, key, None,
                                                    1 if encrypt else 0) != 1:
             self.close()
+            _forget_errors()
             raise VirtrbdError("internal error: libcrypto refused a ChaCha20-Poly1305 context")
 
     def seal_into(self, nonce: bytes, plaintext, out, at: int, length: int | None = None) -> int:
@@ -133,6 +140,7 @@ class ChunkCipher:
               and lib.EVP_CipherFinal_ex(ctx, None, byref(count)) == 1
               and lib.EVP_CIPHER_CTX_ctrl(ctx, _GET_TAG, TAG, _plus(target, size)) == 1)
         if not ok:
+            _forget_errors()
             raise VirtrbdError("internal error: libcrypto failed to seal a chunk")
         return size + TAG
 
@@ -144,10 +152,13 @@ class ChunkCipher:
             return False
         lib, ctx, count = self._lib, self._ctx, self._count
         source = _address(sealed, 0, length)
-        return (lib.EVP_CipherInit_ex(ctx, None, None, None, nonce, 0) == 1
-                and lib.EVP_CIPHER_CTX_ctrl(ctx, _SET_TAG, TAG, _plus(source, size)) == 1
-                and lib.EVP_CipherUpdate(ctx, _address(out, at, size), byref(count), source, size) == 1
-                and lib.EVP_CipherFinal_ex(ctx, None, byref(count)) == 1)
+        ok = (lib.EVP_CipherInit_ex(ctx, None, None, None, nonce, 0) == 1
+              and lib.EVP_CIPHER_CTX_ctrl(ctx, _SET_TAG, TAG, _plus(source, size)) == 1
+              and lib.EVP_CipherUpdate(ctx, _address(out, at, size), byref(count), source, size) == 1
+              and lib.EVP_CipherFinal_ex(ctx, None, byref(count)) == 1)
+        if not ok:
+            _forget_errors()
+        return ok
 
     def close(self) -> None:
         if self._ctx:
@@ -170,12 +181,6 @@ def _raw_key(nid: int, raw: bytes, *, private: bool) -> Iterator[int | None]:
         yield key
     finally:
         lib.EVP_PKEY_free(key)
-
-
-def _forget_errors() -> None:
-    """Empty libcrypto's error queue after a failed call: a later caller of libcrypto in this thread
-    (Python's ssl or hashlib among them) must not find our failure there."""
-    _lib().ERR_clear_error()
 
 
 def _public_of(nid: int, private: bytes, what: str) -> bytes:
