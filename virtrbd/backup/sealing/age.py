@@ -231,7 +231,7 @@ class SealedFile:
             if within == 0 and take == CHUNK and index not in self._partial:
                 self._complete(index, data, start, CHUNK, fixed=fixed)
             else:
-                buffer, filled = self._partial.get(index, (bytearray(CHUNK), 0))
+                buffer, filled = self._partial.get(index) or (bytearray(CHUNK), 0)
                 memoryview(buffer)[within:within + take] = view[start:start + take]
                 self._partial[index] = (buffer, filled + take)
                 if filled + take == CHUNK:

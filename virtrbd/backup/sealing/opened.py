@@ -97,7 +97,7 @@ class OpenedFile:
                         self._open(index, self._sealed_at + skip, got - skip, view_at + at - offset)
                     else:
                         self._open(index, self._sealed_at + skip, got - skip, self._plain_at)
-                        view[at - offset:at - offset + take] = self._plain[within:within + take]
+                        view[at - offset:at - offset + take] = memoryview(self._plain)[within:within + take]
                     at += take
         finally:
             del pinned
